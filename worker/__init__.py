@@ -1,0 +1,1 @@
+"""voice-dialer: bulk outbound voice-notification calls through Huawei Cloud CEC, on arq + Redis."""

@@ -1,0 +1,93 @@
+"""One exception hierarchy for everything the dialer raises, so callers catch at the level they care about.
+
+::
+
+    DialerError
+    ├── SettingsError          a DIALER_* variable is invalid
+    ├── InvalidRequest         input refused; .errors names each field and the rule it broke
+    └── ProviderError          a provider call did not succeed
+        ├── RetryableError     nothing was created; worth trying again (HTTP 500, retCode 1/3, refused)
+        │   └── RetriesExhausted   ... and the attempts/time budget ran out
+        ├── AuthError          401/403 even with a fresh token, or tokenByAkSk refused
+        ├── PermanentError     400/404/other retCodes: retrying will not help
+        └── AmbiguousError     the request left but no answer came: the call may exist
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class DialerError(Exception):
+    """Base of every error raised by voice-dialer."""
+
+
+class SettingsError(DialerError):
+    """A setting is invalid; the message names the ``DIALER_*`` variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One refused field: ``field`` is the seed's name with a path (``playList[0].templateParams[1]``)."""
+
+    field: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.rule}"
+
+
+class InvalidRequest(DialerError):
+    """Input refused before anything was stored."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors) or "invalid request")
+
+
+class ProviderError(DialerError):
+    """A provider call failed. ``status`` is the HTTP status (None when no answer came)."""
+
+    kind = "provider"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        ret_code: str | None = None,
+        ret_msg: str | None = None,
+    ) -> None:
+        self.status = status
+        self.ret_code = ret_code
+        self.ret_msg = ret_msg
+        super().__init__(message)
+
+    def describe(self) -> str:
+        """Short, secret-free text for the ledger and dead-letter records."""
+        parts = [self.kind, str(self)]
+        if self.status is not None:
+            parts.append(f"http={self.status}")
+        if self.ret_code is not None:
+            parts.append(f"retCode={self.ret_code}")
+        return " ".join(parts)
+
+
+class RetryableError(ProviderError):
+    kind = "retryable"
+
+
+class RetriesExhausted(RetryableError):
+    kind = "retryable-exhausted"
+
+
+class AuthError(ProviderError):
+    kind = "auth"
+
+
+class PermanentError(ProviderError):
+    kind = "permanent"
+
+
+class AmbiguousError(ProviderError):
+    kind = "ambiguous"

@@ -1,0 +1,116 @@
+"""Every setting of the dialer, read from ``DIALER_*`` environment variables or a ``.env`` file.
+
+Example::
+
+    DIALER_API_BASE_URL=https://service.besclouds.com DIALER_APP_KEY=... DIALER_APP_SECRET=... dialer worker
+
+Invalid values fail at start-up with :class:`SettingsError`, whose message names the variable.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import SettingsError
+
+ENV_PREFIX = "DIALER_"
+TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"
+CREATE_PATH = "/apiaccess/rest/voiceNotification/v2/createVoiceNotification"
+
+
+class Settings(BaseSettings):
+    """The dialer's configuration; one instance is shared by everything in a process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # --- Redis -------------------------------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding queues, ledger, token.")
+    key_prefix: str = Field("dialer:", min_length=1, description="Prefix of every Redis key we own.")
+
+    # --- Provider ----------------------------------------------------------------------------------
+    api_base_url: str = Field(
+        "http://127.0.0.1:8090",
+        description="Base URL of the CEC API; the default is the built-in simulator (`dialer simulator`).",
+    )
+    token_url: str | None = Field(None, description="tokenByAkSk URL; default: base URL + " + TOKEN_PATH)
+    app_key: str = Field("sim-app-key", description="AK; sent as app_key and X-APP-Key.")
+    app_secret: SecretStr = Field(SecretStr("sim-app-secret"), description="SK; never logged.")
+    token_lifetime_s: int = Field(600, ge=1, le=3600, description="Requested lifetime (X-Token-Expire).")
+    token_refresh_margin_s: float = Field(
+        60.0, ge=0, description="Refresh this long before the token expires (capped at half its lifetime)."
+    )
+    request_timeout_s: float = Field(10.0, gt=0, description="Total time allowed for one provider request.")
+    connect_timeout_s: float = Field(3.0, gt=0, description="Time allowed to open a connection.")
+    callback_url_base64: bool = Field(False, description="Send callBackUrl Base64-encoded (cec_07_2802).")
+
+    # --- Retries -----------------------------------------------------------------------------------
+    retry_max_attempts: int = Field(6, ge=1, description="Provider attempts per job, first one included.")
+    retry_base_s: float = Field(0.5, gt=0, description="First backoff ceiling; doubles per attempt.")
+    retry_max_backoff_s: float = Field(60.0, gt=0, description="Largest single backoff ceiling.")
+    retry_max_total_s: float = Field(900.0, gt=0, description="Give up once this long after the first try.")
+    retry_inprocess_max_s: float = Field(
+        2.0, ge=0, description="Backoffs up to this are slept in the worker; longer ones defer the job."
+    )
+
+    # --- Dispatch ----------------------------------------------------------------------------------
+    rate_limit: float = Field(10.0, ge=0, description="Provider calls/s across the fleet; 0 = no limit.")
+    rate_burst: int = Field(1, ge=1, description="Calls allowed back to back above the steady rate.")
+    max_in_flight: int = Field(50, ge=1, description="Concurrent provider requests across the fleet.")
+    redial_ambiguous: bool = Field(
+        False, description="Redial jobs whose outcome is unknown (worker died or timed out mid-request)."
+    )
+    worker_concurrency: int = Field(100, ge=1, description="Jobs one worker process runs at once per queue.")
+    poll_delay_s: float = Field(0.05, gt=0, description="How often an idle worker polls its queues.")
+    job_ttl_s: int = Field(7 * 86400, ge=60, description="A queued job's key lives this long.")
+    ledger_ttl_s: int = Field(30 * 86400, ge=60, description="Ledger records (dedupe memory) live this long.")
+    drain_timeout_s: int = Field(30, ge=1, description="On SIGTERM, wait this long for in-flight calls.")
+
+    # --- Logging -----------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("api_base_url", "token_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _margin_below_lifetime(self) -> Settings:
+        if self.retry_base_s > self.retry_max_backoff_s:
+            raise ValueError("retry_base_s must not exceed retry_max_backoff_s")
+        return self
+
+    @property
+    def resolved_token_url(self) -> str:
+        return self.token_url or self.api_base_url + TOKEN_PATH
+
+    @property
+    def create_url(self) -> str:
+        return self.api_base_url + CREATE_PATH
+
+    @property
+    def refresh_margin_s(self) -> float:
+        """Refresh margin, never more than half a token's life so a short-lived token is still used."""
+        return min(self.token_refresh_margin_s, self.token_lifetime_s / 2)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build :class:`Settings`, turning validation errors into a message that names each variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            name = ENV_PREFIX + field.upper() if field else "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
