@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # --- Dispatch ----------------------------------------------------------------------------------
     rate_limit: float = Field(10.0, ge=0, description="Provider calls/s across the fleet; 0 = no limit.")
     rate_burst: int = Field(1, ge=1, description="Calls allowed back to back above the steady rate.")
+    rate_reserve_ahead_s: float = Field(
+        2.0, ge=0, description="How far ahead a priority-1 call may book a send slot; lower priorities "
+        "book proportionally less, so a backlog of them cannot hold the schedule against urgent calls.",
+    )
     max_in_flight: int = Field(50, ge=1, description="Concurrent provider requests across the fleet.")
     redial_ambiguous: bool = Field(
         False, description="Redial jobs whose outcome is unknown (worker died or timed out mid-request)."
