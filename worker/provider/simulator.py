@@ -1,0 +1,593 @@
+"""The sandbox provider: a fake of Huawei CEC's tokenByAkSk and createVoiceNotification V2.
+
+Tests, the demo and the benchmarks talk to it over real HTTP, in process or as its own process
+(``dialer simulator``). It checks what the real service checks (token, X-APP-Key, the seed's body
+limits with their retCodes), injects faults on request (HTTP 500, retCode 1, hangs, a rate cap,
+latency) and can POST signed release events to ``callBackUrl``. Everything it saw is in an
+in-memory log (``GET /_sim/log``); ``/_sim/*`` routes reset, reconfigure and revoke at run time::
+
+    app = create_app(SimulatorConfig(fail_500_rate=0.2, seed=1))
+    server = TestServer(app, host="127.0.0.1")    # or: run("127.0.0.1", 8090, SimulatorConfig())
+    app[SIM_STATE].log[-1]["outcome"]             # "created", "500", "invalid", ...
+
+The body checks are written here on purpose rather than reused from ``worker.models``: a fake that
+shares the client's validation would hide the client's mistakes, and importing pydantic would slow
+the simulator's start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import dataclasses
+import hmac
+import json
+import logging
+import random
+import re
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+from worker.provider.signature import SIGNATURE_MODES, SignatureMode, sign
+
+__all__ = ["SIM_STATE", "SimulatorConfig", "SimulatorState", "create_app", "run"]
+
+logger = logging.getLogger(__name__)
+
+# Same values as worker.settings.TOKEN_PATH/CREATE_PATH; not imported so the simulator loads no pydantic.
+_TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"  # noqa: S105 (a URL path, not a secret)
+_CREATE_PATH = "/apiaccess/rest/voiceNotification/v2/createVoiceNotification"
+
+_DEFAULT_TOKEN_LIFETIME_S = 600
+_MAX_TOKEN_LIFETIME_S = 3600
+_TOKEN_PRUNE_AT = 1024  # prune expired tokens once this many are stored
+_CALLBACK_RETRIES = 3
+_CALLBACK_BACKOFF_S = 0.1  # doubles per retry
+_CALLBACK_TIMEOUT_S = 5.0
+
+_CALLED_RE = re.compile(r"\+?[0-9]+")
+_FORBIDDEN_PARAM_RE = re.compile(r"[${}]")
+# cec_07_2802: the only characters a (Base64-sent) callBackUrl may contain.
+_B64_URL_CHARS_RE = re.compile(r"[a-zA-Z0-9\-:./_#?&]+")
+_URL_RE = re.compile(r"https?://[^/\s]+")
+_PRIORITIES = frozenset(str(p) for p in range(1, 10))
+_SOURCES = ("voiceId", "voiceFileName", "templateId")
+
+
+def _interned_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {sys.intern(k): v for k, v in pairs}
+
+
+# Every logged body keeps its keys; interning them shares one copy and cuts the log's memory by a
+# fifth at a cost of ~0.2 us per request.
+_BODY_DECODER = json.JSONDecoder(object_pairs_hook=_interned_object)
+
+
+@dataclass
+class SimulatorConfig:
+    """How the simulator behaves; patch it at run time with ``POST /_sim/config``.
+
+    Rates are fractions 0..1 drawn per request from one ``random.Random(seed)``, in the order hang,
+    HTTP 500, retCode 1. ``max_rps`` caps requests admitted in any sliding second (refused ones do
+    not count). Invalid values raise ValueError naming the field.
+    """
+
+    app_key: str = "sim-app-key"
+    app_secret: str = field(default="sim-app-secret", repr=False)
+    token_lifetime_s: int | None = None
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    fail_500_rate: float = 0.0
+    retcode1_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_s: float = 30.0
+    max_rps: float | None = None
+    callback_url_base64: bool = False
+    callbacks: bool = False
+    ring_time_s: float = 0.5
+    answer_rate: float = 0.8
+    callback_shared_key: str | None = field(default=None, repr=False)
+    callback_signature_mode: SignatureMode = "sha256"
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = [f"{name}: {rule}" for name, rule in _config_problems(self)]
+        if problems:
+            raise ValueError("invalid simulator config: " + "; ".join(problems))
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _config_problems(c: SimulatorConfig) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for name in ("app_key", "app_secret"):
+        v = getattr(c, name)
+        if not isinstance(v, str) or not v:
+            out.append((name, "must be a non-empty string"))
+    if c.token_lifetime_s is not None and not (_is_int(c.token_lifetime_s) and c.token_lifetime_s >= 1):
+        out.append(("token_lifetime_s", "must be null or an integer >= 1"))
+    for name in ("latency_ms", "jitter_ms", "hang_s", "ring_time_s"):
+        v = getattr(c, name)
+        if not (_is_num(v) and v >= 0):
+            out.append((name, "must be a number >= 0"))
+    for name in ("fail_500_rate", "retcode1_rate", "hang_rate", "answer_rate"):
+        v = getattr(c, name)
+        if not (_is_num(v) and 0 <= v <= 1):
+            out.append((name, "must be a number from 0 to 1"))
+    if c.max_rps is not None and not (_is_num(c.max_rps) and c.max_rps > 0):
+        out.append(("max_rps", "must be null or a number > 0"))
+    for name in ("callback_url_base64", "callbacks"):
+        if not isinstance(getattr(c, name), bool):
+            out.append((name, "must be true or false"))
+    if c.callback_shared_key is not None and not isinstance(c.callback_shared_key, str):
+        out.append(("callback_shared_key", "must be null or a string"))
+    if c.callback_signature_mode not in SIGNATURE_MODES:
+        out.append(("callback_signature_mode", f"must be one of {', '.join(SIGNATURE_MODES)}"))
+    if c.seed is not None and not _is_int(c.seed):
+        out.append(("seed", "must be null or an integer"))
+    return out
+
+
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SimulatorConfig))
+_SECRET_FIELDS = ("app_secret", "callback_shared_key")
+
+
+class SimulatorState:
+    """Live state of one simulator app, ``app[SIM_STATE]``.
+
+    ``log`` holds one dict per createVoiceNotification request (keys: seq, ts, called, priority,
+    status, retCode, callSerialNo, outcome, body, headers); ``tokens`` maps each valid token to its
+    ``time.monotonic()`` expiry; ``callbacks`` holds one dict per delivered (or failed) release event.
+    """
+
+    __slots__ = (
+        "_closing",
+        "_first_seq",
+        "_ok_headers",
+        "_rng",
+        "_seq",
+        "_serial",
+        "_session",
+        "_tasks",
+        "_window",
+        "callbacks",
+        "config",
+        "log",
+        "token_requests",
+        "tokens",
+        "tokens_issued",
+    )
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.log: list[dict[str, Any]] = []
+        self.tokens: dict[str, float] = {}
+        self.callbacks: list[dict[str, Any]] = []
+        self.tokens_issued = 0
+        self.token_requests = 0
+        self._rng = random.Random(config.seed)
+        self._seq = 0
+        self._first_seq = 1  # seq of log[0]; seq keeps counting across resets so ?since= stays valid
+        # Millisecond start time as the high digits: serials stay unique across simulator restarts.
+        self._serial = int(time.time() * 1000) * 1_000_000
+        self._window: collections.deque[float] = collections.deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session: ClientSession | None = None
+        self._closing = asyncio.Event()
+        # Shared by every log entry of a well-formed request (not to be mutated): saves a dict each.
+        self._ok_headers = {"X-APP-Key": config.app_key, "Authorization-ok": True}
+
+    def __repr__(self) -> str:
+        return f"<SimulatorState requests={len(self.log)} tokens={len(self.tokens)}>"
+
+    def reset(self) -> None:
+        """Forget requests, callbacks, counters and the rate window; issued tokens stay valid."""
+        self.log.clear()
+        self.callbacks.clear()
+        self.tokens_issued = 0
+        self.token_requests = 0
+        self._window.clear()
+        self._first_seq = self._seq + 1
+
+    def _token_valid(self, authorization: str | None) -> bool:
+        if authorization is None or not authorization.startswith("Bearer "):
+            return False
+        expires = self.tokens.get(authorization[7:])
+        return expires is not None and expires > time.monotonic()
+
+    def _issue_token(self, lifetime_s: int) -> str:
+        now = time.monotonic()
+        if len(self.tokens) >= _TOKEN_PRUNE_AT:
+            self.tokens = {t: exp for t, exp in self.tokens.items() if exp > now}
+        token = secrets.token_urlsafe(32)
+        self.tokens[token] = now + lifetime_s
+        self.tokens_issued += 1
+        return token
+
+    def _admit(self, max_rps: float) -> bool:
+        now = time.monotonic()
+        window = self._window
+        edge = now - 1.0
+        while window and window[0] <= edge:
+            window.popleft()
+        if len(window) >= max_rps:
+            return False
+        window.append(now)
+        return True
+
+    def _create(self, entry: dict[str, Any], outcome: str) -> str:
+        self._serial += 1
+        serial = str(self._serial)
+        entry["status"] = 200
+        entry["retCode"] = "0"
+        entry["callSerialNo"] = serial
+        entry["outcome"] = outcome
+        cfg = self.config
+        url = entry["body"].get("callBackUrl")
+        if cfg.callbacks and url is not None:
+            if cfg.callback_url_base64:
+                url = base64.b64decode(url).decode()
+            task = asyncio.get_running_loop().create_task(self._call_back(url, serial, entry))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return serial
+
+    async def _hang(self, seconds: float) -> None:
+        # Wakes early on shutdown so a hung request cannot hold the server's exit for hang_s.
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _call_back(self, url: str, serial: str, entry: dict[str, Any]) -> None:
+        ring = self.config.ring_time_s
+        await asyncio.sleep(ring)
+        cfg = self.config
+        try:
+            event = self._release_event(cfg, serial, entry, ring)
+            status, attempts = await self._post_event(url, event)
+        except Exception:  # a broken callback must never take the simulator down
+            logger.exception("simulator: release event for %s failed", serial)
+            return
+        self.callbacks.append(
+            {"callSerialNo": serial, "url": url, "status": status, "attempts": attempts,
+             "releaseReason": event["releaseReason"]}
+        )
+
+    def _release_event(
+        self, cfg: SimulatorConfig, serial: str, entry: dict[str, Any], ring: float
+    ) -> dict[str, str]:
+        body = entry["body"]
+        created = entry["ts"]
+        released = time.time()
+        answered = self._rng.random() < cfg.answer_rate
+        talking = created + ring * 0.4
+        caller = body.get("callerPresent")
+        event = {
+            "callSerialNo": serial,
+            "called": body["called"],
+            "callerPresent": caller if isinstance(caller, str) else "",
+            "createCallTime": _call_time(created),
+            "alertingTime": _call_time(created + ring * 0.1),
+            "talkingTime": _call_time(talking) if answered else "",
+            "releaseTime": _call_time(released),
+            "talkDuration": str(max(0, int(released - talking))) if answered else "0",
+            "releaseReason": "1" if answered else "4",
+            "recordfile": "",
+            "locationId": "0",
+            "timestamp": str(int(released * 1000)),
+            "nonce": str(self._rng.getrandbits(64) - 2**63),
+        }
+        if cfg.callback_shared_key is not None:
+            event["signature"] = sign(
+                event, cfg.callback_shared_key, event["timestamp"], event["nonce"],
+                cfg.callback_signature_mode,
+            )
+        return event
+
+    async def _post_event(self, url: str, event: dict[str, str]) -> tuple[int | None, int]:
+        if self._session is None:
+            self._session = ClientSession(timeout=ClientTimeout(total=_CALLBACK_TIMEOUT_S))
+        status: int | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._session.post(url, json=event) as resp:
+                    status = resp.status
+                    await resp.read()
+                if 200 <= status < 300:
+                    return status, attempt
+            except (ClientError, OSError, TimeoutError, ValueError) as exc:
+                status = None
+                logger.debug("simulator: callback to %s failed: %r", url, exc)
+            if attempt > _CALLBACK_RETRIES:
+                return status, attempt
+            await asyncio.sleep(_CALLBACK_BACKOFF_S * 2 ** (attempt - 1))
+
+    async def _close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+SIM_STATE = web.AppKey("SIM_STATE", SimulatorState)
+
+
+def _call_time(ts: float) -> str:
+    """The provider's time format, ``2022/02/22,10:04:28:823`` (UTC here)."""
+    dt = datetime.fromtimestamp(ts, UTC)
+    return f"{dt:%Y/%m/%d,%H:%M:%S}:{dt.microsecond // 1000:03d}"
+
+
+def _b64_url(value: str) -> str | None:
+    try:
+        return base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _validate(body: dict[str, Any], base64_url: bool) -> tuple[int, str, str] | None:
+    """The first rule ``body`` breaks as (HTTP status, retCode, retMsg), or None. null means absent."""
+    called = body.get("called")
+    if not isinstance(called, str) or len(called) > 32 or not _CALLED_RE.fullmatch(called):
+        return 200, "5", "called: must be a string of up to 32 digits with an optional leading '+'"
+    play = body.get("playList")
+    if not isinstance(play, list) or not 1 <= len(play) <= 5:
+        return 200, "11", "playList: must hold 1 to 5 items"
+    for i, item in enumerate(play):
+        if not isinstance(item, dict) or not any(isinstance(item.get(k), str) and item[k] for k in _SOURCES):
+            return 200, "12", f"playList[{i}]: voiceId, voiceFileName and templateId are all empty"
+        params = item.get("templateParams")
+        if params is None:
+            continue
+        if not isinstance(params, list) or not 1 <= len(params) <= 10:
+            return 200, "15", f"playList[{i}].templateParams: must hold 1 to 10 strings"
+        for j, p in enumerate(params):
+            if not isinstance(p, str):
+                return 200, "13", f"playList[{i}].templateParams[{j}]: must be a string"
+            if _FORBIDDEN_PARAM_RE.search(p):
+                return 200, "14", f"playList[{i}].templateParams[{j}]: may not contain '$', '{{' or '}}'"
+            if len(p.encode()) > 32:
+                return 200, "13", f"playList[{i}].templateParams[{j}]: is over 32 bytes"
+    caller = body.get("callerPresent")
+    if caller is not None:
+        if not isinstance(caller, str):
+            return 200, "7", "callerPresent: must be a string"
+        if len(caller.encode()) > 32:
+            return 200, "13", "callerPresent: is over 32 bytes"
+    url = body.get("callBackUrl")
+    if url is not None:
+        if not isinstance(url, str) or len(url) > 256:
+            return 200, "9", "callBackUrl: must be a string of up to 256 characters"
+        if base64_url:
+            decoded = _b64_url(url)
+            if decoded is None or not _B64_URL_CHARS_RE.fullmatch(decoded):
+                return 200, "9", "callBackUrl: must be Base64 of a URL made of a-zA-Z0-9-:./_#?&"
+            url = decoded
+        if not _URL_RE.match(url):
+            return 200, "9", "callBackUrl: must be an http:// or https:// URL"
+    times = body.get("playTimes")
+    if times is not None and (not _is_int(times) or not 1 <= times <= 5):
+        return 200, "10", "playTimes: must be an integer from 1 to 5"
+    priority = body.get("priority")
+    if priority is not None and (not isinstance(priority, str) or priority not in _PRIORITIES):
+        return 400, "400", 'priority: must be a string "1".."9"'
+    return None
+
+
+def _answer(entry: dict[str, Any], status: int, outcome: str, ret_code: str, ret_msg: str) -> web.Response:
+    entry["status"] = status
+    entry["retCode"] = ret_code
+    entry["outcome"] = outcome
+    return web.json_response({"retCode": ret_code, "retMsg": ret_msg}, status=status)
+
+
+def _created(serial: str) -> web.Response:
+    return web.Response(
+        body=b'{"retMsg":"Created successfully.","retCode":"0","result":{"callSerialNo":"'
+        + serial.encode() + b'"}}',
+        content_type="application/json",
+    )
+
+
+async def _create_voice_notification(request: web.Request) -> web.Response:
+    state = request.app[SIM_STATE]
+    cfg = state.config
+    headers = request.headers
+    app_key = headers.get("X-APP-Key")
+    auth_ok = state._token_valid(headers.get("Authorization"))
+    logged_headers = state._ok_headers
+    if not (auth_ok and app_key == logged_headers["X-APP-Key"]):
+        logged_headers = {"X-APP-Key": app_key, "Authorization-ok": auth_ok}
+    state._seq += 1
+    entry: dict[str, Any] = {
+        "seq": state._seq, "ts": time.time(), "called": None, "priority": "9", "status": None,
+        "retCode": None, "callSerialNo": None, "outcome": None, "body": None,
+        "headers": logged_headers,
+    }
+    state.log.append(entry)
+    try:
+        body = _BODY_DECODER.decode((await request.read()).decode())
+    except ValueError:
+        body = None
+    entry["body"] = body
+    if isinstance(body, dict):
+        entry["called"] = body.get("called")
+        if body.get("priority") is not None:
+            entry["priority"] = body["priority"]
+
+    if not auth_ok:
+        return _answer(entry, 401, "auth", "401", "Unauthorized: missing, unknown or expired token")
+    if app_key is not None and app_key != cfg.app_key:
+        return _answer(entry, 403, "auth", "403", "Authentication failed: X-APP-Key does not match")
+    if cfg.max_rps is not None and not state._admit(cfg.max_rps):
+        return _answer(entry, 500, "rate", "500", "rate exceeded")
+    if not isinstance(body, dict):
+        return _answer(entry, 400, "invalid", "400", "body: must be a JSON object")
+    problem = _validate(body, cfg.callback_url_base64)
+    if problem is not None:
+        return _answer(entry, problem[0], "invalid", problem[1], problem[2])
+
+    rng = state._rng
+    if cfg.hang_rate and rng.random() < cfg.hang_rate:
+        serial = state._create(entry, "hang")
+        await state._hang(cfg.hang_s)
+        return _created(serial)
+    if cfg.fail_500_rate and rng.random() < cfg.fail_500_rate:
+        return _answer(entry, 500, "500", "500", "Business failure.")
+    if cfg.retcode1_rate and rng.random() < cfg.retcode1_rate:
+        return _answer(entry, 200, "retcode1", "1", "Unfinished task, please retry later.")
+    serial = state._create(entry, "created")
+    delay_ms = cfg.latency_ms + (rng.uniform(0, cfg.jitter_ms) if cfg.jitter_ms else 0.0)
+    if delay_ms > 0:
+        await asyncio.sleep(delay_ms / 1000)
+    return _created(serial)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"retCode": str(status), "retMsg": message}, status=status)
+
+
+async def _token_by_ak_sk(request: web.Request) -> web.Response:
+    state = request.app[SIM_STATE]
+    cfg = state.config
+    state.token_requests += 1
+    try:
+        data = json.loads(await request.read())
+    except ValueError:
+        data = None
+    key = data.get("app_key") if isinstance(data, dict) else None
+    secret = data.get("app_secret") if isinstance(data, dict) else None
+    if not (
+        isinstance(key, str) and isinstance(secret, str)
+        and hmac.compare_digest(key.encode(), cfg.app_key.encode())
+        and hmac.compare_digest(secret.encode(), cfg.app_secret.encode())
+    ):
+        return _error(401, "app_key or app_secret is wrong, or the body is not {app_key, app_secret}")
+    if cfg.token_lifetime_s is not None:
+        lifetime = cfg.token_lifetime_s
+    else:
+        raw = request.headers.get("X-Token-Expire", str(_DEFAULT_TOKEN_LIFETIME_S))
+        try:
+            lifetime = int(raw)
+        except ValueError:
+            lifetime = 0
+        if not 1 <= lifetime <= _MAX_TOKEN_LIFETIME_S:
+            return _error(400, f"X-Token-Expire: must be an integer from 1 to {_MAX_TOKEN_LIFETIME_S}")
+    token = state._issue_token(lifetime)
+    return web.json_response({
+        "AccessToken": token, "ApplyType": "Bearer", "CreateTime": str(int(time.time())),
+        "Expires": str(lifetime), "Scope": "all", "AppKey": cfg.app_key, "UserID": "Anonymous",
+    })
+
+
+async def _get_log(request: web.Request) -> web.Response:
+    state = request.app[SIM_STATE]
+    try:
+        since = int(request.query.get("since", "0"))
+        limit = int(request.query["limit"]) if "limit" in request.query else None
+    except ValueError:
+        return _error(400, "since and limit must be integers")
+    start = max(0, since + 1 - state._first_seq)
+    page = state.log[start:] if limit is None else state.log[start:start + max(0, limit)]
+    return web.json_response({
+        "requests": page, "tokens_issued": state.tokens_issued, "token_requests": state.token_requests,
+        "callbacks": state.callbacks,
+    })
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[SIM_STATE].reset()
+    return web.json_response({"ok": True})
+
+
+def _public_config(cfg: SimulatorConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(cfg)
+    for name in _SECRET_FIELDS:
+        if out[name] is not None:
+            out[name] = "**********"
+    return out
+
+
+async def _patch_config(request: web.Request) -> web.Response:
+    state = request.app[SIM_STATE]
+    try:
+        patch = json.loads(await request.read())
+    except ValueError:
+        patch = None
+    if not isinstance(patch, dict):
+        return _error(400, "body: must be a JSON object of SimulatorConfig fields")
+    unknown = sorted(set(patch) - _CONFIG_FIELDS)
+    if unknown:
+        return _error(400, f"unknown field(s): {', '.join(unknown)}")
+    try:
+        new = dataclasses.replace(state.config, **patch)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    state.config = new
+    if "seed" in patch:
+        state._rng.seed(new.seed)
+    return web.json_response({"config": _public_config(new)})
+
+
+async def _revoke(request: web.Request) -> web.Response:
+    state = request.app[SIM_STATE]
+    revoked = len(state.tokens)
+    state.tokens.clear()
+    return web.json_response({"revoked": revoked})
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[SIM_STATE]._closing.set()
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    await app[SIM_STATE]._close()
+
+
+def create_app(config: SimulatorConfig | None = None) -> web.Application:
+    """The simulator as an aiohttp app; its live state is ``app[SIM_STATE]``."""
+    app = web.Application()
+    app[SIM_STATE] = SimulatorState(config or SimulatorConfig())
+    app.router.add_post(_TOKEN_PATH, _token_by_ak_sk)
+    app.router.add_post(_CREATE_PATH, _create_voice_notification)
+    app.router.add_get("/_sim/log", _get_log)
+    app.router.add_post("/_sim/reset", _reset)
+    app.router.add_post("/_sim/config", _patch_config)
+    app.router.add_post("/_sim/revoke", _revoke)
+    app.router.add_get("/_sim/health", _health)
+    app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
+    return app
+
+
+def run(host: str, port: int, config: SimulatorConfig) -> None:
+    """Serve the simulator until SIGINT/SIGTERM (``dialer simulator``); no access log, for speed."""
+    logger.info("provider simulator listening on http://%s:%d", host, port)
+    web.run_app(
+        create_app(config), host=host, port=port, access_log=None, print=None, backlog=1024,
+        shutdown_timeout=2.0,
+    )
