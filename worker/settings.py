@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.errors import SettingsError
 
 ENV_PREFIX = "DIALER_"
-TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"
+TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"  # noqa: S105 - a URL path, not a secret
 CREATE_PATH = "/apiaccess/rest/voiceNotification/v2/createVoiceNotification"
 
 
@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(100, ge=1, description="Jobs one worker process runs at once per queue.")
     poll_delay_s: float = Field(0.05, gt=0, description="How often an idle worker polls its queues.")
+    job_timeout_s: float = Field(
+        120.0, ge=10, description="Longest one run of a job may take (rate waits, in-process retries, the "
+        "request). A killed worker's jobs run again this long + 10 s after it died.",
+    )
     job_ttl_s: int = Field(7 * 86400, ge=60, description="A queued job's key lives this long.")
     ledger_ttl_s: int = Field(30 * 86400, ge=60, description="Ledger records (dedupe memory) live this long.")
     drain_timeout_s: int = Field(30, ge=1, description="On SIGTERM, wait this long for in-flight calls.")
@@ -90,7 +94,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _margin_below_lifetime(self) -> Settings:
         if self.retry_base_s > self.retry_max_backoff_s:
-            raise ValueError("retry_base_s must not exceed retry_max_backoff_s")
+            raise ValueError("DIALER_RETRY_BASE_S must not exceed DIALER_RETRY_MAX_BACKOFF_S")
+        if self.job_timeout_s < self.request_timeout_s + self.connect_timeout_s + 5:
+            raise ValueError(
+                "DIALER_JOB_TIMEOUT_S must exceed DIALER_REQUEST_TIMEOUT_S + DIALER_CONNECT_TIMEOUT_S + 5"
+            )
         return self
 
     @property
@@ -115,6 +123,6 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else ""
-            name = ENV_PREFIX + field.upper() if field else "settings"
-            problems.append(f"{name}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {msg}" if field else msg)
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
