@@ -5,6 +5,7 @@ Never touches the Redis on 6379: the session starts its own server and every tes
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -13,7 +14,9 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -107,10 +110,85 @@ def settings(redis_url: str) -> Settings:
     )
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run `dialer ...` as a real subprocess with the test's environment."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args], env=full_env, capture_output=True, text=True,
-        timeout=timeout, check=False,
+class Proc:
+    """A `dialer` subprocess started from async tests (the in-process simulator keeps serving)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def wait(self, timeout: float = 120) -> tuple[int, str, str]:
+        out, err = await asyncio.wait_for(self.proc.communicate(), timeout)
+        return int(self.proc.returncode or 0), out.decode(), err.decode()
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+async def start_dialer(*args: str, env: dict[str, str] | None = None) -> Proc:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker.cli", *args,
+        env={**os.environ, **(env or {})},
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
+    return Proc(proc)
+
+
+async def run_dialer(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[int, str, str]:
+    """Run `dialer ARGS` to completion; returns (exit code, stdout, stderr)."""
+    return await (await start_dialer(*args, env=env)).wait(timeout)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The DIALER_* environment that reproduces ``settings`` in a subprocess."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"DIALER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+class Sim:
+    """A running simulator (in this test's event loop) and helpers to read its request log."""
+
+    def __init__(self, server: Any, url: str) -> None:
+        self.server = server
+        self.url = url
+
+    async def log(self) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s, s.get(self.url + "/_sim/log") as r:
+            r.raise_for_status()
+            data: dict[str, Any] = await r.json()
+            return data
+
+    async def requests(self) -> list[dict[str, Any]]:
+        return list((await self.log())["requests"])
+
+    async def configure(self, **patch: Any) -> None:
+        async with aiohttp.ClientSession() as s, s.post(self.url + "/_sim/config", json=patch) as r:
+            r.raise_for_status()
+
+
+@pytest.fixture
+async def sim(settings: Settings) -> AsyncIterator[Sim]:
+    from aiohttp.test_utils import TestServer
+
+    from worker.provider.simulator import SimulatorConfig, create_app
+
+    app = create_app(SimulatorConfig(app_key=settings.app_key,
+                                     app_secret=settings.app_secret.get_secret_value()))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield Sim(server, str(server.make_url("")).rstrip("/"))
+    await server.close()
+
+
+@pytest.fixture
+def sim_settings(settings: Settings, sim: Sim) -> Settings:
+    """Settings pointing at the running simulator."""
+    return settings.model_copy(update={"api_base_url": sim.url})

@@ -1,0 +1,296 @@
+"""One access token for the whole fleet, kept in Redis and refreshed by one process at a time.
+
+Every worker process on every host reads the token from ``Keys.token``; it is refreshed shortly
+before it expires (``Settings.refresh_margin_s``) by whichever process takes ``Keys.token_lock``
+first, while the others keep using the still-valid token or, when there is none, wait for the new
+one. Inside a process a valid token is served from memory (inside the margin too, while the refresh
+runs in the background), and concurrent callers share a single refresh, so 100 coroutines cause at
+most one Redis read burst and one provider call::
+
+    tokens = TokenManager(redis, settings, fetch=client.fetch_token)
+    token = await tokens.get()          # Token(value=SecretStr('**********'), ...)
+    ...                                 # the provider answers 401 for it:
+    await tokens.invalidate(token)      # drops it everywhere, unless a newer one replaced it
+    token = await tokens.get()          # refreshes (once, fleet-wide)
+
+Times stored with the token are the Redis server's clock (seconds since the epoch), so hosts with
+skewed clocks agree on when it expires; the in-process cache converts them to ``time.monotonic``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from worker.dispatch.keys import Keys
+from worker.errors import AuthError, ProviderError, RetryableError
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Waiting for another process's refresh: poll Redis with a short, growing sleep.
+_POLL_FIRST_S = 0.01
+_POLL_MAX_S = 0.25
+# The lock outlives one tokenByAkSk request by this much, so a slow but live holder keeps it.
+_LOCK_SLACK_S = 2.0
+# While another process refreshes (or our refresh failed) and the current token is still valid,
+# keep serving it from memory and look at Redis again only after this long.
+_RECHECK_OTHER_S = 0.1
+_RECHECK_FAILED_S = 1.0
+# Invalidated token values remembered so a racing read cannot bring one back into the cache.
+_REVOKED_MEMORY = 8
+
+
+def _script(name: str) -> str:
+    return Path(__file__).with_name(name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token. ``value`` is a SecretStr, so the repr never shows it.
+
+    ``expires_at`` and ``obtained_at`` are seconds since the epoch; once a token has passed through
+    :class:`TokenManager` they are on the Redis server's clock.
+    """
+
+    value: SecretStr
+    expires_at: float
+    obtained_at: float
+
+    @property
+    def lifetime_s(self) -> float:
+        return self.expires_at - self.obtained_at
+
+    def margin_s(self, settings: Settings) -> float:
+        """Refresh margin for this token: at most half its real life (the provider may shorten it)."""
+        return max(0.0, min(settings.refresh_margin_s, self.lifetime_s / 2))
+
+    def _same(self, other: Token | None) -> bool:
+        return other is not None and secrets.compare_digest(
+            self.value.get_secret_value().encode(), other.value.get_secret_value().encode()
+        )
+
+
+@dataclass
+class _Cached:
+    token: Token
+    refresh_at: float  # time.monotonic() when the margin starts
+    expire_at: float  # time.monotonic() when the token is dead
+    recheck_at: float = field(default=0.0)  # throttles Redis reads while inside the margin
+
+
+def _decode(raw: Any) -> Token | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        return Token(SecretStr(str(data["v"])), float(data["exp"]), float(data["at"]))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    # ProviderError.describe() is secret-free; other errors (Redis, bugs) are named by type only.
+    return exc.describe() if isinstance(exc, ProviderError) else type(exc).__name__
+
+
+def _encode(token: Token) -> str:
+    return json.dumps({"v": token.value.get_secret_value(), "exp": token.expires_at, "at": token.obtained_at})
+
+
+class TokenManager:
+    """The fleet-shared access token (see the module docstring).
+
+    :param redis: the process's Redis client (bytes or decoded responses both work).
+    :param settings: ``refresh_margin_s``, ``request_timeout_s`` and the key prefix are used.
+    :param fetch: calls tokenByAkSk once (normally :meth:`ProviderClient.fetch_token`); its
+        ``expires_at - obtained_at`` is taken as the token's lifetime.
+    """
+
+    def __init__(self, redis: Redis, settings: Settings, fetch: Callable[[], Awaitable[Token]]) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._fetch = fetch
+        self._keys = Keys(settings.key_prefix)
+        self._get_or_lock = redis.register_script(_script("token_get_or_lock.lua"))
+        self._release = redis.register_script(_script("token_release.lua"))
+        self._invalidate = redis.register_script(_script("token_invalidate.lua"))
+        self._lock_ttl_ms = int((settings.request_timeout_s + _LOCK_SLACK_S) * 1000)
+        self._cached: _Cached | None = None
+        self._inflight: asyncio.Future[Token] | None = None
+        self._revoked: deque[Token] = deque(maxlen=_REVOKED_MEMORY)
+        self.refreshes = 0
+        """tokenByAkSk calls made by this process (failed ones included)."""
+
+    def __repr__(self) -> str:
+        return f"<TokenManager key={self._keys.token!r} refreshes={self.refreshes}>"
+
+    async def get(self) -> Token:
+        """A valid token, from memory when possible.
+
+        Inside the refresh margin the current token is still returned at once while one refresh
+        runs in the background; callers wait only when there is no valid token at all. Raises the
+        fetch's error (e.g. :class:`AuthError`) when no valid token can be had, or
+        :class:`RetryableError` when another process's refresh did not finish in time.
+        """
+        cached = self._cached
+        now = time.monotonic()
+        if cached is not None and now < cached.expire_at:
+            if now >= cached.refresh_at and now >= cached.recheck_at:
+                self._start_refresh()
+            return cached.token
+        # A refresh that started before an invalidate() may return the token just invalidated.
+        for _ in range(2):
+            # shield: one caller being cancelled must not cancel the refresh the others await.
+            token = await asyncio.shield(self._start_refresh())
+            if not self._is_revoked(token):
+                return token
+        raise RetryableError("no usable access token: the refreshed one was invalidated meanwhile")
+
+    async def invalidate(self, token: Token) -> None:
+        """Forget ``token`` (the provider refused it) unless a newer token has already replaced it."""
+        self._revoked.append(token)
+        cached = self._cached
+        if cached is not None and cached.token._same(token):
+            self._cached = None
+        await self._invalidate(keys=[self._keys.token], args=[token.value.get_secret_value()])
+
+    async def close(self) -> None:
+        """Cancel a refresh still running in the background (at shutdown)."""
+        task = self._inflight
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _start_refresh(self) -> asyncio.Future[Token]:
+        """The refresh in flight in this process, started if there is none (single flight)."""
+        task = self._inflight
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._refresh())
+            task.add_done_callback(self._refresh_done)
+            self._inflight = task
+        return task
+
+    def _refresh_done(self, task: asyncio.Future[Token]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Retrieved here: a background refresh may have no awaiter; the next get() reports it.
+            log.debug("access token refresh failed: %s", _describe(exc))
+
+    def _is_revoked(self, token: Token | None) -> bool:
+        return any(token is not None and bad._same(token) for bad in self._revoked)
+
+    def _remember(self, token: Token, server_now_s: float, mono: float, recheck_in: float = 0.0) -> Token:
+        """Cache ``token``; ``mono`` is the monotonic time at which Redis said ``server_now_s``."""
+        remaining = token.expires_at - server_now_s
+        self._cached = _Cached(
+            token,
+            refresh_at=mono + remaining - token.margin_s(self._settings),
+            expire_at=mono + remaining,
+            recheck_at=mono + recheck_in,
+        )
+        return token
+
+    def _still_valid(self, *candidates: Token | None, server_now_s: float) -> Token | None:
+        """The candidate that lives longest, if any is unexpired and not invalidated."""
+        alive = [
+            t for t in candidates if t is not None and t.expires_at > server_now_s and not self._is_revoked(t)
+        ]
+        return max(alive, key=lambda t: t.expires_at, default=None)
+
+    def _cached_token(self) -> tuple[Token | None, float]:
+        """The in-process token and its remaining life in seconds (by the monotonic clock)."""
+        cached = self._cached
+        if cached is None:
+            return None, 0.0
+        return cached.token, cached.expire_at - time.monotonic()
+
+    async def _refresh(self) -> Token:
+        try:
+            return await self._refresh_shared()
+        except Exception as exc:
+            # Provider or Redis trouble: a token that has not expired yet still works.
+            token, remaining = self._cached_token()
+            if token is None or remaining <= 0 or self._is_revoked(token):
+                raise
+            log.warning(
+                "access token refresh failed (%s); using the current token, which expires in %.0f s",
+                _describe(exc),
+                remaining,
+            )
+            cached = self._cached
+            if cached is not None:
+                cached.recheck_at = time.monotonic() + _RECHECK_FAILED_S
+            return token
+
+    async def _refresh_shared(self) -> Token:
+        settings = self._settings
+        deadline = time.monotonic() + self._lock_ttl_ms / 1000 + _LOCK_SLACK_S
+        delay = _POLL_FIRST_S
+        owner = secrets.token_hex(16)
+        margin_ms = int(settings.refresh_margin_s * 1000)
+        while True:
+            taken, raw, now_ms = await self._get_or_lock(
+                keys=[self._keys.token, self._keys.token_lock], args=[owner, self._lock_ttl_ms, margin_ms]
+            )
+            # TIME ran inside the script, a little before this: deadlines derived from it err early.
+            mono = time.monotonic()
+            server_now = int(now_ms) / 1000
+            stored = _decode(raw)
+            if self._is_revoked(stored):
+                stored = None
+            if not taken:
+                if stored is not None and stored.expires_at - server_now > stored.margin_s(settings):
+                    return self._remember(stored, server_now, mono)
+                # Another process is refreshing. Don't hold callers up while a token still works.
+                cached, _ = self._cached_token()
+                usable = self._still_valid(stored, cached, server_now_s=server_now)
+                if usable is not None:
+                    return self._remember(usable, server_now, mono, recheck_in=_RECHECK_OTHER_S)
+                if time.monotonic() > deadline:
+                    raise RetryableError("timed out waiting for another worker to refresh the access token")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _POLL_MAX_S)
+                continue
+            try:
+                return await self._fetch_and_store(server_now, mono, stored)
+            finally:
+                try:
+                    await self._release(keys=[self._keys.token_lock], args=[owner])
+                except (RedisError, OSError) as exc:
+                    # The lock's PX frees it anyway; the token we got is still good.
+                    log.warning("could not release the token refresh lock: %s", _describe(exc))
+
+    async def _fetch_and_store(self, server_now: float, mono: float, stored: Token | None) -> Token:
+        self.refreshes += 1
+        try:
+            fetched = await self._fetch()
+        except Exception:
+            # Prefer the token in Redis over ours: another process may have a newer one.
+            if stored is not None and stored.expires_at > server_now:
+                self._remember(stored, server_now, mono)
+            raise
+        if fetched.lifetime_s <= 0:
+            raise AuthError("tokenByAkSk returned a token that has already expired")
+        # Restamp on the server clock, counting the lifetime from before the request (conservative).
+        token = Token(fetched.value, server_now + fetched.lifetime_s, server_now)
+        await self._redis.set(self._keys.token, _encode(token), pxat=int(token.expires_at * 1000))
+        log.info("access token refreshed; it expires in %.0f s", token.lifetime_s)
+        return self._remember(token, server_now, mono)

@@ -1,0 +1,25 @@
+-- Read the shared access token; if it is missing, unreadable or inside its refresh margin, try to
+-- take the refresh lock in the same step, so whoever gets the lock has seen the latest token.
+-- KEYS[1] token key, KEYS[2] lock key
+-- ARGV[1] lock owner id, ARGV[2] lock ttl (ms), ARGV[3] refresh margin (ms)
+-- Returns {lock_taken 0|1, stored token JSON or nil, Redis server time (ms)}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local ok, tok = pcall(cjson.decode, raw)
+  if ok and type(tok) == 'table' and tonumber(tok['exp']) and tonumber(tok['at']) then
+    local exp = tonumber(tok['exp']) * 1000
+    -- a short-lived token gets at most half its life as margin, else it would never be fresh
+    local margin = math.min(tonumber(ARGV[3]), (exp - tonumber(tok['at']) * 1000) / 2)
+    if exp - now > margin then
+      return {0, raw, now}
+    end
+  else
+    raw = false
+  end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, raw, now}
+end
+return {0, raw, now}
