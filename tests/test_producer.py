@@ -1,0 +1,358 @@
+"""The producer against a real Redis: arq-compatible jobs, priorities, dedupe, validation, batches, requeue."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from arq.jobs import deserialize_job
+from redis.exceptions import ResponseError
+
+from worker.dispatch import codec
+from worker.dispatch.keys import DIAL_FUNCTION, Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
+from worker.dispatch.ledger import Ledger, State
+from worker.dispatch.producer import CallJob, Producer, enqueue_call, enqueue_many
+from worker.errors import InvalidRequest
+from worker.models import CallRequest
+from worker.settings import Settings
+
+
+def body(called: str = "8613800000001", **extra: Any) -> dict[str, Any]:
+    return {"called": called, "playList": [{"voiceId": "100001"}], **extra}
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.key_prefix)
+
+
+@pytest.fixture
+def producer(redis_client: aioredis.Redis, settings: Settings) -> Producer:
+    return Producer(redis_client, settings)
+
+
+@pytest.fixture
+def ledger(redis_client: aioredis.Redis, settings: Settings) -> Ledger:
+    return Ledger(redis_client, settings)
+
+
+async def server_ms(r: aioredis.Redis) -> int:
+    sec, usec = await r.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+async def test_enqueue_writes_arq_json_job(
+    redis_client: aioredis.Redis, producer: Producer, keys: Keys, settings: Settings
+) -> None:
+    before = await server_ms(redis_client)
+    res = await producer.enqueue(body(priority="3"), job_id="order-42")
+    after = await server_ms(redis_client)
+    assert (res.job_id, res.status, res.state, res.errors) == ("order-42", "accepted", "queued", ())
+    raw = await redis_client.get(keys.arq_job("order-42"))
+    assert raw is not None
+    job = deserialize_job(raw, deserializer=codec.loads)
+    assert job.function == DIAL_FUNCTION == "dial"
+    assert list(job.args) == [] and job.kwargs == {} and job.job_try == 1
+    et = codec.loads(raw)["et"]
+    assert before <= et <= after
+    # Byte for byte what codec.dumps gives, so arq and any other reader agree.
+    assert raw == codec.dumps({"t": 1, "f": "dial", "a": [], "k": {}, "et": et})
+    # Nothing of the body travels in the job: it lives in the ledger only.
+    assert b"8613800000001" not in raw and len(raw) < 64
+
+
+async def test_queue_by_priority_scored_now(
+    redis_client: aioredis.Redis, producer: Producer, keys: Keys, settings: Settings
+) -> None:
+    await producer.enqueue(body(priority="3"), job_id="p3")
+    await producer.enqueue(body("8613800000002", priority=1), job_id="p1")
+    await producer.enqueue(body("8613800000003"), job_id="p9")  # seed default "9"
+    for prio, job_id in ((3, "p3"), (1, "p1"), (9, "p9")):
+        members = await redis_client.zrange(keys.queue(prio), 0, -1, withscores=True)
+        et = codec.loads(await redis_client.get(keys.arq_job(job_id)))["et"]
+        assert members == [(job_id.encode(), float(et))]
+    for prio in (2, 4, 5, 6, 7, 8):
+        assert await redis_client.zcard(keys.queue(prio)) == 0
+    job_ttl = await redis_client.pttl(keys.arq_job("p3"))
+    assert settings.job_ttl_s * 1000 - 5000 < job_ttl <= settings.job_ttl_s * 1000
+    ledger_ttl = await redis_client.pttl(keys.job("p3"))
+    assert settings.ledger_ttl_s * 1000 - 5000 < ledger_ttl <= settings.ledger_ttl_s * 1000
+
+
+async def test_not_before_and_deadline(
+    redis_client: aioredis.Redis, producer: Producer, ledger: Ledger, keys: Keys, settings: Settings
+) -> None:
+    nb = datetime.now(UTC) + timedelta(hours=2)
+    dl = nb + timedelta(hours=1)
+    res = await producer.enqueue(body(), job_id="later", not_before=nb, deadline=dl)
+    assert res.status == "accepted"
+    nb_ms = int(nb.timestamp() * 1000)
+    assert abs(await redis_client.zscore(keys.queue(9), "later") - nb_ms) <= 1
+    # Both keys outlive the wait.
+    delay_ms = nb_ms - await server_ms(redis_client)
+    assert await redis_client.pttl(keys.arq_job("later")) > settings.job_ttl_s * 1000 + delay_ms - 5000
+    assert await redis_client.pttl(keys.job("later")) > settings.ledger_ttl_s * 1000 + delay_ms - 5000
+    rec = await ledger.get("later")
+    assert rec is not None and rec.not_before_ms is not None and rec.deadline_ms is not None
+    assert abs(rec.not_before_ms - nb_ms) <= 1 and abs(rec.deadline_ms - int(dl.timestamp() * 1000)) <= 1
+    # A not_before in the past runs now.
+    past = datetime.now(UTC) - timedelta(minutes=5)
+    await producer.enqueue(body("8613800000002"), job_id="past", not_before=past)
+    et = codec.loads(await redis_client.get(keys.arq_job("past")))["et"]
+    assert await redis_client.zscore(keys.queue(9), "past") == et
+
+
+async def test_job_ids(redis_client: aioredis.Redis, producer: Producer, ledger: Ledger) -> None:
+    by_campaign = await producer.enqueue(body("+8613800000001"), campaign="spring.promo-1")
+    assert by_campaign.job_id == "spring.promo-1:+8613800000001"
+    rec = await ledger.get(by_campaign.job_id)
+    assert rec is not None and rec.campaign == "spring.promo-1"
+    explicit = await producer.enqueue(body(), job_id="a.b:c@d_e-f", campaign="spring")
+    assert explicit.job_id == "a.b:c@d_e-f"
+    random = await producer.enqueue(body())
+    assert random.job_id is not None and re.fullmatch(r"[0-9a-f]{32}", random.job_id)
+    rec = await ledger.get(random.job_id)
+    assert rec is not None and rec.campaign is None
+
+
+async def test_body_stored_compact_and_unicode(redis_client: aioredis.Redis, producer: Producer, keys: Keys) -> None:
+    req = CallRequest.model_validate(body(playList=[{"templateId": "t", "templateParams": ["Zoë 東京"]}], playTimes=2))
+    await producer.enqueue(req, job_id="u")
+    stored = await redis_client.hmget(keys.job("u"), ["body", "called", "prio"])  # type: ignore[misc]
+    assert stored == [
+        json.dumps(req.body(), separators=(",", ":"), ensure_ascii=False).encode(),
+        b"8613800000001",
+        b"9",
+    ]
+
+
+async def snapshot(r: aioredis.Redis) -> dict[bytes, Any]:
+    out: dict[bytes, Any] = {}
+    for k in await r.keys("*"):
+        kind = await r.type(k)
+        if kind == b"hash":
+            out[k] = await r.hgetall(k)  # type: ignore[misc]  # redis-py's sync|async union
+        elif kind == b"zset":
+            out[k] = await r.zrange(k, 0, -1, withscores=True)
+        else:
+            out[k] = await r.get(k)
+    return out
+
+
+async def test_duplicate_writes_nothing(
+    redis_client: aioredis.Redis, producer: Producer, ledger: Ledger, keys: Keys
+) -> None:
+    await producer.enqueue(body(priority="2"), campaign="c1")
+    before = await snapshot(redis_client)
+    again = await producer.enqueue(body(priority="5", callerPresent="123"), campaign="c1")
+    assert (again.job_id, again.status, again.state) == ("c1:8613800000001", "duplicate", "queued")
+    assert await snapshot(redis_client) == before
+    assert await redis_client.zcard(keys.queue(5)) == 0
+    # The existing record's current state is reported.
+    assert await ledger.mark_sending("c1:8613800000001")
+    await ledger.mark_sent("c1:8613800000001", "SN-1")
+    third = await producer.enqueue(body(), campaign="c1")
+    assert (third.status, third.state) == ("duplicate", "sent")
+
+
+@pytest.mark.parametrize(
+    ("request_body", "options", "fields"),
+    [
+        ({"playList": [{"voiceId": "1"}]}, {}, {"called"}),
+        (body(priority="0"), {}, {"priority"}),
+        (body(priority=True), {}, {"priority"}),
+        ({"called": "12ab", "playList": []}, {}, {"called", "playList"}),
+        (body(playList=[{"templateParams": ["x"]}]), {}, {"playList[0]"}),
+        (body(playList=[{"voiceId": "1", "templateParams": ["${x}"]}]), {}, {"playList[0].templateParams[0]"}),
+        (body(playTimes=6, bogus=1), {}, {"playTimes", "bogus"}),
+        ("not a dict", {}, {"body"}),
+        (body(), {"job_id": "has space"}, {"id"}),
+        (body(), {"job_id": "x" * 129}, {"id"}),
+        (body(), {"campaign": "no:colon"}, {"campaign"}),
+        (body(), {"campaign": ""}, {"campaign"}),
+        (body(), {"not_before": datetime(2030, 1, 1)}, {"not_before"}),
+        (body(), {"deadline": datetime(2030, 1, 1)}, {"deadline"}),
+        (body(), {"deadline": datetime.now(UTC) - timedelta(seconds=1)}, {"deadline"}),
+        (
+            body(),
+            {"not_before": datetime.now(UTC) + timedelta(hours=2), "deadline": datetime.now(UTC) + timedelta(hours=1)},
+            {"deadline"},
+        ),
+        (body(priority="x"), {"job_id": "", "campaign": "bad/name"}, {"priority", "id", "campaign"}),
+    ],
+)
+async def test_invalid_input_stores_nothing(
+    redis_client: aioredis.Redis, producer: Producer, request_body: Any, options: dict[str, Any], fields: set[str]
+) -> None:
+    with pytest.raises(InvalidRequest) as exc_info:
+        await producer.enqueue(request_body, **options)
+    errors = exc_info.value.errors
+    assert {e.field for e in errors} == fields
+    assert all(e.rule for e in errors)
+    assert await redis_client.dbsize() == 0
+
+
+async def test_enqueue_many_mixed(redis_client: aioredis.Redis, producer: Producer, ledger: Ledger, keys: Keys) -> None:
+    await producer.enqueue(body("999"), campaign="camp")  # exists before the batch
+    nb = datetime.now(UTC) + timedelta(minutes=30)
+    items: list[Any] = [
+        body("111", priority="1"),
+        {"called": "bad!", "playList": [{"voiceId": "1"}]},
+        body("222"),
+        body("111", priority="4"),  # same campaign + number as item 0
+        body("999"),  # already in Redis
+        CallJob(body("333"), job_id="own-id", not_before=nb),
+        CallJob(body("444"), job_id="bad id"),
+        CallJob(body("555"), campaign="other"),
+        42,
+    ]
+    results = await producer.enqueue_many(items, campaign="camp")
+    assert [r.index for r in results] == list(range(len(items)))
+    assert [(r.status, r.state) for r in results] == [
+        ("accepted", "queued"),
+        ("rejected", None),
+        ("accepted", "queued"),
+        ("duplicate", "queued"),
+        ("duplicate", "queued"),
+        ("accepted", "queued"),
+        ("rejected", None),
+        ("accepted", "queued"),
+        ("rejected", None),
+    ]
+    assert [r.job_id for r in results] == [
+        "camp:111", None, "camp:222", "camp:111", "camp:999", "own-id", "bad id", "other:555", None,
+    ]  # fmt: skip
+    assert [e.field for e in results[1].errors] == ["called"]
+    assert [e.field for e in results[6].errors] == ["id"]
+    assert [e.field for e in results[8].errors] == ["body"]
+    # Only the good items are stored: 5 jobs x (ledger + arq job) + their queues.
+    assert await redis_client.zrange(keys.queue(1), 0, -1) == [b"camp:111"]
+    assert await redis_client.zcard(keys.queue(4)) == 0
+    assert set(await redis_client.zrange(keys.queue(9), 0, -1)) == {b"camp:222", b"camp:999", b"own-id", b"other:555"}
+    assert await redis_client.dbsize() == 5 * 2 + 2
+    own = await ledger.get("own-id")
+    assert own is not None and own.campaign == "camp" and own.not_before_ms is not None
+    assert abs(await redis_client.zscore(keys.queue(9), "own-id") - own.not_before_ms) <= 1
+
+
+async def test_enqueue_many_chunks_and_in_batch_duplicates(
+    redis_client: aioredis.Redis, producer: Producer, keys: Keys
+) -> None:
+    items = [body(f"86{i:04d}", priority=str(1 + i % 9)) for i in range(50)]
+    items += [body("860003"), body("860049")]  # repeats land in other chunks
+    results = await producer.enqueue_many(items, campaign="big", chunk=7)
+    assert [r.status for r in results] == ["accepted"] * 50 + ["duplicate"] * 2
+    assert [r.job_id for r in results[50:]] == ["big:860003", "big:860049"]
+    assert sum([await redis_client.zcard(keys.queue(p)) for p in range(1, 10)]) == 50
+    assert await redis_client.zcard(keys.queue(1)) == 6  # i = 0, 9, ..., 45
+
+
+async def test_enqueue_many_bad_batch_options(redis_client: aioredis.Redis, producer: Producer) -> None:
+    with pytest.raises(InvalidRequest) as exc_info:
+        await producer.enqueue_many([body()], campaign="bad campaign")
+    assert [e.field for e in exc_info.value.errors] == ["campaign"]
+    assert await redis_client.dbsize() == 0
+
+
+async def test_redis_error_is_raised_and_item_left_out(
+    redis_client: aioredis.Redis, producer: Producer, keys: Keys
+) -> None:
+    await redis_client.set(keys.queue(3), b"not a sorted set")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await producer.enqueue(body(priority="3"), job_id="w")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):  # not an ExceptionGroup
+        await producer.enqueue_many([body("1"), body("2", priority="3")], campaign="w", chunk=1)
+    # Each item is all or nothing. (The good one may or may not have been sent before the failure.)
+    assert await redis_client.exists(keys.job("w"), keys.arq_job("w"), keys.job("w:2"), keys.arq_job("w:2")) == 0
+    assert await redis_client.exists(keys.job("w:1"), keys.arq_job("w:1")) in (0, 2)
+
+
+async def test_requeue_from_dead(
+    redis_client: aioredis.Redis, producer: Producer, ledger: Ledger, keys: Keys, settings: Settings
+) -> None:
+    await producer.enqueue(body(priority="4"), job_id="j1")
+    assert await ledger.mark_sending("j1")
+    assert await ledger.dead_letter("j1", "gave up after 6 attempts")
+    # What arq leaves behind after the run that dead-lettered it.
+    await redis_client.delete(keys.arq_job("j1"))
+    await redis_client.zrem(keys.queue(4), "j1")
+    await redis_client.set(result_key_prefix + "j1", b"{}", ex=3600)
+    await redis_client.set(retry_key_prefix + "j1", b"3", ex=3600)
+
+    assert await producer.requeue("j1") is True
+    rec = await ledger.get("j1")
+    assert rec is not None and rec.state == State.QUEUED and rec.attempts == 0
+    assert await redis_client.zscore(keys.dead, "j1") is None
+    raw = await redis_client.get(keys.arq_job("j1"))
+    assert deserialize_job(raw, deserializer=codec.loads).function == "dial"
+    assert await redis_client.zscore(keys.queue(4), "j1") == codec.loads(raw)["et"]
+    assert await redis_client.exists(result_key_prefix + "j1", retry_key_prefix + "j1") == 0
+    assert 0 < await redis_client.pttl(keys.arq_job("j1")) <= settings.job_ttl_s * 1000
+    # Queued now: not requeueable again.
+    assert await producer.requeue("j1") is False
+    assert await producer.requeue("nope") is False
+
+
+async def test_requeue_rules(redis_client: aioredis.Redis, producer: Producer, ledger: Ledger, keys: Keys) -> None:
+    for job_id in ("failed", "unknown", "sent", "cancelled", "busy"):
+        await producer.enqueue(body(), job_id=job_id)
+        assert await ledger.mark_sending(job_id)
+    await ledger.mark_final("failed", State.FAILED, "retCode 5")
+    await ledger.mark_final("unknown", State.UNKNOWN, "timeout")
+    await ledger.mark_sent("sent", "SN")
+    await ledger.mark_final("cancelled", State.CANCELLED)
+    await ledger.mark_final("busy", State.FAILED)
+    await redis_client.set(in_progress_key_prefix + "busy", b"1", px=10_000)
+    assert await producer.requeue("failed") is True
+    assert await producer.requeue("unknown") is True
+    assert await producer.requeue("sent") is False
+    assert await producer.requeue("cancelled") is False
+    # An arq run is still finishing: its cleanup would delete the new job.
+    assert await producer.requeue("busy") is False
+    states = {j: (await ledger.get(j)).state for j in ("failed", "unknown", "sent", "cancelled", "busy")}  # type: ignore[union-attr]
+    assert states == {
+        "failed": State.QUEUED, "unknown": State.QUEUED, "sent": State.SENT,
+        "cancelled": State.CANCELLED, "busy": State.FAILED,
+    }  # fmt: skip
+
+
+async def test_requeue_dead(redis_client: aioredis.Redis, producer: Producer, ledger: Ledger, keys: Keys) -> None:
+    for i in range(5):
+        await producer.enqueue(body(f"86{i}", priority=str(i + 1)), job_id=f"d{i}")
+        assert await ledger.dead_letter(f"d{i}", "boom")
+    await redis_client.zadd(keys.dead, {"gone": 1})  # record expired meanwhile
+    assert await producer.requeue_dead(chunk=2) == 5
+    assert await redis_client.zcard(keys.dead) == 0
+    for i in range(5):
+        rec = await ledger.get(f"d{i}")
+        assert rec is not None and rec.state == State.QUEUED
+        assert await redis_client.zscore(keys.queue(i + 1), f"d{i}") is not None
+    assert await ledger.list_dead() == []
+
+
+async def test_module_level_helpers(redis_client: aioredis.Redis, settings: Settings, keys: Keys) -> None:
+    one = await enqueue_call(body(), job_id="m1", settings=settings)
+    assert one.status == "accepted"
+    many = await enqueue_many([body("1"), body("2"), body("1")], campaign="m", settings=settings)
+    assert [r.status for r in many] == ["accepted", "accepted", "duplicate"]
+    assert await redis_client.zcard(keys.queue(9)) == 3
+    with pytest.raises(InvalidRequest):
+        await enqueue_call({"called": "1"}, settings=settings)
+
+
+async def test_decoding_client(redis_url: str, settings: Settings) -> None:
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        producer = Producer(r, settings)
+        assert (await producer.enqueue(body(), job_id="x")).status == "accepted"
+        assert (await producer.enqueue(body(), job_id="x")).state == "queued"
+        res = await producer.enqueue_many([body("1"), body("1")], campaign="d")
+        assert [x.status for x in res] == ["accepted", "duplicate"]
+        await Ledger(r, settings).dead_letter("x", "boom")
+        assert await producer.requeue_dead() == 1
+    finally:
+        await r.aclose()

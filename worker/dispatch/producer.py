@@ -1,0 +1,358 @@
+"""Enqueue calls: validate, pick the job id, then write ledger record + arq job + queue entry at once.
+
+::
+
+    producer = Producer(redis, settings)
+    res = await producer.enqueue({"called": "8899", "playList": [{"voiceId": "100001"}], "priority": "1"},
+                                 campaign="spring-promo")
+    res.job_id, res.status   # ("spring-promo:8899", "accepted"); again -> "duplicate"
+
+Nothing is written for input that fails validation (:class:`~worker.errors.InvalidRequest` names each
+field and rule). The job id is the idempotency key: an explicit ``job_id``, else ``"<campaign>:<called>"``,
+else a random uuid4 hex. One Lua script (``enqueue.lua``) per job makes each item all-or-nothing.
+
+The arq job is arq's own JSON job (``{"t":1,"f":"dial","a":[],"k":{},"et":<ms>}``) and carries no body:
+the worker reads it from the ledger, which keeps queue memory small and the ledger the one source of truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from uuid import uuid4
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from worker.dispatch import codec
+from worker.dispatch.keys import (
+    DIAL_FUNCTION,
+    PRIORITY_LEVELS,
+    Keys,
+    in_progress_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from worker.dispatch.ledger import _lua, _str
+from worker.errors import FieldError, InvalidRequest
+from worker.models import CallRequest, field_errors
+from worker.settings import Settings, load_settings
+
+__all__ = ["CallJob", "EnqueueResult", "Producer", "enqueue_call", "enqueue_many"]
+
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+_CAMPAIGN_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_PIPELINES_IN_FLIGHT = 2
+
+
+def _arq_job_head() -> bytes:
+    # The scripts append the server's enqueue time and "}"; derived from codec so the bytes are exactly
+    # what codec.dumps gives for this job.
+    full = codec.dumps({"t": 1, "f": DIAL_FUNCTION, "a": [], "k": {}, "et": 0})
+    assert full.endswith(b"0}")
+    return full[:-2]
+
+
+_ARQ_JOB_HEAD = _arq_job_head()
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    """Outcome of one item. ``state`` is the ledger state ("queued", or the existing job's state for a
+    duplicate); ``errors`` lists why a "rejected" item was refused; ``index`` is its position in the
+    ``enqueue_many`` input."""
+
+    job_id: str | None
+    status: Literal["accepted", "duplicate", "rejected"]
+    state: str | None
+    errors: tuple[FieldError, ...] = ()
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class CallJob:
+    """One ``enqueue_many`` item with its own options; None options fall back to the batch's."""
+
+    request: CallRequest | dict[str, Any]
+    job_id: str | None = None
+    campaign: str | None = None
+    not_before: datetime | None = None
+    deadline: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _Options:
+    campaign: str  # "" = none, as the script wants it
+    encoded: tuple[bytes, bytes, bytes]  # enqueue.lua's ARGV[5..7]: campaign, not_before ms, deadline ms
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One enqueue.lua call, ready to send."""
+
+    index: int
+    job_id: str
+    keys: list[bytes]
+    args: list[bytes]
+
+
+def _to_ms(dt: datetime) -> int:
+    return (dt - _EPOCH) // _MS
+
+
+def _check_options(
+    job_id: str | None, campaign: str | None, not_before: datetime | None, deadline: datetime | None
+) -> tuple[_Options, list[FieldError]]:
+    errors: list[FieldError] = []
+    if job_id is not None and not (isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id)):
+        errors.append(FieldError("id", "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"))
+    if campaign is not None and not (isinstance(campaign, str) and _CAMPAIGN_RE.fullmatch(campaign)):
+        errors.append(FieldError("campaign", "must be 1-64 characters of A-Z a-z 0-9 . _ -"))
+    nb = dl = ""
+    times_ok = True
+    for name, dt in (("not_before", not_before), ("deadline", deadline)):
+        if dt is None:
+            continue
+        if not isinstance(dt, datetime):
+            errors.append(FieldError(name, "must be a datetime"))
+            times_ok = False
+        elif dt.utcoffset() is None:
+            errors.append(FieldError(name, "must be timezone-aware"))
+            times_ok = False
+    if times_ok:
+        if not_before is not None:
+            nb = str(_to_ms(not_before))
+        if deadline is not None:
+            # Input validation only; the worker enforces the deadline against the Redis clock.
+            if not_before is not None and deadline <= not_before:
+                errors.append(FieldError("deadline", "must be after not_before"))
+            elif deadline <= datetime.now(UTC):
+                errors.append(FieldError("deadline", "must be in the future"))
+            dl = str(_to_ms(deadline))
+    return _Options(campaign or "", ((campaign or "").encode(), nb.encode(), dl.encode())), errors
+
+
+def _validate(request: Any) -> tuple[CallRequest | None, list[FieldError]]:
+    if isinstance(request, CallRequest):
+        return request, []
+    if not isinstance(request, dict):
+        return None, [FieldError("body", "must be a JSON object")]
+    try:
+        return CallRequest.model_validate(request), []
+    except ValidationError as exc:
+        return None, field_errors(exc)
+
+
+class Producer:
+    """Enqueues calls into Redis. ``redis`` may decode responses or not; share one per process."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._keys = Keys(settings.key_prefix)
+        self._queues = {str(p): self._keys.queue(p).encode() for p in PRIORITY_LEVELS}
+        self._job_ttl_ms = settings.job_ttl_s * 1000
+        self._ledger_ttl_ms = settings.ledger_ttl_s * 1000
+        self._consts = (str(self._job_ttl_ms).encode(), str(self._ledger_ttl_ms).encode(), _ARQ_JOB_HEAD)
+        self._enqueue: AsyncScript = redis.register_script(_lua("enqueue.lua"))
+        self._requeue: AsyncScript = redis.register_script(_lua("requeue.lua"))
+
+    async def enqueue(
+        self,
+        request: CallRequest | dict[str, Any],
+        *,
+        job_id: str | None = None,
+        campaign: str | None = None,
+        not_before: datetime | None = None,
+        deadline: datetime | None = None,
+    ) -> EnqueueResult:
+        """Enqueue one call. Raises InvalidRequest (nothing stored) on bad input.
+
+        ``not_before`` defers the call; ``deadline`` is when the worker gives up on it (state
+        ``expired``). Both must be timezone-aware.
+        """
+        req, errors = _validate(request)
+        opts, opt_errors = _check_options(job_id, campaign, not_before, deadline)
+        errors += opt_errors
+        if errors or req is None:
+            raise InvalidRequest(errors)
+        call = self._script_call(req, job_id, opts)
+        flag, state = await self._enqueue(keys=call.keys, args=call.args)
+        return EnqueueResult(call.job_id, "accepted" if int(flag) else "duplicate", _str(state))
+
+    async def enqueue_many(
+        self,
+        items: Iterable[CallRequest | dict[str, Any] | CallJob],
+        *,
+        campaign: str | None = None,
+        not_before: datetime | None = None,
+        deadline: datetime | None = None,
+        chunk: int = 2000,
+    ) -> list[EnqueueResult]:
+        """Enqueue many calls; one result per item, in input order. Bad items are "rejected" (with
+        ``errors``), never raised; a repeated id, in the batch or already in Redis, is "duplicate".
+
+        Raises InvalidRequest only when the batch-wide options themselves are invalid.
+        """
+        base_opts, base_errors = _check_options(None, campaign, not_before, deadline)
+        if base_errors:
+            raise InvalidRequest(base_errors)
+        results: list[EnqueueResult | None] = []
+        calls: list[_Call] = []
+        first_of: dict[str, int] = {}  # job id -> index of its first item in this batch
+        repeats: list[tuple[int, str, int]] = []
+        for index, item in enumerate(items):
+            opts = base_opts
+            job_id = None
+            if isinstance(item, CallJob):
+                job_id = item.job_id
+                req, errors = _validate(item.request)
+                if (item.job_id, item.campaign, item.not_before, item.deadline) != (None, None, None, None):
+                    opts, opt_errors = _check_options(
+                        item.job_id,
+                        item.campaign if item.campaign is not None else campaign,
+                        item.not_before if item.not_before is not None else not_before,
+                        item.deadline if item.deadline is not None else deadline,
+                    )
+                    errors += opt_errors
+            else:
+                req, errors = _validate(item)
+            results.append(None)
+            if errors or req is None:
+                results[index] = EnqueueResult(job_id, "rejected", None, tuple(errors), index)
+                continue
+            call = self._script_call(req, job_id, opts, index)
+            # A repeat within the batch is answered here: chunks run concurrently, so Redis alone could
+            # not tell which of the two came first.
+            if call.job_id in first_of:
+                repeats.append((index, call.job_id, first_of[call.job_id]))
+                continue
+            first_of[call.job_id] = index
+            calls.append(call)
+
+        step = max(1, chunk)
+        parts = [calls[i : i + step] for i in range(0, len(calls), step)]
+        # Two pipelines in flight: Python packs the next chunk while Redis runs the scripts of this one.
+        gate = asyncio.Semaphore(_PIPELINES_IN_FLIGHT)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for part in parts:
+                    tg.create_task(self._send(part, results, gate))
+        except BaseExceptionGroup as group:
+            # Callers catch redis errors, not groups. Chunks already sent stay stored (each item is atomic);
+            # enqueue_many again to finish: the stored ones come back as duplicates.
+            raise group.exceptions[0] from None
+        for index, jid, first in repeats:
+            state = results[first].state  # type: ignore[union-attr]  # filled by _send
+            results[index] = EnqueueResult(jid, "duplicate", state, (), index)
+        return results  # type: ignore[return-value]  # every None was filled above
+
+    async def _send(self, part: list[_Call], results: list[EnqueueResult | None], gate: asyncio.Semaphore) -> None:
+        script = self._enqueue
+        async with gate, self._redis.pipeline(transaction=False) as pipe:
+            for call in part:
+                await script(keys=call.keys, args=call.args, client=pipe)
+            replies = await pipe.execute()
+        for call, (flag, state) in zip(part, replies, strict=True):
+            status: Literal["accepted", "duplicate"] = "accepted" if flag == 1 else "duplicate"
+            results[call.index] = EnqueueResult(call.job_id, status, _str(state), (), call.index)
+
+    async def requeue(self, job_id: str) -> bool:
+        """Put a dead, failed or unknown job back on its priority queue, attempts reset to 0, and take it
+        off the dead-letter list. False if there is no such job, it is in another state, or an arq run of
+        it is still finishing (try again shortly)."""
+        return await self._requeue_ids([job_id]) == 1
+
+    async def requeue_dead(self, *, chunk: int = 500) -> int:
+        """Requeue every job on the dead-letter list; returns how many were requeued."""
+        ids = [_str(i) for i in await self._redis.zrange(self._keys.dead, 0, -1)]
+        done = 0
+        for start in range(0, len(ids), chunk):
+            done += await self._requeue_ids(ids[start : start + chunk])
+        return done
+
+    async def _requeue_ids(self, ids: Sequence[str]) -> int:
+        # The queue key depends on the stored priority; read it first so the script declares every key
+        # it touches (the script re-checks it).
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self._keys.job(job_id), "prio")
+            prios = await pipe.execute()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, prio in zip(ids, prios, strict=True):
+                if prio is None:
+                    pipe.zrem(self._keys.dead, job_id)
+                    continue
+                p = _str(prio)
+                await self._requeue(
+                    keys=[
+                        self._keys.job(job_id),
+                        self._keys.arq_job(job_id),
+                        self._keys.queue(int(p)),
+                        self._keys.dead,
+                        retry_key_prefix + job_id,
+                        result_key_prefix + job_id,
+                        in_progress_key_prefix + job_id,
+                    ],
+                    args=[job_id, self._job_ttl_ms, self._ledger_ttl_ms, _ARQ_JOB_HEAD, p],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return sum(1 for r in replies if isinstance(r, bytes | str) and _str(r) == "requeued")
+
+    def _script_call(self, req: CallRequest, job_id: str | None, opts: _Options, index: int = 0) -> _Call:
+        called = req.called
+        if job_id is None:
+            job_id = f"{opts.campaign}:{called}" if opts.campaign else uuid4().hex
+        prio = req.priority
+        # model_dump_json is compact and UTF-8 (no \u escapes): the same document as body(), smaller.
+        body = req.model_dump_json(by_alias=True, exclude_none=True, exclude_unset=True)
+        # Everything goes as bytes: redis-py's pure-Python packing is the hot spot of enqueue_many.
+        keys = [self._keys.job(job_id).encode(), self._keys.arq_job(job_id).encode(), self._queues[prio]]
+        args = [job_id.encode(), prio.encode(), called.encode(), body.encode(), *opts.encoded, *self._consts]
+        return _Call(index, job_id, keys, args)
+
+
+async def enqueue_call(
+    request: CallRequest | dict[str, Any],
+    *,
+    job_id: str | None = None,
+    campaign: str | None = None,
+    not_before: datetime | None = None,
+    deadline: datetime | None = None,
+    settings: Settings | None = None,
+) -> EnqueueResult:
+    """:meth:`Producer.enqueue` on a connection of its own (``settings`` default: ``load_settings()``)."""
+    settings = settings or load_settings()
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        return await Producer(redis, settings).enqueue(
+            request, job_id=job_id, campaign=campaign, not_before=not_before, deadline=deadline
+        )
+    finally:
+        await redis.aclose()
+
+
+async def enqueue_many(
+    requests: Iterable[CallRequest | dict[str, Any] | CallJob],
+    *,
+    campaign: str | None = None,
+    not_before: datetime | None = None,
+    deadline: datetime | None = None,
+    settings: Settings | None = None,
+) -> list[EnqueueResult]:
+    """:meth:`Producer.enqueue_many` on a connection of its own (``settings``: ``load_settings()``)."""
+    settings = settings or load_settings()
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        return await Producer(redis, settings).enqueue_many(
+            requests, campaign=campaign, not_before=not_before, deadline=deadline
+        )
+    finally:
+        await redis.aclose()
