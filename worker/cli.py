@@ -1,0 +1,308 @@
+"""The ``dialer`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TextIO, TypeVar
+
+import click
+
+from worker.errors import SettingsError
+from worker.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(coro_fn: Callable[[Settings], Awaitable[T]]) -> T:
+    settings = _settings()
+    from worker import logs
+
+    logs.configure(settings.log_level, settings.log_format)
+    return asyncio.run(coro_fn(settings))  # type: ignore[arg-type]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """voice-dialer: bulk outbound voice-notification calls (Huawei Cloud CEC) on Redis + arq.
+
+    Every setting is a DIALER_* environment variable (or a line of .env); see the README.
+    """
+
+
+# --- worker ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--queues", default="all", show_default=True, help="Priorities to serve: all, 1-3, 1,2,9 ...")
+@click.option("--burst", is_flag=True, help="Exit when every served queue is empty.")
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=None,
+              help="Jobs run at once per queue [DIALER_WORKER_CONCURRENCY].")
+@click.option("--check", is_flag=True, help="Health check: exit 0 if workers of these queues are alive.")
+def worker(queues: str, burst: bool, concurrency: int | None, check: bool) -> None:
+    """Run a worker process: one arq Worker per served priority queue."""
+    from worker.dispatch.queues import check_health, parse_queues, run_process
+
+    try:
+        levels = parse_queues(queues)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--queues") from None
+    if check:
+        ok = _run(lambda s: check_health(s, levels))
+        click.echo("healthy" if ok else "unhealthy: no live worker heartbeat for every queue")
+        sys.exit(0 if ok else 1)
+    _run(lambda s: run_process(s, levels, burst=burst, concurrency=concurrency))
+
+
+# --- enqueue --------------------------------------------------------------------------------------
+
+
+def _json_items(stream: TextIO) -> Iterator[tuple[int, Any]]:
+    """One JSON object, or JSONL: yields (line number, parsed value or the JSON error)."""
+    text = stream.read()
+    stripped = text.strip()
+    if not stripped:
+        return
+    try:
+        whole = json.loads(stripped)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict):
+        yield 1, whole
+        return
+    if isinstance(whole, list):
+        yield from enumerate(whole, start=1)
+        return
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield n, exc
+
+
+@main.command()
+@click.option("--called", help="Number to call.")
+@click.option("--voice-id", help="Recording ID for the play list.")
+@click.option("--voice-file-name", help="Recording file name.")
+@click.option("--template-id", help="TTS template ID.")
+@click.option("--param", "params", multiple=True, help="Template parameter (repeat, in order).")
+@click.option("--priority", type=click.IntRange(1, 9), default=None, help="1 (most urgent) .. 9 (default).")
+@click.option("--caller-present", help="Number shown to the callee (CLIP).")
+@click.option("--play-times", type=int, default=None, help="Times the message plays, 1..5.")
+@click.option("--callback-url", help="URL the provider POSTs the release event to.")
+@click.option("--id", "job_id", help="Idempotency key: enqueuing the same id again is a no-op.")
+@click.option("--campaign", help="Campaign name (job id defaults to campaign:called).")
+@click.option("--json", "json_file", type=click.File("r"), default=None,
+              help="Seed-shaped bodies: one JSON object, a JSON array, or JSONL; '-' for stdin. "
+              "An 'id' key in a body is its idempotency key.")
+def enqueue(called: str | None, voice_id: str | None, voice_file_name: str | None, template_id: str | None,
+            params: tuple[str, ...], priority: int | None, caller_present: str | None,
+            play_times: int | None, callback_url: str | None, job_id: str | None, campaign: str | None,
+            json_file: TextIO | None) -> None:
+    """Enqueue calls. Prints one line per job: its id and whether it was new."""
+    from worker.dispatch.producer import CallJob, Producer
+    from worker.dispatch.queues import open_pool
+
+    jobs: list[CallJob] = []
+    problems: list[str] = []
+    if json_file is not None:
+        if called:
+            raise click.UsageError("use either --json or --called, not both")
+        for n, item in _json_items(json_file):
+            if isinstance(item, Exception):
+                problems.append(f"line {n}: body: not valid JSON ({item})")
+            elif not isinstance(item, dict):
+                problems.append(f"line {n}: body: must be a JSON object")
+            else:
+                body = dict(item)
+                key = body.pop("id", None)
+                jobs.append(CallJob(request=body, job_id=None if key is None else str(key), campaign=campaign))
+    else:
+        if not called:
+            raise click.UsageError("--called is required (or --json FILE)")
+        item_body: dict[str, Any] = {}
+        if voice_id:
+            item_body["voiceId"] = voice_id
+        if voice_file_name:
+            item_body["voiceFileName"] = voice_file_name
+        if template_id:
+            item_body["templateId"] = template_id
+        if params:
+            item_body["templateParams"] = list(params)
+        body = {"called": called, "playList": [item_body]}
+        for key, value in (("priority", None if priority is None else str(priority)),
+                           ("callerPresent", caller_present), ("playTimes", play_times),
+                           ("callBackUrl", callback_url)):
+            if value is not None:
+                body[key] = value
+        jobs.append(CallJob(request=body, job_id=job_id, campaign=campaign))
+
+    if problems:
+        for p in problems:
+            click.echo(f"rejected {p}", err=True)
+        raise click.ClickException(f"{len(problems)} item(s) are not valid JSON objects; nothing was enqueued")
+
+    async def go(settings: Settings) -> int:
+        pool = await open_pool(settings)
+        try:
+            results = await Producer(pool, settings).enqueue_many(jobs)
+        finally:
+            await pool.aclose()
+        rejected = 0
+        for r in results:
+            if r.status == "rejected":
+                rejected += 1
+                where = f"item {(r.index or 0) + 1}"
+                for e in r.errors:
+                    click.echo(f"rejected {where}: {e.field}: {e.rule}", err=True)
+            elif r.status == "duplicate":
+                click.echo(f"{r.job_id}\tduplicate (already {r.state}; nothing enqueued)")
+            else:
+                click.echo(f"{r.job_id}\tnew ({r.state})")
+        return rejected
+
+    rejected = _run(go)
+    if rejected:
+        sys.exit(1)
+
+
+# --- job & dead letters ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("job_id")
+def job(job_id: str) -> None:
+    """Show one job's ledger record as JSON."""
+    from worker.dispatch.ledger import Ledger
+    from worker.dispatch.queues import open_pool
+
+    async def go(settings: Settings) -> dict[str, Any] | None:
+        pool = await open_pool(settings)
+        try:
+            record = await Ledger(pool, settings).get(job_id)
+        finally:
+            await pool.aclose()
+        return None if record is None else record.as_dict()
+
+    data = _run(go)
+    if data is None:
+        raise click.ClickException(f"no job {job_id!r} in the ledger")
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@main.group("dead-letter")
+def dead_letter() -> None:
+    """Jobs that exhausted their retries."""
+
+
+@dead_letter.command("list")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dead_list(limit: int, as_json: bool) -> None:
+    """List dead-lettered jobs with their last error."""
+    from worker.dispatch.ledger import Ledger
+    from worker.dispatch.queues import open_pool
+
+    async def go(settings: Settings) -> list[dict[str, Any]]:
+        pool = await open_pool(settings)
+        try:
+            return [r.as_dict() for r in await Ledger(pool, settings).list_dead(limit)]
+        finally:
+            await pool.aclose()
+
+    for rec in _run(go):
+        if as_json:
+            click.echo(json.dumps(rec, sort_keys=True))
+        else:
+            click.echo(f"{rec['id']}\tp{rec['priority']}\t{rec['called']}\t{rec.get('last_error') or ''}")
+
+
+@dead_letter.command("requeue")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Requeue every dead-lettered job.")
+def dead_requeue(job_ids: tuple[str, ...], all_: bool) -> None:
+    """Put dead-lettered jobs back on their queues (attempts start again)."""
+    from worker.dispatch.producer import Producer
+    from worker.dispatch.queues import open_pool
+
+    if not job_ids and not all_:
+        raise click.UsageError("give JOB_ID(s) or --all")
+
+    async def go(settings: Settings) -> tuple[int, list[str]]:
+        pool = await open_pool(settings)
+        try:
+            producer = Producer(pool, settings)
+            if all_:
+                return await producer.requeue_dead(), []
+            missing = [j for j in job_ids if not await producer.requeue(j)]
+            return len(job_ids) - len(missing), missing
+        finally:
+            await pool.aclose()
+
+    count, missing = _run(go)
+    click.echo(f"requeued {count} job(s)")
+    for j in missing:
+        click.echo(f"not requeued: {j} (unknown, or not dead/failed/unknown)", err=True)
+    if missing:
+        sys.exit(1)
+
+
+# --- simulator ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8090, show_default=True)
+@click.option("--latency-ms", type=float, default=0.0, show_default=True)
+@click.option("--jitter-ms", type=float, default=0.0, show_default=True)
+@click.option("--fail-500-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--retcode1-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--max-rps", type=float, default=None)
+@click.option("--token-lifetime-s", type=int, default=None, help="Force this token lifetime.")
+@click.option("--callbacks/--no-callbacks", default=False, help="POST release events to callBackUrl.")
+@click.option("--app-key", default=None, help="Accepted AK [DIALER_APP_KEY].")
+def simulator(host: str, port: int, latency_ms: float, jitter_ms: float, fail_500_rate: float,
+              retcode1_rate: float, hang_rate: float, max_rps: float | None, token_lifetime_s: int | None,
+              callbacks: bool, app_key: str | None) -> None:
+    """Run the provider simulator (a sandbox CEC) for demos, tests and benchmarks."""
+    from worker import logs
+    from worker.provider.simulator import SimulatorConfig, run
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    config = SimulatorConfig(
+        app_key=app_key or settings.app_key,
+        app_secret=settings.app_secret.get_secret_value(),
+        latency_ms=latency_ms, jitter_ms=jitter_ms, fail_500_rate=fail_500_rate, retcode1_rate=retcode1_rate,
+        hang_rate=hang_rate, max_rps=max_rps, token_lifetime_s=token_lifetime_s, callbacks=callbacks,
+        callback_url_base64=settings.callback_url_base64,
+    )
+    run(host, port, config)
+
+
+@main.command()
+@click.option("--calls", type=click.IntRange(1, 1_000_000), default=2000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 32), default=2, show_default=True)
+@click.option("--rate", type=click.FloatRange(0.1), default=200.0, show_default=True, help="Calls/s limit.")
+@click.option("--latency-ms", type=float, default=40.0, show_default=True, help="Simulated provider latency.")
+def demo(calls: int, workers: int, rate: float, latency_ms: float) -> None:
+    """Run a whole local system (Redis, simulator, workers) and a sample campaign, then clean up."""
+    from worker.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(calls=calls, workers=workers, rate=rate, latency_ms=latency_ms)
+    sys.exit(asyncio.run(run_demo(_settings(), opts)))
+
+
+if __name__ == "__main__":
+    main()

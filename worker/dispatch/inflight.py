@@ -1,0 +1,119 @@
+"""Fleet-wide cap on concurrent provider requests: leases in one Redis sorted set (``inflight.lua``).
+
+::
+
+    in_flight = InFlight(redis, settings)
+    async with in_flight.slot():      # waits until fewer than max_in_flight leases are held fleet-wide
+        await post_request()
+    print(await in_flight.held())     # leases held right now, across every process
+
+Each lease is a member scored by its expiry on the Redis clock. A lease lives
+``request_timeout_s + connect_timeout_s + 5 s``: a request can't run longer than that, so a worker killed
+mid-request gives its slots back by itself once they expire. Leaving the block removes the lease at once,
+also on an exception or cancellation.
+
+Waiting costs Redis little: a local ``asyncio.Semaphore(max_in_flight)`` stops a process from asking for
+more slots than the cap, and of its waiters only one at a time polls Redis, with a backoff from 2 ms to
+50 ms that restarts whenever this process frees a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from worker.dispatch.keys import Keys
+from worker.settings import Settings
+
+__all__ = ["LEASE_GRACE_S", "InFlight"]
+
+log = logging.getLogger(__name__)
+
+_SCRIPT = Path(__file__).with_name("inflight.lua").read_text(encoding="utf-8")
+
+LEASE_GRACE_S = 5.0
+"""A lease outlives the longest possible request by this much before it counts as abandoned."""
+_POLL_S = (0.002, 0.05)
+
+
+class InFlight:
+    """Fleet-wide in-flight cap (``settings.max_in_flight``); one instance per process."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._key = Keys(settings.key_prefix).in_flight
+        self._cap = settings.max_in_flight
+        lease_s = settings.request_timeout_s + settings.connect_timeout_s + LEASE_GRACE_S
+        self._ttl_ms = math.ceil(lease_s * 1000)
+        self._script = redis.register_script(_SCRIPT)
+        self._local = asyncio.Semaphore(settings.max_in_flight)
+        self._poller = asyncio.Lock()
+        self._freed = asyncio.Event()
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    def slot(self) -> AbstractAsyncContextManager[None]:
+        """Hold one fleet-wide in-flight lease for the duration of the ``async with`` block."""
+        return self._slot()
+
+    async def held(self) -> int:
+        """Leases held now across the fleet (expired ones not counted)."""
+        sec, usec = await self._redis.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        return int(await self._redis.zcount(self._key, f"({now_ms}", "+inf"))
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        async with self._local:
+            lease = await self._acquire()
+            try:
+                yield
+            finally:
+                await self._release(lease)
+
+    async def _acquire(self) -> str:
+        lease = uuid.uuid4().hex
+        async with self._poller:
+            pause = _POLL_S[0]
+            while True:
+                self._freed.clear()  # before asking: a release during the call must not be missed
+                try:
+                    taken = await self._script(keys=[self._key], args=[lease, self._cap, self._ttl_ms])
+                except asyncio.CancelledError:
+                    # The script may have run before the reply was lost: drop the lease if it exists.
+                    self._spawn_removal(lease)
+                    raise
+                if taken:
+                    return lease
+                try:
+                    async with asyncio.timeout(pause * random.uniform(0.8, 1.2)):
+                        await self._freed.wait()
+                    pause = _POLL_S[0]
+                except TimeoutError:
+                    pause = min(pause * 2, _POLL_S[1])
+
+    async def _release(self, lease: str) -> None:
+        # Shielded: a cancelled request must still give its slot back now, not after the lease TTL.
+        await asyncio.shield(self._spawn_removal(lease))
+
+    def _spawn_removal(self, lease: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._remove(lease))
+        self._releasing.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(self._releasing.discard)
+        return task
+
+    async def _remove(self, lease: str) -> None:
+        try:
+            await self._redis.zrem(self._key, lease)
+        except (RedisError, OSError) as exc:
+            log.warning("in-flight lease not released (%s); it expires by itself", type(exc).__name__)
+        finally:
+            self._freed.set()

@@ -1,0 +1,211 @@
+"""What happens to one call job inside a worker: the ledger, the limits, the provider, the outcome.
+
+This module knows nothing about arq: a run ends by returning an outcome, or by raising :class:`Defer`
+to be put back on its queue for later (``queues.py`` turns that into arq's ``Retry``).
+
+Delivery semantics (see README, "What happens when things go wrong"):
+
+* the ledger moves a job ``queued -> sending`` atomically just before the request leaves;
+* a run that finds ``sent`` (or any final state) stops; a run that finds ``sending`` left behind by a
+  dead worker marks the job ``unknown`` and does not redial (unless ``DIALER_REDIAL_AMBIGUOUS``);
+* retryable outcomes go back to ``queued`` and are retried with full-jitter backoff, slept in-process
+  when short, deferred on the queue when long; when attempts, total time or the deadline run out the
+  job is dead-lettered with the last error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from worker.dispatch.inflight import InFlight
+from worker.dispatch.ledger import JobRecord, Ledger, State
+from worker.dispatch.ratelimit import RateLimiter
+from worker.errors import (
+    AmbiguousError,
+    AuthError,
+    InvalidRequest,
+    PermanentError,
+    ProviderError,
+    RetryableError,
+)
+from worker.models import CallRequest
+from worker.provider.client import Accepted, ProviderClient
+from worker.provider.retry import backoff_delay
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Leave this much of a run's time budget for the request itself and the ledger writes after it, so a
+# run never overruns the engine's job timeout (which would lose track of a call in flight).
+_RUN_SLACK_S = 5.0
+
+
+class Defer(Exception):
+    """Put the job back on its queue to run again in ``seconds``; the ledger keeps it ``queued``."""
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        self.seconds = max(seconds, 0.0)
+        self.reason = reason
+        super().__init__(f"defer {self.seconds:.2f}s: {reason}")
+
+
+class _NotSent(Exception):
+    """The ledger refused ``queued -> sending`` (cancelled or taken meanwhile): do not send."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one run ended, for logs and metrics."""
+
+    state: str  # a ledger state, or "skipped"/"missing"
+    attempts: int = 0
+    detail: str = ""
+
+
+class Dispatcher:
+    """Everything one worker process shares across its queues: ledger, limits, provider client.
+
+    ``await dispatcher.dial(job_id)`` runs one job to an :class:`Outcome` or raises :class:`Defer`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        limiter: RateLimiter,
+        in_flight: InFlight,
+        client: ProviderClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.limiter = limiter
+        self.in_flight = in_flight
+        self.client = client
+        self.clock = clock
+
+    async def dial(self, job_id: str) -> Outcome:
+        try:
+            verdict, record = await self.ledger.claim(job_id)
+        except (KeyError, ValueError) as exc:
+            return await self.reject(job_id, f"corrupt ledger record ({type(exc).__name__}: {exc})")
+        if verdict == "missing" or record is None:
+            return await self.reject(job_id, "no ledger record for this job (written without the producer?)")
+        if verdict == "final":
+            return Outcome("skipped", record.attempts, f"already {record.state}")
+        if verdict == "stale":
+            log.warning("job %s was mid-request when its worker died: outcome unknown", job_id)
+            return Outcome(State.UNKNOWN, record.attempts, "worker died mid-request")
+        try:
+            request = record.request()
+        except InvalidRequest as exc:
+            return await self.reject(job_id, f"invalid stored body: {exc}")
+        return await self._attempts(record, request)
+
+    async def reject(self, job_id: str, reason: str) -> Outcome:
+        """Dead-letter a job that cannot be run as stored; the worker carries on."""
+        log.warning("job %s dead-lettered: %s", job_id, reason)
+        await self.ledger.reject(job_id, reason)
+        return Outcome(State.DEAD, 0, reason)
+
+    async def _attempts(self, record: JobRecord, request: CallRequest) -> Outcome:
+        job_id = record.job_id
+        started = self.clock()
+        run_deadline = started + self.settings.job_timeout_s - self.settings.request_timeout_s - _RUN_SLACK_S
+        first_try_s = max(record.created_ms, record.not_before_ms or 0) / 1000
+        attempts = record.attempts
+        while True:
+            now = self.clock()
+            if record.deadline_ms is not None and now * 1000 >= record.deadline_ms:
+                await self.ledger.mark_final(job_id, State.EXPIRED, "deadline passed before the call was made")
+                return Outcome(State.EXPIRED, attempts)
+            try:
+                await asyncio.wait_for(
+                    self.limiter.acquire(record.priority), timeout=max(run_deadline - now, 0.001)
+                )
+            except TimeoutError:
+                # Saturated: give the worker slot back and queue again rather than overrun the job timeout.
+                raise Defer(0.0, "waited too long for a rate permit") from None
+            try:
+                accepted = await self._send_once(job_id, request, record.priority)
+            except _NotSent:
+                current = await self.ledger.get(job_id)
+                state = current.state if current else "missing"
+                return Outcome("skipped", attempts, f"state changed to {state} before sending")
+            except asyncio.CancelledError:
+                await asyncio.shield(self._cancelled_mid_request(job_id))
+                raise
+            except ProviderError as exc:
+                attempts += 1
+                outcome = await self._failed(job_id, exc, attempts, first_try_s, record.deadline_ms)
+                if outcome is not None:
+                    return outcome
+                delay = backoff_delay(attempts, self.settings)
+                if delay > self.settings.retry_inprocess_max_s or self.clock() + delay > run_deadline:
+                    raise Defer(delay, exc.describe()) from None
+                await asyncio.sleep(delay)
+                continue
+            except Exception as exc:
+                # A bug or an unexpected library error: never leave a job silently in `sending`.
+                log.exception("job %s: unexpected error", job_id)
+                await self.ledger.mark_final(job_id, State.UNKNOWN, f"unexpected error: {type(exc).__name__}")
+                return Outcome(State.UNKNOWN, attempts + 1, type(exc).__name__)
+            attempts += accepted.attempts
+            await self.ledger.mark_sent(job_id, accepted.call_serial_no)
+            return Outcome(State.SENT, attempts, accepted.call_serial_no)
+
+    async def _send_once(self, job_id: str, request: CallRequest, priority: int) -> Accepted:
+        sends = 0
+
+        async def before_send() -> None:
+            nonlocal sends
+            sends += 1
+            if sends > 1:
+                # The client's one retry after a 401 is a provider attempt too: it takes its own permit.
+                await self.limiter.acquire(priority)
+                return
+            if not await self.ledger.mark_sending(job_id):
+                # The script may have run once already if the connection dropped and redis-py retried
+                # it; arq runs a job in one place at a time, so `sending` now can only be our own write.
+                current = await self.ledger.get(job_id)
+                if current is None or current.state != State.SENDING:
+                    raise _NotSent
+
+        async with self.in_flight.slot():
+            return await self.client.create_voice_notification(request, before_send=before_send)
+
+    async def _failed(
+        self, job_id: str, exc: ProviderError, attempts: int, first_try_s: float, deadline_ms: int | None
+    ) -> Outcome | None:
+        """Record a failed attempt; return the final outcome, or None when the job should be retried."""
+        reason = exc.describe()
+        if isinstance(exc, AmbiguousError) and not self.settings.redial_ambiguous:
+            await self.ledger.mark_final(job_id, State.UNKNOWN, reason)
+            return Outcome(State.UNKNOWN, attempts, reason)
+        if isinstance(exc, PermanentError):
+            await self.ledger.mark_final(job_id, State.FAILED, reason)
+            return Outcome(State.FAILED, attempts, reason)
+        # Retryable, auth (credentials may be fixed by an operator; requeue from dead letters) and,
+        # with DIALER_REDIAL_AMBIGUOUS, ambiguous outcomes.
+        assert isinstance(exc, RetryableError | AuthError | AmbiguousError)
+        now = self.clock()
+        exhausted = (
+            attempts >= self.settings.retry_max_attempts
+            or now - first_try_s >= self.settings.retry_max_total_s
+            or (deadline_ms is not None and now * 1000 >= deadline_ms)
+        )
+        if exhausted:
+            await self.ledger.dead_letter(job_id, f"gave up after {attempts} attempts: {reason}")
+            return Outcome(State.DEAD, attempts, reason)
+        await self.ledger.mark_retry(job_id, reason)
+        return None
+
+    async def _cancelled_mid_request(self, job_id: str) -> None:
+        """A run cancelled (shutdown past the drain time, timeout) may have left a request in flight."""
+        record = await self.ledger.get(job_id)
+        if record is not None and record.state == State.SENDING:
+            await self.ledger.mark_final(job_id, State.UNKNOWN, "cancelled mid-request")

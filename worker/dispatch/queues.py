@@ -1,0 +1,240 @@
+"""The arq seam: the only module that knows the queue engine is arq.
+
+One worker process runs one arq ``Worker`` per served priority queue (arq reads exactly one queue per
+``Worker``), all in one event loop, sharing one Redis pool, one aiohttp session, one token manager,
+one rate limiter and one in-flight cap (see :class:`worker.dispatch.job.Dispatcher`).
+
+For arq users: ``arq worker.dispatch.queues.WorkerSettings`` runs one queue (``DIALER_ARQ_PRIORITY``,
+default 9) the arq way; ``dialer worker`` is the full process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from arq import Retry
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.worker import Worker, func
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.dispatch import codec
+from worker.dispatch.inflight import InFlight
+from worker.dispatch.job import Defer, Dispatcher
+from worker.dispatch.keys import DIAL_FUNCTION, PRIORITY_LEVELS, Keys
+from worker.dispatch.ledger import Ledger
+from worker.dispatch.ratelimit import RateLimiter
+from worker.provider.client import ProviderClient
+from worker.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+# arq's own attempt counter also counts our deferrals (pause, windows, backoff); provider attempts are
+# bounded by the ledger instead, so arq's is set out of reach.
+_ARQ_MAX_TRIES = 1_000_000
+_HEALTH_CHECK_INTERVAL_S = 5
+
+
+def parse_queues(spec: str) -> list[int]:
+    """``"1-3,7"`` -> ``[1, 2, 3, 7]``; ``"all"`` -> 1..9. Raises ValueError naming the bad part."""
+    if spec.strip().lower() in ("", "all"):
+        return list(PRIORITY_LEVELS)
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        lo, _, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"queues: {part!r} is not a priority or range like 1-3") from None
+        if not (1 <= first <= last <= 9):
+            raise ValueError(f"queues: {part!r} must lie within 1..9")
+        out.update(range(first, last + 1))
+    return sorted(out)
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    """arq connection settings that ride out a Redis restart instead of exiting the worker."""
+    rs = RedisSettings.from_dsn(settings.redis_url)
+    rs.conn_retries = 30
+    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
+    # Retry forever with capped backoff: a worker should wait for Redis to come back, not die.
+    rs.retry = RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
+    return rs
+
+
+async def open_pool(settings: Settings) -> ArqRedis:
+    pool: ArqRedis = await create_pool(
+        redis_settings(settings), job_serializer=codec.dumps, job_deserializer=codec.loads_job
+    )
+    return pool
+
+
+async def _dial(ctx: dict[str, Any], *_args: Any, **_kwargs: Any) -> str:
+    """The arq job function. Arguments are ignored: the job's body lives in the ledger."""
+    dispatcher: Dispatcher = ctx["dispatcher"]
+    job_id: str = ctx["job_id"]
+    if codec.MALFORMED in _kwargs:
+        outcome = await dispatcher.reject(job_id, f"malformed job: {_kwargs[codec.MALFORMED]}")
+        return str(outcome.state)
+    try:
+        outcome = await dispatcher.dial(job_id)
+    except Defer as d:
+        # A long pause or backoff must not outlive the arq job key (whose TTL is fixed at enqueue).
+        await ctx["redis"].pexpire(Keys("").arq_job(job_id), int((d.seconds + dispatcher.settings.job_ttl_s) * 1000))
+        log.info("job %s deferred %.2fs: %s", job_id, d.seconds, d.reason)
+        raise Retry(defer=d.seconds) from None
+    log.info("job %s -> %s (attempts=%d) %s", job_id, outcome.state, outcome.attempts, outcome.detail)
+    return str(outcome.state)
+
+
+class DialerProcess:
+    """One worker process: shared resources plus one arq Worker per served queue."""
+
+    def __init__(self, settings: Settings, queues: Sequence[int], *, burst: bool = False,
+                 concurrency: int | None = None) -> None:
+        self.settings = settings
+        self.queues = list(queues)
+        self.burst = burst
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.workers: list[Worker] = []
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        settings = self.settings
+        pool = await open_pool(settings)
+        limiter = RateLimiter(pool, settings)
+        in_flight = InFlight(pool, settings)
+        try:
+            async with ProviderClient.open(settings, pool) as client:
+                dispatcher = Dispatcher(settings, Ledger(pool, settings), limiter, in_flight, client)
+                keys = Keys(settings.key_prefix)
+                self.workers = [
+                    Worker(
+                        functions=[func(_dial, name=DIAL_FUNCTION, max_tries=_ARQ_MAX_TRIES,
+                                        timeout=settings.job_timeout_s)],
+                        queue_name=keys.queue(p),
+                        redis_pool=pool,
+                        burst=self.burst,
+                        handle_signals=False,
+                        max_jobs=self.concurrency,
+                        poll_delay=settings.poll_delay_s,
+                        max_tries=_ARQ_MAX_TRIES,
+                        keep_result=0,
+                        job_serializer=codec.dumps,
+                        job_deserializer=codec.loads_job,
+                        ctx={"dispatcher": dispatcher},
+                        health_check_interval=_HEALTH_CHECK_INTERVAL_S,
+                        log_results=False,
+                    )
+                    for p in self.queues
+                ]
+                runs = [asyncio.ensure_future(w.async_run()) for w in self.workers]
+                stop = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait([stop, *runs], return_when=asyncio.FIRST_COMPLETED)
+                if self._stopping.is_set():
+                    await self._drain(runs)
+                else:
+                    # Burst mode: each worker returns when its queue is empty; wait for them all.
+                    await asyncio.gather(*runs)
+                stop.cancel()
+                for w in self.workers:
+                    with contextlib.suppress(Exception):
+                        await pool.delete(w.health_check_key)
+        finally:
+            await limiter.close()
+            await pool.aclose()
+
+    def stop(self) -> None:
+        """Stop taking jobs; in-flight calls finish within ``drain_timeout_s`` (SIGTERM/SIGINT)."""
+        self._stopping.set()
+
+    async def _drain(self, runs: Sequence[asyncio.Future[None]]) -> None:
+        for w in self.workers:
+            w.allow_pick_jobs = False
+        running = [t for w in self.workers for t in w.tasks.values() if not t.done()]
+        log.info("draining %d running job(s), up to %ss", len(running), self.settings.drain_timeout_s)
+        if running:
+            _done, pending = await asyncio.wait(running, timeout=self.settings.drain_timeout_s)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for r in runs:
+            r.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+
+
+async def run_process(settings: Settings, queues: Sequence[int], *, burst: bool = False,
+                      concurrency: int | None = None) -> None:
+    """Run a worker process until SIGTERM/SIGINT (or, with ``burst``, until the queues are empty)."""
+    proc = DialerProcess(settings, queues, burst=burst, concurrency=concurrency)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, proc.stop)
+    try:
+        await proc.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def check_health(settings: Settings, queues: Sequence[int]) -> bool:
+    """True when a live worker recently recorded health for every given queue."""
+    pool = await open_pool(settings)
+    try:
+        keys = Keys(settings.key_prefix)
+        found = await pool.exists(*[keys.queue(p) + ":health-check" for p in queues])
+        return int(found) == len(queues)
+    finally:
+        await pool.aclose()
+
+
+async def _arq_startup(ctx: dict[str, Any]) -> None:
+    settings = load_settings()
+    pool: ArqRedis = ctx["redis"]
+    client_cm = ProviderClient.open(settings, pool)
+    client = await client_cm.__aenter__()
+    ctx["_client_cm"] = client_cm
+    ctx["_limiter"] = limiter = RateLimiter(pool, settings)
+    ctx["dispatcher"] = Dispatcher(settings, Ledger(pool, settings), limiter, InFlight(pool, settings), client)
+
+
+async def _arq_shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["_limiter"].close()
+    await ctx["_client_cm"].__aexit__(None, None, None)
+
+
+def _arq_settings() -> dict[str, Any]:
+    """``WorkerSettings`` for arq's CLI, as a dict (arq accepts either)."""
+    settings = load_settings()
+    priority = int(os.environ.get("DIALER_ARQ_PRIORITY", "9"))
+    return {
+        "functions": [func(_dial, name=DIAL_FUNCTION, max_tries=_ARQ_MAX_TRIES, timeout=settings.job_timeout_s)],
+        "queue_name": Keys(settings.key_prefix).queue(priority),
+        "redis_settings": redis_settings(settings),
+        "on_startup": _arq_startup,
+        "on_shutdown": _arq_shutdown,
+        "max_jobs": settings.worker_concurrency,
+        "poll_delay": settings.poll_delay_s,
+        "max_tries": _ARQ_MAX_TRIES,
+        "keep_result": 0,
+        "job_serializer": codec.dumps,
+        "job_deserializer": codec.loads_job,
+        "job_completion_wait": settings.drain_timeout_s,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # Built on first access, so importing this module never reads the environment.
+    if name == "WorkerSettings":
+        return _arq_settings()
+    raise AttributeError(name)
