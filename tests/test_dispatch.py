@@ -348,3 +348,32 @@ async def test_arq_cli_runs_one_priority_queue_with_worker_settings(sim: Sim, si
     recs = await records(sim_settings, job_ids)
     assert recs[job_ids[0]].state == State.SENT
     assert recs[job_ids[1]].state == State.QUEUED  # priority 4 is not this worker's queue
+
+
+async def test_cli_enqueue_json_lines_from_stdin_is_all_or_nothing_per_item(
+    sim_settings: Settings, tmp_path: Path
+) -> None:
+    env = settings_env(sim_settings)
+    lines = [json.dumps({**body("83000001"), "id": "j-1"}), json.dumps(body("83000002", priority=2)),
+             json.dumps({"called": "83000003", "playList": [], "id": "j-3"})]
+    path = tmp_path / "calls.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    rc, out, err = await run_dialer("enqueue", "--json", str(path), env=env)
+    assert rc == 1  # one item was rejected
+    assert "rejected item 3: playList:" in err
+    new = [line.split("\t") for line in out.strip().splitlines()]
+    assert [status for _id, status in new] == ["new (queued)", "new (queued)"]
+    assert new[0][0] == "j-1"
+    client = aioredis.Redis.from_url(sim_settings.redis_url)
+    try:
+        keys = Keys(sim_settings.key_prefix)
+        assert await client.exists(keys.job("j-3")) == 0  # the bad item left nothing behind
+        assert await client.zcard(keys.queue(9)) == 1 and await client.zcard(keys.queue(2)) == 1
+    finally:
+        await client.aclose()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker.cli", "enqueue", "--json", "-", env={**os.environ, **env},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out_b, _err_b = await proc.communicate(lines[0].encode())
+    assert proc.returncode == 0 and out_b.decode().startswith("j-1\tduplicate")
