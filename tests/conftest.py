@@ -6,6 +6,7 @@ Never touches the Redis on 6379: the session starts its own server and every tes
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -149,6 +150,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = json.dumps([v.get_secret_value() if hasattr(v, "get_secret_value") else v for v in value])
         env[f"DIALER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 

@@ -304,5 +304,17 @@ def demo(calls: int, workers: int, rate: float, latency_ms: float) -> None:
     sys.exit(asyncio.run(run_demo(_settings(), opts)))
 
 
+def _register_subcommands() -> None:
+    # Each feature owns its command group; imported here so `dialer --help` lists them all.
+    from worker.campaigns.commands import campaign_group, suppress_group
+    from worker.http.commands import serve
+
+    for command in (campaign_group, suppress_group, serve):
+        main.add_command(command)
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":
     main()

@@ -1,14 +1,16 @@
 """``dialer demo``: a whole local system in one command, against the built-in provider simulator.
 
 Starts a private ``redis-server`` (unless ``DIALER_REDIS_URL`` is set), the simulator, and worker
-processes; enqueues a campaign of generated numbers with mixed priorities; shows live progress;
-prints the final tally reconciled with the simulator's request log; and cleans everything up.
+processes; writes a CSV of generated numbers with mixed priorities and launches it as a campaign
+(the same path as ``dialer campaign launch``); shows live progress from the campaign's status; prints
+the final status JSON reconciled with the simulator's request log; and cleans everything up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -17,17 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from worker.dispatch.ledger import FINAL_STATES, Ledger
-from worker.dispatch.producer import CallJob, Producer
+from worker.campaigns.control import Campaigns
+from worker.campaigns.launch import LaunchOptions, launch_file
 from worker.settings import Settings
 
 _ENV_REDIS = "DIALER_REDIS_URL"
@@ -71,17 +74,15 @@ def _redis_server(workdir: str) -> Iterator[str]:
         proc.wait(10)
 
 
-def _numbers(n: int) -> Iterator[CallJob]:
+def _write_csv(path: Path, n: int) -> None:
+    """``n`` generated numbers: mostly routine traffic, a tenth urgent (enough to watch priority 1
+    overtake the backlog), each with its own template parameters."""
     rng = random.Random(7)
-    for i in range(n):
-        # Mostly routine traffic, a tenth urgent: enough to watch priority 1 overtake the backlog.
-        priority = 1 if i % 10 == 0 else rng.choice((5, 9, 9, 9))
-        yield CallJob(request={
-            "called": f"1380{i:07d}",
-            "playList": [{"templateId": "tpl-reminder", "templateParams": [f"{i}", "10:30"]}],
-            "callerPresent": "4001234567",
-            "priority": str(priority),
-        })
+    with path.open("w", encoding="utf-8") as f:
+        f.write("called,priority,templateParams\n")
+        for i in range(n):
+            priority = 1 if i % 10 == 0 else rng.choice((5, 9, 9, 9))
+            f.write(f"1380{i:07d},{priority},{i}|10:30\n")
 
 
 async def _wait_http(url: str, wait_s: float = 15) -> None:
@@ -116,11 +117,13 @@ async def run_demo(base: Settings, options: DemoOptions) -> int:
              "--jitter-ms", "40", "--fail-500-rate", "0.03"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )]
+        # Result callbacks: start `dialer serve` here and run the simulator with --callbacks, then pass
+        # the service's URL to the campaign (see worker/campaigns/control.py CampaignSpec.callback_url).
         try:
             await _wait_http(f"{settings.api_base_url}/_sim/health")
             children += [subprocess.Popen([*cmd, "worker"], env=env, stdin=subprocess.DEVNULL)
                          for _ in range(options.workers)]
-            return await _drive(console, settings, options)
+            return await _drive(console, settings, options, Path(tmp))
         finally:
             for child in children:
                 child.terminate()
@@ -131,37 +134,43 @@ async def run_demo(base: Settings, options: DemoOptions) -> int:
                     child.kill()
 
 
-async def _drive(console: Console, settings: Settings, options: DemoOptions) -> int:
+async def _drive(console: Console, settings: Settings, options: DemoOptions, workdir: Path) -> int:
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
+        name = f"demo-{int(time.time())}"
+        csv_path = workdir / "demo.csv"
+        _write_csv(csv_path, options.calls)
         t0 = time.monotonic()
-        results = await Producer(client, settings).enqueue_many(list(_numbers(options.calls)), campaign="demo")
-        job_ids = [str(r.job_id) for r in results if r.status == "accepted"]
-        console.print(f"enqueued {len(job_ids)} calls in {time.monotonic() - t0:.2f}s "
-                      f"(campaign 'demo', {options.workers} workers, limit {options.rate:g}/s)")
-        ledger = Ledger(client, settings)
-        states: Counter[str] = Counter()
+        report = await launch_file(
+            client, settings, csv_path,
+            LaunchOptions(name=name, template_id="tpl-reminder", caller_present="4001234567"),
+        )
+        console.print(f"launched campaign {name!r}: {report.enqueued} calls enqueued in {report.seconds:.2f}s "
+                      f"({options.workers} workers, limit {options.rate:g}/s)")
+        campaigns = Campaigns(client, settings)
         columns = (TextColumn("[bold]calls"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.description}"))
+        status: dict[str, Any] = {}
         with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("", total=len(job_ids))
+            task = progress.add_task("", total=report.enqueued)
             while True:
-                states = Counter(str(s) for s in await ledger.states(job_ids))
-                done = sum(n for s, n in states.items() if s in FINAL_STATES)
-                progress.update(task, completed=done, description=" ".join(f"{k}={v}" for k, v in
-                                                                            sorted(states.items())))
-                if done == len(job_ids):
+                status = await campaigns.status(name)
+                done = status["total"] - status["remaining"]
+                busy = " ".join(f"{k}={v}" for k, v in status["states"].items() if v)
+                progress.update(task, completed=done,
+                                description=f"{busy}  {status['send_rate_per_s']:.0f}/s  ETA {status['eta_s'] or 0}s")
+                if status["remaining"] == 0:
                     break
                 await asyncio.sleep(0.25)
         elapsed = time.monotonic() - t0
         async with aiohttp.ClientSession() as s, s.get(settings.api_base_url + "/_sim/log") as r:
             sim_log = await r.json()
         created = sum(1 for q in sim_log["requests"] if q["outcome"] == "created")
-        console.print(f"final: {dict(sorted(states.items()))}")
-        console.print(f"{len(job_ids)} calls in {elapsed:.1f}s ({len(job_ids) / elapsed:.0f}/s); simulator "
+        console.print_json(json.dumps(status))
+        console.print(f"{report.enqueued} calls in {elapsed:.1f}s ({report.enqueued / elapsed:.0f}/s); simulator "
                       f"created {created} calls, answered {len(sim_log['requests']) - created} retryable "
                       f"errors; {sim_log['tokens_issued']} token(s) issued")
-        ok = states.get("sent", 0) == created == len(job_ids)
+        ok = status["states"]["sent"] == created == report.enqueued == status["total"]
         console.print("[green]reconciled: every job sent exactly once" if ok else "[red]NOT reconciled")
         return 0 if ok else 1
     finally:

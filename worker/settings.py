@@ -9,10 +9,11 @@ Invalid values fail at start-up with :class:`SettingsError`, whose message names
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import SettingsError
 
@@ -77,12 +78,63 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(7 * 86400, ge=60, description="A queued job's key lives this long.")
     ledger_ttl_s: int = Field(30 * 86400, ge=60, description="Ledger records (dedupe memory) live this long.")
     drain_timeout_s: int = Field(30, ge=1, description="On SIGTERM, wait this long for in-flight calls.")
+    number_cap_calls: int = Field(
+        0, ge=0, description="Campaign calls allowed to one number per DIALER_NUMBER_CAP_DAYS, across campaigns; "
+        "0 = no cap.",
+    )
+    number_cap_days: float = Field(0.0, ge=0, description="Length of the per-number cap's sliding window, in days.")
+
+    # --- HTTP service (`dialer serve`) and metrics ------------------------------------------------
+    http_host: str = Field("127.0.0.1", min_length=1, description="Address `dialer serve` listens on.")
+    http_port: int = Field(8080, ge=0, le=65535, description="Port of `dialer serve` (0 = any free port).")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys accepted as `Authorization: Bearer <key>`; comma-separated or a JSON array.",
+    )
+    dashboard_key: SecretStr | None = Field(None, description="Optional read-only key: views the dashboard only.")
+    http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    http_max_batch: int = Field(1000, ge=1, le=100_000, description="Most items in one POST /v1/calls:batch.")
+    public_url: str | None = Field(None, description="Base URL the provider reaches `dialer serve` at.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Worker processes serve /metrics here; 0 = off.")
 
     # --- Logging -----------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("api_base_url", "token_url")
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _key_list(cls, v: Any) -> Any:
+        # From the environment: a JSON array, or keys separated by commas (keys never contain commas).
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ValueError("must be a JSON array of strings or comma-separated keys") from None
+            return [k.strip() for k in text.split(",") if k.strip()]
+        return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_length(cls, v: list[SecretStr]) -> list[SecretStr]:
+        if any(len(k.get_secret_value()) < 16 for k in v):
+            raise ValueError("every API key must be at least 16 characters")
+        return v
+
+    @field_validator("dashboard_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("dashboard_key")
+    @classmethod
+    def _dashboard_key_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
+
+    @field_validator("api_base_url", "token_url", "public_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         if v is None:
@@ -95,6 +147,8 @@ class Settings(BaseSettings):
     def _margin_below_lifetime(self) -> Settings:
         if self.retry_base_s > self.retry_max_backoff_s:
             raise ValueError("DIALER_RETRY_BASE_S must not exceed DIALER_RETRY_MAX_BACKOFF_S")
+        if self.number_cap_calls > 0 and self.number_cap_days <= 0:
+            raise ValueError("DIALER_NUMBER_CAP_DAYS must be > 0 when DIALER_NUMBER_CAP_CALLS is set")
         if self.job_timeout_s < self.request_timeout_s + self.connect_timeout_s + 5:
             raise ValueError(
                 "DIALER_JOB_TIMEOUT_S must exceed DIALER_REQUEST_TIMEOUT_S + DIALER_CONNECT_TIMEOUT_S + 5"

@@ -1,42 +1,157 @@
--- Enqueue one dial job, all or nothing: ledger record + arq job + queue entry, or nothing when the
--- job id is already known (idempotency). Server time (TIME) stamps everything.
+-- Enqueue dial jobs, each all or nothing: ledger record + arq job + queue entry, or nothing when the job
+-- id is already known (idempotency). Server time (TIME) stamps everything. (ledger_lib.lua is prepended.)
+-- One call takes a batch of jobs: the per-call cost of a script (and of packing its arguments) is paid
+-- once per batch, which is most of what enqueuing costs.
 --
--- KEYS[1] ledger hash   KEYS[2] arq job key   KEYS[3] arq queue (sorted set of the job's priority)
--- ARGV[1] job id        ARGV[2] priority      ARGV[3] called        ARGV[4] body (compact JSON)
--- ARGV[5] campaign or ""  ARGV[6] not_before ms or ""  ARGV[7] deadline ms or ""
--- ARGV[8] job TTL ms    ARGV[9] ledger TTL ms
--- ARGV[10] arq job JSON up to the enqueue time: the script appends "<ms>}" (see producer._ARQ_JOB_HEAD)
--- Returns {1, "queued"} when stored, {0, <existing state>} for a duplicate.
-local state = redis.call('HGET', KEYS[1], 'state')
-if state then
-  return {0, state}
+-- ARGV[1] key prefix  ARGV[2] job TTL ms  ARGV[3] ledger TTL ms  ARGV[4] arq job key prefix
+-- ARGV[5] arq job JSON up to the enqueue time: the script appends "<ms>}" (see producer._ARQ_JOB_HEAD)
+-- then 2 values per job: its fields joined by \31 (ASCII unit separator, which none of them may hold):
+-- id, priority, called, campaign or "", not_before ms or "", deadline ms or "", IANA time zone or "";
+-- and its body (compact JSON). (Fewer, larger arguments: packing them is most of a producer's work.)
+-- Returns two values per job: 1, "queued" when stored; 0, <existing state> for a duplicate.
+-- Keys are built from the prefix (see keys.py): ledger `job:<id>`, arq job, `queue:<priority>`, and for
+-- a campaign `campaign:<name>` with `:counts`, `:jobs`, `:parked`.
+--
+-- A campaign created by `dialer campaign launch` (its hash exists) also gets, atomically with the job:
+-- its counters (queued + 1, total + 1), the job id appended to its job list, and a queue score from its
+-- pacing clock: each (campaign, priority) hands out scores `pace` ms apart from max(now, last score),
+-- so concurrent campaigns of one priority interleave in the queue instead of the first one launched
+-- holding every worker until it is done (see README, "Fairness"). A paused campaign's new job goes
+-- straight to its parked set.
+local P = ARGV[1]
+local job_ttl0, ledger_ttl0 = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local snow = ms(now)
+local campaigns = {}
+local out = {}
+
+local function fields(text)
+  local t, pos = {}, 1
+  for k = 1, 6 do
+    local e = string.find(text, '\31', pos, true)
+    t[k] = string.sub(text, pos, e - 1)
+    pos = e + 1
+  end
+  t[7] = string.sub(text, pos)
+  return t
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local score = now
-if ARGV[6] ~= '' then
-  score = math.max(now, tonumber(ARGV[6]))
+
+-- A campaign's bookkeeping is written once per batch (and before an error is returned, so the jobs
+-- stored before it are counted).
+local function flush()
+  for name, c in pairs(campaigns) do
+    if c and #c.ids > 0 then
+      local counts = campaign_key(P, name, ':counts')
+      local jobs = campaign_key(P, name, ':jobs')
+      for prio, vt in pairs(c.vt) do
+        redis.call('HSET', c.key, 'vt:' .. prio, string.format('%.3f', vt))
+      end
+      redis.call('HINCRBY', counts, 'queued', #c.ids)
+      redis.call('HINCRBY', counts, 'total', #c.ids)
+      redis.call('RPUSH', jobs, unpack(c.ids))
+      -- A campaign with work to do never expires (see count_move for when it starts to).
+      redis.call('PERSIST', c.key)
+      redis.call('PERSIST', counts)
+      redis.call('PERSIST', jobs)
+      c.ids = {}
+    end
+  end
 end
--- A deferred job must outlive its wait: both TTLs count from its run-at time.
-local delay = score - now
-local job_ttl = tonumber(ARGV[8]) + delay
-local ledger_ttl = math.max(tonumber(ARGV[9]) + delay, job_ttl)
-local snow = string.format('%d', now)
--- Memory: `updated` (= created) and `attempts` (= 0) are left out until the first transition.
-local f = {'state', 'queued', 'prio', ARGV[2], 'called', ARGV[3], 'body', ARGV[4], 'created', snow}
-if ARGV[5] ~= '' then
-  f[#f + 1] = 'campaign'; f[#f + 1] = ARGV[5]
+
+for i = 6, #ARGV, 2 do
+  local a = fields(ARGV[i])
+  local id, prio, called, campaign, nb, dl, tz = a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+  local body = ARGV[i + 1]
+  local jobkey = P .. 'job:' .. id
+  local state = redis.call('HGET', jobkey, 'state')
+  if state then
+    out[#out + 1] = 0
+    out[#out + 1] = state
+  else
+    local score = now
+    if nb ~= '' then
+      score = math.max(now, tonumber(nb))
+    end
+    local c = nil
+    if campaign ~= '' then
+      c = campaigns[campaign]
+      if c == nil then
+        local ck = campaign_key(P, campaign, '')
+        c = false
+        if redis.call('EXISTS', ck) == 1 then
+          local h = redis.call('HMGET', ck, 'status', 'pace')
+          -- Even unpaced, consecutive jobs get distinct scores so the queue keeps the launch order.
+          local step = tonumber(h[2]) or 0
+          if step < 0.01 then
+            step = 0.01
+          end
+          c = {key = ck, paused = h[1] == 'paused', step = step, vt = {}, ids = {}}
+        end
+        campaigns[campaign] = c
+      end
+      if c == false then
+        c = nil
+      end
+    end
+    local score_text
+    if c then
+      local vt = c.vt[prio] or tonumber(redis.call('HGET', c.key, 'vt:' .. prio)) or 0
+      if vt > score then
+        score = vt
+      end
+      c.vt[prio] = score + c.step
+      score_text = string.format('%.3f', score)
+    else
+      score_text = ms(score)
+    end
+    -- A deferred job must outlive its wait: both TTLs count from its run-at time.
+    local delay = math.ceil(score - now)
+    local job_ttl = job_ttl0 + delay
+    local ledger_ttl = math.max(ledger_ttl0 + delay, job_ttl)
+    -- Memory: `updated` (= created) and `attempts` (= 0) are left out until the first transition.
+    local f = {'state', 'queued', 'prio', prio, 'called', called, 'body', body, 'created', snow}
+    if campaign ~= '' then
+      f[#f + 1] = 'campaign'; f[#f + 1] = campaign
+    end
+    if c then
+      f[#f + 1] = 'cm'; f[#f + 1] = '1'
+    end
+    if nb ~= '' then
+      f[#f + 1] = 'nb'; f[#f + 1] = nb
+    end
+    if dl ~= '' then
+      f[#f + 1] = 'dl'; f[#f + 1] = dl
+    end
+    if tz ~= '' then
+      f[#f + 1] = 'tz'; f[#f + 1] = tz
+    end
+    local paused = c and c.paused
+    if paused then
+      f[#f + 1] = 'pk'; f[#f + 1] = snow
+    end
+    -- Scripts are not rolled back on error: the only write that can fail (ZADD on a key of another
+    -- type) goes first, so a failing job leaves nothing of itself behind (the ones before it stay,
+    -- with their campaign's bookkeeping).
+    local zkey = P .. 'queue:' .. prio
+    if paused then
+      zkey = campaign_key(P, campaign, ':parked')
+    end
+    local added = redis.pcall('ZADD', zkey, score_text, id)
+    if type(added) == 'table' and added.err then
+      flush()
+      return redis.error_reply(added.err)
+    end
+    redis.call('HSET', jobkey, unpack(f))
+    if not paused then
+      redis.call('PEXPIRE', jobkey, ms(ledger_ttl))
+      redis.call('SET', ARGV[4] .. id, ARGV[5] .. snow .. '}', 'PX', ms(job_ttl))
+    end
+    if c then
+      c.ids[#c.ids + 1] = id
+    end
+    out[#out + 1] = 1
+    out[#out + 1] = 'queued'
+  end
 end
-if ARGV[6] ~= '' then
-  f[#f + 1] = 'nb'; f[#f + 1] = ARGV[6]
-end
-if ARGV[7] ~= '' then
-  f[#f + 1] = 'dl'; f[#f + 1] = ARGV[7]
-end
--- Scripts are not rolled back on error: the only write that can fail (ZADD on a key of another type)
--- goes first, so a failing item leaves nothing behind.
-redis.call('ZADD', KEYS[3], string.format('%d', score), ARGV[1])
-redis.call('HSET', KEYS[1], unpack(f))
-redis.call('PEXPIRE', KEYS[1], string.format('%d', ledger_ttl))
-redis.call('SET', KEYS[2], ARGV[10] .. snow .. '}', 'PX', string.format('%d', job_ttl))
-return {1, 'queued'}
+flush()
+return out

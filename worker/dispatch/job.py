@@ -11,6 +11,13 @@ Delivery semantics (see README, "What happens when things go wrong"):
 * retryable outcomes go back to ``queued`` and are retried with full-jitter backoff, slept in-process
   when short, deferred on the queue when long; when attempts, total time or the deadline run out the
   job is dead-lettered with the last error.
+
+Campaign jobs (see :mod:`worker.campaigns`) also pass, at claim and again right before the request
+leaves: the campaign's status (paused: parked; cancelled: ``cancelled``), the do-not-call list
+(``suppressed``), the per-number cap (deferred until the number may be called, or ``suppressed`` when
+that is past the deadline), the calling window (deferred to its next opening, or ``expired`` when that
+is past the deadline; checked with the dispatcher's clock, which tests may inject), and the campaign's
+own rate limit on top of the fleet's. None of these waits uses the job's retry budget.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from worker.campaigns.windows import Window, WindowError, cached_window
 from worker.dispatch.inflight import InFlight
 from worker.dispatch.ledger import JobRecord, Ledger, State
-from worker.dispatch.ratelimit import RateLimiter
+from worker.dispatch.ratelimit import Limit, RateLimiter
 from worker.errors import (
     AmbiguousError,
     AuthError,
@@ -55,6 +64,34 @@ class Defer(Exception):
 
 class _NotSent(Exception):
     """The ledger refused ``queued -> sending`` (cancelled or taken meanwhile): do not send."""
+
+
+class _Parked(Exception):
+    """The campaign was paused while the job waited: the ledger parked it; do not send."""
+
+
+class _Capped(Exception):
+    """The per-number cap was reached while the job waited: do not send yet."""
+
+    def __init__(self, wait_ms: int) -> None:
+        self.wait_ms = wait_ms
+        super().__init__(f"number cap reached; allowed again in {wait_ms} ms")
+
+
+class _WindowClosed(Exception):
+    """The calling window closed (or the deadline passed) while the job waited for its permit."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a job's campaign adds to its run: calling window, rate limit, send-slot spacing."""
+
+    window: Window | None = None
+    extra: tuple[Limit, ...] = ()
+    pace_ms: float = 0.0
+
+
+_NO_PLAN = _Plan()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,21 +127,30 @@ class Dispatcher:
 
     async def dial(self, job_id: str) -> Outcome:
         try:
-            verdict, record = await self.ledger.claim(job_id)
+            claim = await self.ledger.claim_run(job_id)
         except (KeyError, ValueError) as exc:
             return await self.reject(job_id, f"corrupt ledger record ({type(exc).__name__}: {exc})")
-        if verdict == "missing" or record is None:
+        record = claim.record
+        if claim.verdict == "missing" or record is None:
             return await self.reject(job_id, "no ledger record for this job (written without the producer?)")
-        if verdict == "final":
+        if claim.verdict == "final":
             return Outcome("skipped", record.attempts, f"already {record.state}")
-        if verdict == "stale":
+        if claim.verdict == "stale":
             log.warning("job %s was mid-request when its worker died: outcome unknown", job_id)
             return Outcome(State.UNKNOWN, record.attempts, "worker died mid-request")
+        if claim.verdict == "parked":
+            return Outcome("parked", record.attempts, "campaign paused")
         try:
             request = record.request()
         except InvalidRequest as exc:
             return await self.reject(job_id, f"invalid stored body: {exc}")
-        return await self._attempts(record, request)
+        try:
+            plan = _plan(record, claim.campaign)
+        except (WindowError, ValueError) as exc:
+            return await self.reject(job_id, f"invalid campaign settings: {exc}")
+        if claim.verdict == "cap":
+            return await self._capped(record, claim.retry_after_ms or 0)
+        return await self._attempts(record, request, plan)
 
     async def reject(self, job_id: str, reason: str) -> Outcome:
         """Dead-letter a job that cannot be run as stored; the worker carries on."""
@@ -112,26 +158,37 @@ class Dispatcher:
         await self.ledger.reject(job_id, reason)
         return Outcome(State.DEAD, 0, reason)
 
-    async def _attempts(self, record: JobRecord, request: CallRequest) -> Outcome:
+    async def _attempts(self, record: JobRecord, request: CallRequest, plan: _Plan = _NO_PLAN) -> Outcome:
         job_id = record.job_id
         started = self.clock()
         run_deadline = started + self.settings.job_timeout_s - self.settings.request_timeout_s - _RUN_SLACK_S
-        first_try_s = max(record.created_ms, record.not_before_ms or 0) / 1000
+        # The time budget counts from the first provider attempt (campaign jobs may be paced hours
+        # ahead of their enqueue time; pauses and window waits move it forward).
+        first_try_s = record.first_attempt_ms / 1000 if record.first_attempt_ms is not None else started
         attempts = record.attempts
         while True:
             now = self.clock()
             if record.deadline_ms is not None and now * 1000 >= record.deadline_ms:
                 await self.ledger.mark_final(job_id, State.EXPIRED, "deadline passed before the call was made")
                 return Outcome(State.EXPIRED, attempts)
+            if plan.window is not None and not plan.window.is_open(_utc(now)):
+                return await self._outside_window(record, plan, now)
             try:
                 await asyncio.wait_for(
-                    self.limiter.acquire(record.priority), timeout=max(run_deadline - now, 0.001)
+                    self.limiter.acquire(record.priority, plan.extra), timeout=max(run_deadline - now, 0.001)
                 )
             except TimeoutError:
                 # Saturated: give the worker slot back and queue again rather than overrun the job timeout.
                 raise Defer(0.0, "waited too long for a rate permit") from None
             try:
-                accepted = await self._send_once(job_id, request, record.priority)
+                accepted = await self._send_once(record, request, plan)
+            except _WindowClosed:
+                # The permit came after the window closed or the deadline passed: the loop decides.
+                continue
+            except _Parked:
+                return Outcome("parked", attempts, "campaign paused")
+            except _Capped as capped:
+                return await self._capped(record, capped.wait_ms)
             except _NotSent:
                 current = await self.ledger.get(job_id)
                 state = current.state if current else "missing"
@@ -158,7 +215,8 @@ class Dispatcher:
             await self.ledger.mark_sent(job_id, accepted.call_serial_no)
             return Outcome(State.SENT, attempts, accepted.call_serial_no)
 
-    async def _send_once(self, job_id: str, request: CallRequest, priority: int) -> Accepted:
+    async def _send_once(self, record: JobRecord, request: CallRequest, plan: _Plan) -> Accepted:
+        job_id = record.job_id
         sends = 0
 
         async def before_send() -> None:
@@ -166,14 +224,29 @@ class Dispatcher:
             sends += 1
             if sends > 1:
                 # The client's one retry after a 401 is a provider attempt too: it takes its own permit.
-                await self.limiter.acquire(priority)
+                await self.limiter.acquire(record.priority, plan.extra)
                 return
-            if not await self.ledger.mark_sending(job_id):
+            # The last look before the request leaves: a job that waited for its permit across the
+            # window's closing or its deadline is not sent.
+            now = self.clock()
+            if (plan.window is not None and not plan.window.is_open(_utc(now))) or (
+                record.deadline_ms is not None and now * 1000 >= record.deadline_ms
+            ):
+                raise _WindowClosed
+            gate = await self.ledger.begin_send(job_id)
+            if gate.ok:
+                return
+            if gate.reason == "parked":
+                raise _Parked
+            if gate.reason == "cap":
+                raise _Capped(gate.retry_after_ms or 0)
+            if gate.reason == "state":
                 # The script may have run once already if the connection dropped and redis-py retried
                 # it; arq runs a job in one place at a time, so `sending` now can only be our own write.
                 current = await self.ledger.get(job_id)
-                if current is None or current.state != State.SENDING:
-                    raise _NotSent
+                if current is not None and current.state == State.SENDING:
+                    return
+            raise _NotSent
 
         async with self.in_flight.slot():
             return await self.client.create_voice_notification(request, before_send=before_send)
@@ -204,8 +277,56 @@ class Dispatcher:
         await self.ledger.mark_retry(job_id, reason)
         return None
 
+    async def _outside_window(self, record: JobRecord, plan: _Plan, now: float) -> Outcome:
+        """Defer a job to its window's next opening (in its campaign's paced order), or expire it when
+        the deadline comes first."""
+        assert plan.window is not None
+        job_id = record.job_id
+        opening = plan.window.next_opening(_utc(now))
+        open_ms = None if opening is None else int(opening.timestamp() * 1000)
+        if open_ms is None or (record.deadline_ms is not None and open_ms >= record.deadline_ms):
+            await self.ledger.mark_final(job_id, State.EXPIRED, "deadline passes before the calling window opens")
+            return Outcome(State.EXPIRED, record.attempts, "deadline before window")
+        now_ms = int(now * 1000)
+        run_at = await self.ledger.postpone(
+            job_id, now_ms, open_ms, pace_ms=plan.pace_ms, slot=f"{open_ms}:{record.priority}"
+        )
+        if run_at is None:
+            return Outcome("skipped", record.attempts, "no longer queued")
+        raise Defer((run_at - now_ms) / 1000, f"outside calling window ({plan.window.describe()})")
+
+    async def _capped(self, record: JobRecord, wait_ms: int) -> Outcome:
+        """The number had its K calls in the last D days: wait until it may be called again, unless
+        that is past the job's deadline (then ``suppressed``: the cap, not the provider, stopped it)."""
+        job_id = record.job_id
+        now_ms = int(self.clock() * 1000)
+        cap = f"number cap of {self.settings.number_cap_calls} call(s) per {self.settings.number_cap_days:g} day(s)"
+        if record.deadline_ms is not None and now_ms + wait_ms >= record.deadline_ms:
+            await self.ledger.mark_final(job_id, State.SUPPRESSED, f"{cap} reached until after the deadline")
+            return Outcome(State.SUPPRESSED, record.attempts, cap)
+        if await self.ledger.postpone(job_id, now_ms, now_ms + wait_ms) is None:
+            return Outcome("skipped", record.attempts, "no longer queued")
+        raise Defer(wait_ms / 1000, f"{cap} reached")
+
     async def _cancelled_mid_request(self, job_id: str) -> None:
         """A run cancelled (shutdown past the drain time, timeout) may have left a request in flight."""
         record = await self.ledger.get(job_id)
         if record is not None and record.state == State.SENDING:
             await self.ledger.mark_final(job_id, State.UNKNOWN, "cancelled mid-request")
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _plan(record: JobRecord, campaign: dict[str, str]) -> _Plan:
+    """The campaign settings that apply to this job (``campaign`` is the claim's campaign hash)."""
+    if not campaign or record.campaign is None:
+        return _NO_PLAN
+    window = None
+    if campaign.get("window") or campaign.get("days"):
+        tz = record.timezone or campaign.get("tz") or "UTC"
+        window = cached_window(campaign.get("window") or None, campaign.get("days") or None, tz)
+    rate = float(campaign["rate"]) if campaign.get("rate") else None
+    extra = (Limit(f"campaign:{record.campaign}", rate),) if rate else ()
+    return _Plan(window, extra, float(campaign.get("pace") or 0.0))

@@ -2,6 +2,11 @@
 
 All keys start with ``settings.key_prefix`` (default ``dialer:``), except arq's own job keys
 (``arq:job:<id>``, ``arq:in-progress:<id>``, ``arq:retry:<id>``, ``arq:result:<id>``), which arq fixes.
+
+The ledger scripts derive a job's campaign keys, queue and suppression keys from the prefix and the
+job's record (a campaign's counters are found from the job alone, e.g. by the callback receiver), so
+they assume one Redis instance, as arq does; the formats here and in ``dispatch/*.lua`` and
+``campaigns/*.lua`` must stay in step (``tests/test_campaigns.py`` checks them).
 """
 
 from __future__ import annotations
@@ -66,3 +71,43 @@ class Keys:
     def in_flight(self) -> str:
         """Sorted set of in-flight leases scored by their expiry."""
         return f"{self.prefix}inflight"
+
+    # --- campaigns (worker/campaigns) ---------------------------------------------------------------
+
+    @property
+    def campaigns(self) -> str:
+        """Index of campaigns: sorted set of names scored by creation time (ms)."""
+        return f"{self.prefix}campaigns"
+
+    def campaign(self, name: str) -> str:
+        """A campaign's configuration and state (hash): status, created, rate, window, pace, ..."""
+        return f"{self.prefix}campaign:{name}"
+
+    def campaign_counts(self, name: str) -> str:
+        """Exact per-state and per-outcome job counts of a campaign (hash), kept by the ledger scripts."""
+        return f"{self.prefix}campaign:{name}:counts"
+
+    def campaign_jobs(self, name: str) -> str:
+        """Every job id of a campaign, in enqueue order (list)."""
+        return f"{self.prefix}campaign:{name}:jobs"
+
+    def campaign_parked(self, name: str) -> str:
+        """Jobs held by a pause (sorted set scored by their queue score, so resume keeps their order)."""
+        return f"{self.prefix}campaign:{name}:parked"
+
+    def campaign_sent(self, name: str) -> str:
+        """Calls sent per second over the last two minutes (hash ring: second % 120 -> "second:count")."""
+        return f"{self.prefix}campaign:{name}:sent"
+
+    def campaign_window_slots(self, name: str) -> str:
+        """Next free send slot per (window opening, priority) for jobs deferred to an opening (hash)."""
+        return f"{self.prefix}campaign:{name}:wz"
+
+    @property
+    def suppress(self) -> str:
+        """Do-not-call set of normalized numbers, fleet-wide (see campaigns.suppression.normalize_number)."""
+        return f"{self.prefix}suppress"
+
+    def number_calls(self, number: str) -> str:
+        """Calls made to one normalized number within the per-number cap window (sorted set job id -> ms)."""
+        return f"{self.prefix}calls:{number}"

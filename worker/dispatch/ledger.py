@@ -9,6 +9,11 @@ The arq job only says "run job <id>"; the body, state and history live here, at 
     attempts  provider tries (absent: 0)  err    last error text (when any)
     serial    callSerialNo (when sent) sent      ms (when sent)
     nb        not_before ms (if set)   dl        deadline ms (if set)
+    cm        "1" when counted in its campaign's counters (the campaign existed at enqueue)
+    tz        the callee's IANA time zone (calling windows), when it differs from the campaign's
+    first     ms of the first provider attempt (the retry time budget counts from it)
+    pk        ms the job was parked by a paused campaign (only while parked)
+    outcome   answered | unanswered | failed_to_connect, from the result callback; reason: releaseReason
 
 Fields are absent rather than empty or default, to keep a queued job's record small (millions of them).
 Every transition is one Lua script (``ledger_*.lua``): it checks the state, writes, stamps ``updated``
@@ -18,6 +23,10 @@ with the Redis server's clock and refreshes the record's TTL (``settings.ledger_
        ^         |-----> queued (mark_retry)      -> ... -> dead (dead_letter)
        |         |-----> failed / unknown (mark_final)
        +-- claim() finds "sending" left by a dead worker: unknown, or queued if redial_ambiguous
+    queued -> cancelled | suppressed (campaign checks at claim and again right before sending)
+
+Campaign jobs (``cm``) are also counted per state in ``Keys.campaign_counts``: every script that moves a
+job moves its count in the same atomic step (``ledger_lib.lua``), so a campaign's status is exact and O(1).
 
 A worker uses it like this::
 
@@ -51,6 +60,13 @@ logger = logging.getLogger(__name__)
 STALE_ERROR = "worker died mid-request"
 
 Verdict = Literal["run", "final", "stale", "missing"]
+ClaimVerdict = Literal["run", "final", "stale", "missing", "parked", "cap"]
+OUTCOMES = ("answered", "unanswered", "failed_to_connect")
+"""Outcomes of a sent call, from its result callback; each is also a campaign counter."""
+_RESERVED_FIELDS = frozenset(
+    {"state", "prio", "called", "campaign", "body", "created", "updated", "attempts", "err", "serial", "sent",
+     "nb", "dl", "cm", "tz", "first", "pk", "outcome", "reason"}
+)
 
 
 class State(StrEnum):
@@ -73,6 +89,16 @@ _MARK_FINAL_STATES = FINAL_STATES - {State.SENT, State.DEAD}
 @cache
 def _lua(name: str) -> str:
     return Path(__file__).with_name(name).read_text(encoding="utf-8")
+
+
+def lua_with_lib(path: Path) -> str:
+    """A script's source with ``ledger_lib.lua`` (counters, campaign checks, parking) in front of it."""
+    return _lua("ledger_lib.lua") + "\n" + path.read_text(encoding="utf-8")
+
+
+@cache
+def _lua_lib(name: str) -> str:
+    return lua_with_lib(Path(__file__).with_name(name))
 
 
 def _str(v: bytes | str) -> str:
@@ -115,6 +141,11 @@ class JobRecord:
     sent_ms: int | None
     not_before_ms: int | None
     deadline_ms: int | None
+    timezone: str | None = None
+    first_attempt_ms: int | None = None
+    outcome: str | None = None
+    release_reason: str | None = None
+    parked: bool = False
 
     @classmethod
     def from_hash(cls, job_id: str, h: dict[str, str]) -> JobRecord:
@@ -133,6 +164,11 @@ class JobRecord:
             sent_ms=_int_or_none(h.get("sent")),
             not_before_ms=_int_or_none(h.get("nb")),
             deadline_ms=_int_or_none(h.get("dl")),
+            timezone=h.get("tz") or None,
+            first_attempt_ms=_int_or_none(h.get("first")),
+            outcome=h.get("outcome") or None,
+            release_reason=h.get("reason") or None,
+            parked="pk" in h,
         )
 
     @property
@@ -169,6 +205,30 @@ class JobRecord:
         }
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Ledger.claim_run` found. ``campaign`` is the campaign's hash (``status``, ``rate``,
+    ``window``, ``days``, ``tz``, ``pace`` ...) when the job counts in a campaign, else empty;
+    ``retry_after_ms`` is set with verdict ``"cap"``: how long until the number may be called again."""
+
+    verdict: ClaimVerdict
+    record: JobRecord | None
+    campaign: dict[str, str]
+    retry_after_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class SendGate:
+    """Answer of :meth:`Ledger.begin_send`. ``ok``: the job is now ``sending`` (attempt ``attempts``);
+    else ``reason``: ``"state"`` (no longer queued), ``"parked"``, ``"cancelled"``, ``"suppressed"`` or
+    ``"cap"`` (then ``retry_after_ms``)."""
+
+    ok: bool
+    attempts: int = 0
+    reason: str = ""
+    retry_after_ms: int | None = None
+
+
 class Ledger:
     """Reads and transitions ledger records. Cheap to create; share one per process.
 
@@ -181,12 +241,16 @@ class Ledger:
         self._keys = Keys(settings.key_prefix)
         self._ttl_ms = settings.ledger_ttl_s * 1000
         self._redial = "1" if settings.redial_ambiguous else "0"
-        self._claim: AsyncScript = redis.register_script(_lua("ledger_claim.lua"))
-        self._sending: AsyncScript = redis.register_script(_lua("ledger_sending.lua"))
-        self._sent: AsyncScript = redis.register_script(_lua("ledger_sent.lua"))
-        self._retry: AsyncScript = redis.register_script(_lua("ledger_retry.lua"))
-        self._final: AsyncScript = redis.register_script(_lua("ledger_final.lua"))
-        self._reject: AsyncScript = redis.register_script(_lua("ledger_reject.lua"))
+        self._prefix = settings.key_prefix
+        self._cap = (str(settings.number_cap_calls), str(round(settings.number_cap_days * 86_400_000)))
+        self._claim: AsyncScript = redis.register_script(_lua_lib("ledger_claim.lua"))
+        self._sending: AsyncScript = redis.register_script(_lua_lib("ledger_sending.lua"))
+        self._sent: AsyncScript = redis.register_script(_lua_lib("ledger_sent.lua"))
+        self._retry: AsyncScript = redis.register_script(_lua_lib("ledger_retry.lua"))
+        self._final: AsyncScript = redis.register_script(_lua_lib("ledger_final.lua"))
+        self._reject: AsyncScript = redis.register_script(_lua_lib("ledger_reject.lua"))
+        self._outcome: AsyncScript = redis.register_script(_lua_lib("ledger_outcome.lua"))
+        self._postpone: AsyncScript = redis.register_script(_lua_lib("ledger_postpone.lua"))
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self._keys.job(job_id))  # type: ignore[misc]  # redis-py's union
@@ -201,23 +265,58 @@ class Ledger:
           error ``"worker died mid-request"``. With ``settings.redial_ambiguous`` the job is set back to
           ``queued`` instead and the verdict is ``"run"``;
         - ``"missing"``: no record (expired or never enqueued).
+
+        Campaign checks run here too (see :meth:`claim_run`); a job parked or held by the number cap is
+        reported as ``"final"`` by this simpler form, with its record (still ``queued``).
         """
-        res = await self._claim(keys=[self._keys.job(job_id)], args=[self._ttl_ms, self._redial, STALE_ERROR])
-        verdict: Verdict = _str(res[0])  # type: ignore[assignment]
+        c = await self.claim_run(job_id)
+        verdict: Verdict = "final" if c.verdict in ("parked", "cap") else c.verdict  # type: ignore[assignment]
+        return verdict, c.record
+
+    async def claim_run(self, job_id: str) -> Claim:
+        """:meth:`claim` with the campaign checks' answers, in one round trip.
+
+        For a queued job of a campaign: cancelled campaign -> the job becomes ``cancelled`` (verdict
+        ``"final"``); paused -> it is parked (``"parked"``: end the run, resume requeues it); number on
+        the do-not-call list -> ``suppressed`` (``"final"``); per-number cap reached -> ``"cap"`` with
+        ``retry_after_ms``. Otherwise ``"run"`` with the campaign's settings in ``Claim.campaign``.
+        """
+        res = await self._claim(
+            keys=[self._keys.job(job_id)],
+            args=[self._ttl_ms, self._redial, STALE_ERROR, self._prefix, job_id, *self._cap],
+        )
+        verdict: ClaimVerdict = _str(res[0])  # type: ignore[assignment]
         if verdict == "missing":
-            return verdict, None
+            return Claim(verdict, None, {})
         rec = JobRecord.from_hash(job_id, _hash(res[1]))
-        if len(res) > 2:
+        campaign = _hash(res[2]) if len(res) > 2 else {}
+        extra = _str(res[3]) if len(res) > 3 else None
+        if extra == "stale":
             logger.warning("job %s: previous run died mid-request; now %s", job_id, rec.state)
-        return verdict, rec
+        retry_after = int(extra) if verdict == "cap" and extra is not None else None
+        return Claim(verdict, rec, campaign, retry_after)
 
     async def mark_sending(self, job_id: str) -> bool:
         """Atomic queued -> sending and attempts += 1, just before the request leaves.
 
-        False if the job was no longer queued (e.g. cancelled meanwhile): the caller must not send.
+        False if the job was no longer queued (e.g. cancelled meanwhile) or a campaign check refused it
+        (see :meth:`begin_send`): the caller must not send.
         """
-        n = await self._sending(keys=[self._keys.job(job_id)], args=[self._ttl_ms])
-        return int(n) > 0
+        return (await self.begin_send(job_id)).ok
+
+    async def begin_send(self, job_id: str) -> SendGate:
+        """The last gate before a request leaves: queued -> sending and attempts += 1, unless the job's
+        campaign was paused (the job is parked) or cancelled, its number was suppressed, or the
+        per-number cap is reached (the call is booked against the cap when it passes)."""
+        res = await self._sending(
+            keys=[self._keys.job(job_id)], args=[self._ttl_ms, self._prefix, job_id, *self._cap]
+        )
+        n = int(res[0])
+        if n > 0:
+            return SendGate(True, n)
+        reason = _str(res[1])
+        retry_after = int(_str(res[2])) if len(res) > 2 else None
+        return SendGate(False, 0, reason, retry_after)
 
     async def mark_sent(self, job_id: str, call_serial_no: str) -> None:
         """Record the created call: state ``sent``, ``serial``, ``sent`` time, and the serial index.
@@ -228,7 +327,7 @@ class Ledger:
         prev = _str(
             await self._sent(
                 keys=[self._keys.job(job_id), self._keys.serial(call_serial_no)],
-                args=[call_serial_no, self._ttl_ms, job_id],
+                args=[call_serial_no, self._ttl_ms, job_id, self._prefix],
             )
         )
         if prev != State.SENDING:
@@ -236,7 +335,7 @@ class Ledger:
 
     async def mark_retry(self, job_id: str, error: str) -> bool:
         """sending -> queued with ``error`` (attempts kept). False (nothing written) if the job is final."""
-        prev = _str(await self._retry(keys=[self._keys.job(job_id)], args=[error, self._ttl_ms]))
+        prev = _str(await self._retry(keys=[self._keys.job(job_id)], args=[error, self._ttl_ms, self._prefix]))
         return self._applied(job_id, "mark_retry", prev)
 
     async def mark_final(self, job_id: str, state: State, error: str | None = None) -> bool:
@@ -262,7 +361,9 @@ class Ledger:
         Used for garbage payloads, jobs written without a ledger record, and corrupt records; a job
         already ``sent`` is left alone.
         """
-        await self._reject(keys=[self._keys.job(job_id), self._keys.dead], args=[reason, self._ttl_ms, job_id])
+        await self._reject(
+            keys=[self._keys.job(job_id), self._keys.dead], args=[reason, self._ttl_ms, job_id, self._prefix]
+        )
 
     async def states(self, job_ids: Sequence[str]) -> list[State | None]:
         """The state of each job (None if it has no record), in one pipelined round trip."""
@@ -287,6 +388,47 @@ class Ledger:
                 out.append(JobRecord.from_hash(job_id, _hash(raw)))
         return out
 
+    async def record_outcome(
+        self, job_id: str, outcome: str, release_reason: str, extra: dict[str, str] | None = None
+    ) -> JobRecord | None:
+        """Store a call's outcome (from its result callback) on the job: fields ``outcome`` and ``reason``
+        (the releaseReason) plus ``extra`` fields, and count it in the job's campaign (``answered``,
+        ``unanswered`` or ``failed_to_connect``), all in one script.
+
+        Idempotent: the same outcome delivered twice counts once; a different one replaces it (counters
+        follow). Returns the updated record, or None if the job has no record. ``extra`` may not use the
+        ledger's own field names.
+        """
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome: must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+        pairs: list[str] = []
+        for key, value in (extra or {}).items():
+            if key in _RESERVED_FIELDS or not key:
+                raise ValueError(f"extra: field {key!r} is reserved by the ledger")
+            pairs += [key, value]
+        raw = await self._outcome(
+            keys=[self._keys.job(job_id)], args=[self._ttl_ms, self._prefix, outcome, release_reason, *pairs]
+        )
+        return JobRecord.from_hash(job_id, _hash(raw)) if raw else None
+
+    async def postpone(
+        self, job_id: str, now_ms: int, until_ms: int, *, pace_ms: float = 0.0, slot: str = ""
+    ) -> int | None:
+        """A queued job will run again at ``until_ms`` (ms of the caller's clock, as ``now_ms``): its
+        record is kept alive past that, and the wait does not count against its retry time budget.
+
+        With ``slot`` (``"<opening ms>:<priority>"``) the job takes the next free send slot at or after
+        ``until_ms`` among the campaign's jobs deferred to the same window opening, ``pace_ms`` apart.
+        Returns the time to run at (ms, caller's clock), or None if the job is no longer queued.
+        """
+        res = await self._postpone(
+            keys=[self._keys.job(job_id)],
+            args=[self._ttl_ms, self._prefix, now_ms, until_ms, f"{pace_ms:.3f}", slot],
+        )
+        if int(res[0]) != 1:
+            return None
+        return int(float(_str(res[1])))
+
     async def job_for_serial(self, call_serial_no: str) -> str | None:
         """The job whose call got this callSerialNo, for the callback receiver."""
         v = await self._redis.get(self._keys.serial(call_serial_no))
@@ -296,7 +438,7 @@ class Ledger:
         prev = _str(
             await self._final(
                 keys=[self._keys.job(job_id), self._keys.dead],
-                args=[str(state), error, self._ttl_ms, job_id],
+                args=[str(state), error, self._ttl_ms, job_id, self._prefix],
             )
         )
         also_ok = (State.DEAD,) if state == State.DEAD else ()

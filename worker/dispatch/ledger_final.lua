@@ -1,22 +1,25 @@
--- Finish a job that is still queued or sending. The first final state wins: a job already final
--- (sent above all) is left as it is.
+-- Finish a job that is still queued or sending (ledger_lib.lua is prepended). The first final state
+-- wins: a job already final (sent above all) is left as it is.
 -- KEYS[1] ledger hash  KEYS[2] dead-letter set (used when ARGV[1] is "dead")
 -- ARGV[1] final state  ARGV[2] error or "" (keep the last one)  ARGV[3] ledger TTL ms  ARGV[4] job id
+-- ARGV[5] key prefix
 -- Returns the previous state ("missing" if none).
-local state = redis.call('HGET', KEYS[1], 'state')
+local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm')
+local state = h[1]
 if not state then
   return 'missing'
 end
 -- Dead-lettering twice just records the newer reason.
 if state == 'queued' or state == 'sending' or (state == 'dead' and ARGV[1] == 'dead') then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local snow = string.format('%d', now)
+  local now = now_ms()
+  local snow = ms(now)
   redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', snow)
+  redis.call('HDEL', KEYS[1], 'pk')
   if ARGV[2] ~= '' then
     redis.call('HSET', KEYS[1], 'err', ARGV[2])
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  count_move(ARGV[5], counted_campaign(h[2], h[3]), state, ARGV[1], tonumber(ARGV[3]))
   if ARGV[1] == 'dead' then
     redis.call('ZADD', KEYS[2], snow, ARGV[4])
     -- The set has no TTL of its own: drop members whose ledger records have expired by now.

@@ -1,19 +1,27 @@
--- A call was created. KEYS[1] ledger hash  KEYS[2] serial index key (callSerialNo -> job id)
--- ARGV[1] callSerialNo  ARGV[2] ledger TTL ms  ARGV[3] job id
+-- A call was created (ledger_lib.lua is prepended).
+-- KEYS[1] ledger hash  KEYS[2] serial index key (callSerialNo -> job id)
+-- ARGV[1] callSerialNo  ARGV[2] ledger TTL ms  ARGV[3] job id  ARGV[4] key prefix
 -- The provider's answer is a fact whatever the ledger says meanwhile (e.g. cancelled while the request
 -- was in flight), so any state becomes "sent". A job already sent keeps its first serial; a second
 -- serial (two calls for one job) is still indexed so its callback finds the job.
 -- Returns the previous state, or "missing" (nothing written).
-local state = redis.call('HGET', KEYS[1], 'state')
+local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm')
+local state = h[1]
 if not state then
   return 'missing'
 end
-local t = redis.call('TIME')
-local snow = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now = now_ms()
+local snow = ms(now)
 if state == 'sent' then
   redis.call('HSET', KEYS[1], 'updated', snow)
 else
   redis.call('HSET', KEYS[1], 'state', 'sent', 'serial', ARGV[1], 'sent', snow, 'updated', snow)
+  redis.call('HDEL', KEYS[1], 'pk')
+  local counted = counted_campaign(h[2], h[3])
+  if counted then
+    count_move(ARGV[4], counted, state, 'sent', tonumber(ARGV[2]))
+    count_sent_now(ARGV[4], counted, now)
+  end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])

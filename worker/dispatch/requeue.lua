@@ -1,12 +1,13 @@
 -- Put a dead, failed or unknown job back on its queue with a fresh attempt budget.
+-- (ledger_lib.lua is prepended.)
 --
 -- KEYS[1] ledger hash  KEYS[2] arq job key  KEYS[3] arq queue  KEYS[4] dead-letter set
 -- KEYS[5] arq retry key  KEYS[6] arq result key  KEYS[7] arq in-progress key
 -- ARGV[1] job id  ARGV[2] job TTL ms  ARGV[3] ledger TTL ms  ARGV[4] arq job JSON head (see enqueue.lua)
--- ARGV[5] the priority the caller read (KEYS[3] was built from it)
+-- ARGV[5] the priority the caller read (KEYS[3] was built from it)  ARGV[6] key prefix
 -- Returns "requeued", "missing", "moved" (priority differs from ARGV[5]), "busy" (an arq run of this
 -- job has not finished yet), or the current state when it is not requeueable.
-local h = redis.call('HMGET', KEYS[1], 'state', 'prio')
+local h = redis.call('HMGET', KEYS[1], 'state', 'prio', 'campaign', 'cm')
 local state = h[1]
 if not state then
   redis.call('ZREM', KEYS[4], ARGV[1])
@@ -22,10 +23,11 @@ end
 if redis.call('EXISTS', KEYS[7]) == 1 then
   return 'busy'
 end
-local t = redis.call('TIME')
-local snow = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local snow = ms(now_ms())
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', '0', 'updated', snow)
+redis.call('HDEL', KEYS[1], 'first')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+count_move(ARGV[6], counted_campaign(h[3], h[4]), state, 'queued', tonumber(ARGV[3]))
 -- arq's own try counter and old result would make the new run look exhausted or finished.
 redis.call('DEL', KEYS[5], KEYS[6])
 redis.call('SET', KEYS[2], ARGV[4] .. snow .. '}', 'PX', ARGV[2])

@@ -1,0 +1,31 @@
+"""Campaigns: launch a file of calls, pace it, hold it to calling windows and the do-not-call list,
+pause, resume, cancel and report on it.
+
+::
+
+    from worker.campaigns import Campaigns, CampaignSpec, LaunchOptions, launch_file, Suppression
+
+Modules: ``launch`` (CSV/JSONL -> validated rows -> enqueue), ``control`` (state in Redis and status),
+``windows`` (calling windows, pure functions), ``suppression`` (do-not-call list), ``commands`` (CLI).
+"""
+
+from worker.campaigns.control import CampaignError, Campaigns, CampaignSpec, ResumeResult
+from worker.campaigns.launch import LaunchError, LaunchOptions, LaunchReport, RowError, launch_file
+from worker.campaigns.suppression import Suppression, normalize_number
+from worker.campaigns.windows import Window, WindowError
+
+__all__ = [
+    "CampaignError",
+    "CampaignSpec",
+    "Campaigns",
+    "LaunchError",
+    "LaunchOptions",
+    "LaunchReport",
+    "ResumeResult",
+    "RowError",
+    "Suppression",
+    "Window",
+    "WindowError",
+    "launch_file",
+    "normalize_number",
+]

@@ -1,0 +1,317 @@
+"""``dialer campaign ...`` and ``dialer suppress ...`` (registered on the main group in ``worker/cli.py``).
+
+Imports of Redis, pydantic models and rich happen inside the commands, so ``dialer --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from worker.settings import Settings
+
+T = TypeVar("T")
+_MAX_REJECTS_SHOWN = 50
+
+
+def _with_redis(fn: Callable[[Redis, Settings], Awaitable[T]], usage: tuple[type[Exception], ...] = ()) -> T:
+    """Run ``fn(redis, settings)`` with a connection of its own; DialerErrors become click errors
+    (``usage`` ones exit 2, as a bad option does)."""
+    from redis.asyncio import Redis
+
+    from worker import logs
+    from worker.errors import DialerError
+    from worker.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except DialerError as exc:
+        raise click.ClickException(str(exc)) from None
+    logs.configure(settings.log_level, settings.log_format)
+
+    async def go() -> T:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await fn(redis, settings)
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(go())
+    except usage as exc:
+        raise click.UsageError(str(exc)) from None
+    except DialerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group("campaign")
+def campaign_group() -> None:
+    """Bulk campaigns: launch a file, watch, pause, resume, cancel."""
+
+
+@campaign_group.command("launch")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Campaign name (1-64 of A-Z a-z 0-9 . _ -).")
+@click.option("--priority", type=int, default=None, help="Default priority 1..9 for rows without one.")
+@click.option("--voice-id", help="Default recording ID.")
+@click.option("--template-id", help="Default TTS template ID.")
+@click.option("--voice-file-name", help="Default recording file name.")
+@click.option("--param", "params", multiple=True, help="Default template parameter (repeat, in order).")
+@click.option("--caller-present", help="Default number shown to the callee.")
+@click.option("--play-times", type=int, default=None, help="Default times the message plays, 1..5.")
+@click.option("--rate", type=float, default=None, help="Calls/s for this campaign (under the fleet limit).")
+@click.option("--window", help="Calling window, HH:MM-HH:MM in the callee's time zone (e.g. 09:00-20:00).")
+@click.option("--days", help="Weekdays the window opens: mon-fri, sat,sun, all ...")
+@click.option("--timezone", help="IANA time zone of the callees (a row's timezone column overrides it).")
+@click.option("--deadline", help="ISO 8601 time after which unsent calls expire.")
+@click.option("--dry-run", is_flag=True, help="Validate and report only; store nothing.")
+@click.option("--strict", is_flag=True, help="All or nothing: enqueue nothing if any row is rejected.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None, template_id: str | None,
+               voice_file_name: str | None, params: tuple[str, ...], caller_present: str | None,
+               play_times: int | None, rate: float | None, window: str | None, days: str | None,
+               timezone: str | None, deadline: str | None, dry_run: bool, strict: bool, as_json: bool,
+               progress: bool | None) -> None:
+    """Validate FILE (CSV or JSONL), report rejected rows, enqueue the rest as campaign NAME.
+
+    Exit status: 0 every row accepted (or skipped as duplicate/suppressed), 1 some rows rejected
+    (the others were enqueued unless --strict or --dry-run), 2 bad options (nothing stored).
+    """
+    from worker.campaigns.launch import LaunchError, LaunchOptions, launch_file
+
+    opts = LaunchOptions(
+        name=name, priority=priority, voice_id=voice_id, template_id=template_id, voice_file_name=voice_file_name,
+        params=params, caller_present=caller_present, play_times=play_times, rate=rate, window=window, days=days,
+        timezone=timezone, deadline=deadline, dry_run=dry_run, strict=strict,
+    )
+    show_bar = progress if progress is not None else (sys.stderr.isatty() and not as_json)
+
+    async def go(redis: Redis, settings: Settings) -> Any:
+        if not show_bar:
+            return await launch_file(redis, settings, file, opts)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        with Progress("[bold]enqueue", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      transient=True) as bar:
+            task = bar.add_task("", total=None)
+
+            def tick(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            return await launch_file(redis, settings, file, opts, progress=tick)
+
+    report = _with_redis(go, usage=(LaunchError,))
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), sort_keys=True))
+    else:
+        for err in report.rejected[:_MAX_REJECTS_SHOWN]:
+            click.echo(f"rejected {err}", err=True)
+        if len(report.rejected) > _MAX_REJECTS_SHOWN:
+            click.echo(f"... and {len(report.rejected) - _MAX_REJECTS_SHOWN} more (--json lists all)", err=True)
+        click.echo(_launch_summary(report))
+    if report.rejected:
+        sys.exit(1)
+
+
+def _launch_summary(report: Any) -> str:
+    lines = [f"campaign {report.campaign}: {report.rows} rows, {report.valid} valid, "
+             f"{report.rejected_rows} rejected, {report.duplicates_in_file} repeated numbers skipped, "
+             f"{report.suppressed} on the do-not-call list"]
+    if report.dry_run:
+        lines.append("dry run: nothing stored")
+    elif report.strict_refused:
+        lines.append("--strict: rows were rejected, nothing enqueued")
+    else:
+        lines.append(f"enqueued {report.enqueued} new, {report.already_enqueued} already enqueued "
+                     f"in {report.seconds:.2f}s" + (" (campaign created)" if report.campaign_created else ""))
+    return "\n".join(lines)
+
+
+@campaign_group.command("status")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The stable JSON shape (see README).")
+def status_cmd(name: str, as_json: bool) -> None:
+    """Counts per state and outcome, send rate and ETA of campaign NAME."""
+    from worker.campaigns.control import Campaigns
+
+    data = _with_redis(lambda r, s: Campaigns(r, s).status(name))
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    click.echo(_status_text(data))
+
+
+def _status_text(d: dict[str, Any]) -> str:
+    states = " ".join(f"{k}={v}" for k, v in d["states"].items() if v)
+    outcomes = " ".join(f"{k}={v}" for k, v in d["outcomes"].items() if v)
+    eta = "-" if d["eta_s"] is None else f"{d['eta_s']}s"
+    lines = [
+        f"{d['name']}: {d['status']}, {d['total']} jobs, {d['remaining']} remaining"
+        + (f" ({d['parked']} parked)" if d["parked"] else ""),
+        f"  states:   {states or '-'}",
+        f"  outcomes: {outcomes or '-'}",
+        f"  sending {d['send_rate_per_s']}/s, ETA {eta}",
+    ]
+    cfg = d["settings"]
+    extras = [f"{k}={v}" for k, v in cfg.items() if v not in (None, {}, [])]
+    if extras:
+        lines.append("  settings: " + " ".join(extras))
+    return "\n".join(lines)
+
+
+@campaign_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of status objects.")
+def list_cmd(as_json: bool) -> None:
+    """Every campaign, oldest first."""
+    from worker.campaigns.control import Campaigns
+
+    data = _with_redis(lambda r, s: Campaigns(r, s).statuses())
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    for d in data:
+        click.echo(f"{d['name']}\t{d['status']}\t{d['total']} jobs\t{d['states']['sent']} sent\t"
+                   f"{d['remaining']} remaining")
+
+
+@campaign_group.command("pause")
+@click.argument("name")
+def pause_cmd(name: str) -> None:
+    """Hold every not-yet-sent job of NAME (calls already in flight finish)."""
+    from worker.campaigns.control import Campaigns
+
+    previous = _with_redis(lambda r, s: Campaigns(r, s).pause(name))
+    click.echo(f"{name}: paused" + (" (already)" if previous == "paused" else ""))
+
+
+@campaign_group.command("resume")
+@click.argument("name")
+def resume_cmd(name: str) -> None:
+    """Continue NAME: parked jobs go back on their queues, in order."""
+    from worker.campaigns.control import Campaigns
+
+    res = _with_redis(lambda r, s: Campaigns(r, s).resume(name))
+    click.echo(f"{name}: active; {res.moved} parked job(s) requeued")
+    if res.left:
+        click.echo(f"{res.left} job(s) still parked (their runs were finishing): run resume again", err=True)
+        sys.exit(1)
+
+
+@campaign_group.command("cancel")
+@click.argument("name")
+def cancel_cmd(name: str) -> None:
+    """Cancel NAME: every job not yet sent becomes cancelled and is never dialled."""
+    from worker.campaigns.control import Campaigns
+
+    n = _with_redis(lambda r, s: Campaigns(r, s).cancel(name))
+    click.echo(f"{name}: cancelled; {n} job(s) will not be dialled")
+
+
+@campaign_group.command("jobs")
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@click.option("--state", "state", default=None, help="Only jobs in this ledger state.")
+def jobs_cmd(name: str, limit: int, state: str | None) -> None:
+    """Job ids of NAME with their state, in enqueue order (drill-down)."""
+    from worker.campaigns.control import Campaigns
+    from worker.dispatch.ledger import Ledger
+
+    async def go(redis: Redis, settings: Settings) -> list[tuple[str, str]]:
+        campaigns, ledger = Campaigns(redis, settings), Ledger(redis, settings)
+        out: list[tuple[str, str]] = []
+        start = 0
+        while len(out) < limit:
+            ids = await campaigns.job_ids(name, start, start + 999)
+            if not ids:
+                break
+            for job_id, st in zip(ids, await ledger.states(ids), strict=True):
+                if state is None or str(st) == state:
+                    out.append((job_id, str(st)))
+            start += len(ids)
+        return out[:limit]
+
+    rows: list[tuple[str, str]] = _with_redis(go)
+    for job_id, st in rows:
+        click.echo(f"{job_id}\t{st}")
+
+
+# --- suppression ----------------------------------------------------------------------------------
+
+
+@click.group("suppress")
+def suppress_group() -> None:
+    """The fleet-wide do-not-call list (numbers normalized: spaces, - . ( ) and a leading + dropped)."""
+
+
+def _numbers_or_fail(numbers: tuple[str, ...]) -> list[str]:
+    from worker.campaigns.suppression import normalize_number
+
+    bad = []
+    for n in numbers:
+        try:
+            normalize_number(n)
+        except ValueError as exc:
+            bad.append(f"{n!r}: {exc}")
+    if bad:
+        raise click.UsageError("; ".join(bad))
+    return list(numbers)
+
+
+@suppress_group.command("add")
+@click.argument("numbers", nargs=-1, required=True)
+def suppress_add(numbers: tuple[str, ...]) -> None:
+    """Add NUMBERS to the do-not-call list."""
+    from worker.campaigns.suppression import Suppression
+
+    valid = _numbers_or_fail(numbers)
+    n = _with_redis(lambda r, s: Suppression(r, s).add(valid))
+    click.echo(f"added {n} number(s)")
+
+
+@suppress_group.command("remove")
+@click.argument("numbers", nargs=-1, required=True)
+def suppress_remove(numbers: tuple[str, ...]) -> None:
+    """Remove NUMBERS from the do-not-call list."""
+    from worker.campaigns.suppression import Suppression
+
+    valid = _numbers_or_fail(numbers)
+    n = _with_redis(lambda r, s: Suppression(r, s).remove(valid))
+    click.echo(f"removed {n} number(s)")
+
+
+@suppress_group.command("list")
+@click.option("--count", is_flag=True, help="Only print how many numbers are listed.")
+def suppress_list(count: bool) -> None:
+    """Print every listed number (normalized), one per line."""
+    from worker.campaigns.suppression import Suppression
+
+    if count:
+        click.echo(str(_with_redis(lambda r, s: Suppression(r, s).count())))
+        return
+    for number in _with_redis(lambda r, s: Suppression(r, s).list()):
+        click.echo(number)
+
+
+@suppress_group.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+def suppress_import(file: Any) -> None:
+    """Add every number in FILE (one per line, or a CSV with a called/number/phone column)."""
+    from worker.campaigns.suppression import Suppression, read_numbers
+
+    numbers, bad = read_numbers(file)
+    for line, text, rule in bad[:_MAX_REJECTS_SHOWN]:
+        click.echo(f"skipped line {line}: {text!r}: {rule}", err=True)
+    n = _with_redis(lambda r, s: Suppression(r, s).add(numbers))
+    click.echo(f"imported {len(numbers)} number(s), {n} new; {len(bad)} line(s) skipped")
+    if bad:
+        sys.exit(1)

@@ -1,0 +1,92 @@
+"""``dialer serve``: run the HTTP service until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+from aiohttp import web
+from redis.asyncio import Redis
+
+from worker.errors import SettingsError
+from worker.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+_REDIS_SOCKET_TIMEOUT_S = 5.0
+_REDIS_CONNECT_TIMEOUT_S = 3.0
+_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def redis_client(settings: Settings) -> Redis:
+    """The service's Redis client: bounded timeouts, so a Redis outage answers 503 instead of hanging."""
+    client: Redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=_REDIS_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S,
+        health_check_interval=30,
+    )
+    return client
+
+
+async def run_server(settings: Settings, *, insecure_no_auth: bool = False) -> None:
+    """Serve on ``settings.http_host:http_port`` until SIGTERM or SIGINT, then drain and close."""
+    from worker.http.app import create_app
+
+    redis = redis_client(settings)
+    app = create_app(settings, redis, insecure_no_auth=insecure_no_auth)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        for address in runner.addresses:
+            host, port = address[0], address[1]
+            log.info("dialer serve listening on http://%s:%s (dashboard /, API /v1, docs /openapi.json)",
+                     f"[{host}]" if ":" in str(host) else host, port)
+        if insecure_no_auth:
+            log.warning("--insecure-no-auth: every request is allowed, without any key")
+        await stop.wait()
+        log.info("dialer serve stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        await redis.aclose()
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on [DIALER_HTTP_HOST, default 127.0.0.1].")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port [DIALER_HTTP_PORT, default 8080].")
+@click.option("--insecure-no-auth", is_flag=True,
+              help="Serve without API keys (local experiments only). Refused when DIALER_API_KEYS is set.")
+def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
+    """Run the HTTP service: enqueue API (/v1), /metrics, /healthz, /readyz and the dashboard (/)."""
+    from worker import logs
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    update: dict[str, object] = {}
+    if host is not None:
+        update["http_host"] = host
+    if port is not None:
+        update["http_port"] = port
+    if update:
+        settings = settings.model_copy(update=update)
+    if not settings.api_keys and not insecure_no_auth:
+        raise click.UsageError(
+            "no API keys: set DIALER_API_KEYS (comma-separated or a JSON array, 16+ characters each), "
+            "or pass --insecure-no-auth to serve without authentication (local experiments only)"
+        )
+    if settings.api_keys and insecure_no_auth:
+        raise click.UsageError("--insecure-no-auth contradicts DIALER_API_KEYS; drop one of them")
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(run_server(settings, insecure_no_auth=insecure_no_auth))
