@@ -255,6 +255,7 @@ async def test_dashboard_in_chromium(
             await stats.record(ok=True)
         for _ in range(2):
             await stats.record(ok=False, kind=error_kind(RetryableError("x", status=500)))
+        await stats.flush()
         await Ledger(redis_client, settings).dead_letter(
             "p9-0", "gave up after 6 attempts: retryable createVoiceNotification failed (HTTP 500) http=500")
 

@@ -141,6 +141,7 @@ async def test_send_stats_feed_the_dashboard(client: TestClient[Any, Any], setti
         await stats.record(ok=True)
     await stats.record(ok=False, kind=metrics.error_kind(RetryableError("x", status=500)))
     await stats.record(ok=False, kind="Weird Kind/Ünicode")
+    await stats.flush()
 
     deadline = time.monotonic() + 3
     while True:  # the current second is left out until it is complete

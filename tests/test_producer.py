@@ -229,11 +229,12 @@ async def test_enqueue_many_mixed(redis_client: aioredis.Redis, producer: Produc
     assert [e.field for e in results[1].errors] == ["called"]
     assert [e.field for e in results[6].errors] == ["id"]
     assert [e.field for e in results[8].errors] == ["body"]
-    # Only the good items are stored: 5 jobs x (ledger + arq job) + their queues.
+    # Only the good items are stored: 5 jobs x (ledger + arq job) + their queues + the sequence counter.
     assert await redis_client.zrange(keys.queue(1), 0, -1) == [b"camp:111"]
     assert await redis_client.zcard(keys.queue(4)) == 0
     assert set(await redis_client.zrange(keys.queue(9), 0, -1)) == {b"camp:222", b"camp:999", b"own-id", b"other:555"}
-    assert await redis_client.dbsize() == 5 * 2 + 2
+    assert await redis_client.dbsize() == 5 * 2 + 2 + 1
+    assert await redis_client.get(keys.seq) == b"5"
     own = await ledger.get("own-id")
     assert own is not None and own.campaign == "camp" and own.not_before_ms is not None
     assert abs(await redis_client.zscore(keys.queue(9), "own-id") - own.not_before_ms) <= 1

@@ -109,7 +109,8 @@ async def run_demo(base: Settings, options: DemoOptions) -> int:
             "rate_limit": options.rate,
         })
         env = {**os.environ, "DIALER_REDIS_URL": redis_url, "DIALER_API_BASE_URL": settings.api_base_url,
-               "DIALER_RATE_LIMIT": str(options.rate), "DIALER_LOG_LEVEL": "WARNING"}
+               "DIALER_RATE_LIMIT": str(options.rate), "DIALER_LOG_LEVEL": "WARNING",
+               "DIALER_METRICS_PORT": "0"}  # several workers on one host: no shared metrics port
         env.pop("DIALER_TOKEN_URL", None)
         cmd = [sys.executable, "-m", "worker.cli"]
         children = [subprocess.Popen(

@@ -22,8 +22,10 @@ so the dashboard can chart the fleet's send rate against the limit without scrap
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -251,28 +253,62 @@ class StatsWindow:
 class SendStats:
     """Fleet-wide per-second counts of provider attempts and created calls, kept in Redis for 2 h.
 
-    Written by workers (:meth:`record`, one tiny script call per provider attempt), read by the
-    dashboard (:meth:`read`). Keys: ``<prefix>stats:<unix minute>``, hashes with fields ``a:<second>``
-    (attempts), ``ok:<second>`` (created calls) and ``e:<kind>`` (failed attempts of that minute)::
+    Workers count in memory (:meth:`record`, no I/O on the hot path) and :meth:`flush` about once a
+    second (:meth:`run`); the dashboard reads (:meth:`read`). Keys: ``<prefix>stats:<unix minute>``,
+    hashes with fields ``a:<second>`` (attempts), ``ok:<second>`` (created calls) and ``e:<kind>``
+    (failed attempts of that minute). Seconds are the workers' clocks (NTP is close enough for a chart)::
 
         stats = SendStats(redis, settings)
         await stats.record(ok=True)
         await stats.record(ok=False, kind=error_kind(exc))
+        await stats.flush()
         window = await stats.read(seconds=300)
     """
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self._prefix = settings.key_prefix + "stats:"
         self._record = redis.register_script(_RECORD)
         self._read = redis.register_script(_READ)
+        self._clock = clock
+        self._seconds: dict[int, list[int]] = {}
+        self._errors: dict[tuple[int, str], int] = {}
 
     async def record(self, *, ok: bool, kind: str | None = None) -> None:
-        """Count one provider attempt. Never raises: a stats write must not fail a call."""
-        label = "" if ok or not kind else _KIND_RE.sub("-", kind.lower())[:40]
+        """Count one provider attempt in memory (never raises, never waits)."""
+        sec = int(self._clock())
+        counts = self._seconds.setdefault(sec, [0, 0])
+        counts[0] += 1
+        if ok:
+            counts[1] += 1
+        elif kind:
+            key = (sec // 60, _KIND_RE.sub("-", kind.lower())[:40])
+            self._errors[key] = self._errors.get(key, 0) + 1
+
+    async def flush(self) -> None:
+        """Write what was counted since the last flush. Never raises: stats must not fail calls; counts
+        that could not be written are dropped rather than piling up during a Redis outage."""
+        if not self._seconds and not self._errors:
+            return
+        seconds, errors = self._seconds, self._errors
+        self._seconds, self._errors = {}, {}
+        args: list[Any] = [self._prefix, _STATS_TTL_S, len(seconds)]
+        for sec, (attempts, created) in seconds.items():
+            args += [sec, attempts, created]
+        for (minute, kind), n in errors.items():
+            args += [minute, kind, n]
         try:
-            await self._record(args=[self._prefix, "1" if ok else "0", label, _STATS_TTL_S])
+            await self._record(args=args)
         except (RedisError, OSError) as exc:
             log.debug("send stats not recorded: %s", type(exc).__name__)
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        """Flush every ``interval_s`` until cancelled, then once more."""
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                await self.flush()
+        finally:
+            await asyncio.shield(self.flush())
 
     async def read(self, seconds: int = 300, error_window_s: int = 900) -> StatsWindow:
         """The last ``seconds`` complete seconds and the errors of the last ``error_window_s``."""

@@ -24,6 +24,10 @@ local now = now_ms()
 local snow = ms(now)
 local campaigns = {}
 local out = {}
+-- Enqueue sequence numbers: jobs enqueued in the same millisecond share a queue score, and arq then
+-- starts them in job-id order; workers break such ties by this number, so a level stays FIFO.
+local seq0 = tonumber(redis.call('GET', P .. 'seq') or '0')
+local seq = seq0
 
 local function fields(text)
   local t, pos = {}, 1
@@ -109,7 +113,8 @@ for i = 6, #ARGV, 2 do
     local job_ttl = job_ttl0 + delay
     local ledger_ttl = math.max(ledger_ttl0 + delay, job_ttl)
     -- Memory: `updated` (= created) and `attempts` (= 0) are left out until the first transition.
-    local f = {'state', 'queued', 'prio', prio, 'called', called, 'body', body, 'created', snow}
+    seq = seq + 1
+    local f = {'state', 'queued', 'prio', prio, 'called', called, 'body', body, 'created', snow, 'q', seq}
     if campaign ~= '' then
       f[#f + 1] = 'campaign'; f[#f + 1] = campaign
     end
@@ -139,6 +144,7 @@ for i = 6, #ARGV, 2 do
     local added = redis.pcall('ZADD', zkey, score_text, id)
     if type(added) == 'table' and added.err then
       flush()
+      if seq > seq0 then redis.call('SET', P .. 'seq', seq) end
       return redis.error_reply(added.err)
     end
     redis.call('HSET', jobkey, unpack(f))
@@ -154,4 +160,7 @@ for i = 6, #ARGV, 2 do
   end
 end
 flush()
+if seq > seq0 then
+  redis.call('SET', P .. 'seq', seq)  -- written only when something was stored: a duplicate writes nothing
+end
 return out

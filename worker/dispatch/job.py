@@ -26,12 +26,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from worker import metrics
 from worker.campaigns.windows import Window, WindowError, cached_window
 from worker.dispatch.inflight import InFlight
-from worker.dispatch.ledger import JobRecord, Ledger, State
+from worker.dispatch.ledger import Claim, JobRecord, Ledger, State
 from worker.dispatch.ratelimit import Limit, RateLimiter
 from worker.errors import (
     AmbiguousError,
@@ -59,6 +60,8 @@ class Defer(Exception):
     def __init__(self, seconds: float, reason: str) -> None:
         self.seconds = max(seconds, 0.0)
         self.reason = reason
+        self.priority = 0
+        self.campaign: str | None = None
         super().__init__(f"defer {self.seconds:.2f}s: {reason}")
 
 
@@ -98,9 +101,11 @@ _NO_PLAN = _Plan()
 class Outcome:
     """How one run ended, for logs and metrics."""
 
-    state: str  # a ledger state, or "skipped"/"missing"
+    state: str  # a ledger state, or "skipped"/"missing"/"parked"
     attempts: int = 0
     detail: str = ""
+    priority: int = 0
+    campaign: str | None = None
 
 
 class Dispatcher:
@@ -117,6 +122,7 @@ class Dispatcher:
         in_flight: InFlight,
         client: ProviderClient,
         clock: Callable[[], float] = time.time,
+        stats: metrics.SendStats | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -124,8 +130,14 @@ class Dispatcher:
         self.in_flight = in_flight
         self.client = client
         self.clock = clock
+        self.stats = stats
 
-    async def dial(self, job_id: str) -> Outcome:
+    async def dial(self, job_id: str, order: float = 0.0) -> Outcome:
+        """Run one job; the outcome (or the :class:`Defer`) carries its priority and campaign.
+
+        ``order`` is the job's position in its queue (its score in ms): permits go out in that order,
+        ties (jobs enqueued in the same millisecond) broken by the enqueue sequence number.
+        """
         try:
             claim = await self.ledger.claim_run(job_id)
         except (KeyError, ValueError) as exc:
@@ -133,6 +145,15 @@ class Dispatcher:
         record = claim.record
         if claim.verdict == "missing" or record is None:
             return await self.reject(job_id, "no ledger record for this job (written without the producer?)")
+        try:
+            outcome = await self._run(claim, record, order + (record.seq % 1000) / 1000)
+        except Defer as d:
+            d.priority, d.campaign = record.priority, record.campaign
+            raise
+        return replace(outcome, priority=record.priority, campaign=record.campaign)
+
+    async def _run(self, claim: Claim, record: JobRecord, order: float) -> Outcome:
+        job_id = record.job_id
         if claim.verdict == "final":
             return Outcome("skipped", record.attempts, f"already {record.state}")
         if claim.verdict == "stale":
@@ -150,7 +171,7 @@ class Dispatcher:
             return await self.reject(job_id, f"invalid campaign settings: {exc}")
         if claim.verdict == "cap":
             return await self._capped(record, claim.retry_after_ms or 0)
-        return await self._attempts(record, request, plan)
+        return await self._attempts(record, request, plan, order)
 
     async def reject(self, job_id: str, reason: str) -> Outcome:
         """Dead-letter a job that cannot be run as stored; the worker carries on."""
@@ -158,7 +179,9 @@ class Dispatcher:
         await self.ledger.reject(job_id, reason)
         return Outcome(State.DEAD, 0, reason)
 
-    async def _attempts(self, record: JobRecord, request: CallRequest, plan: _Plan = _NO_PLAN) -> Outcome:
+    async def _attempts(
+        self, record: JobRecord, request: CallRequest, plan: _Plan = _NO_PLAN, order: float = 0.0
+    ) -> Outcome:
         job_id = record.job_id
         started = self.clock()
         run_deadline = started + self.settings.job_timeout_s - self.settings.request_timeout_s - _RUN_SLACK_S
@@ -174,9 +197,11 @@ class Dispatcher:
             if plan.window is not None and not plan.window.is_open(_utc(now)):
                 return await self._outside_window(record, plan, now)
             try:
-                await asyncio.wait_for(
-                    self.limiter.acquire(record.priority, plan.extra), timeout=max(run_deadline - now, 0.001)
+                waited = await asyncio.wait_for(
+                    self.limiter.acquire(record.priority, plan.extra, order),
+                    timeout=max(run_deadline - now, 0.001),
                 )
+                metrics.observe_rate_wait(record.priority, waited)
             except TimeoutError:
                 # Saturated: give the worker slot back and queue again rather than overrun the job timeout.
                 raise Defer(0.0, "waited too long for a rate permit") from None
@@ -198,9 +223,11 @@ class Dispatcher:
                 raise
             except ProviderError as exc:
                 attempts += 1
+                await self._count(ok=False, kind=metrics.error_kind(exc))
                 outcome = await self._failed(job_id, exc, attempts, first_try_s, record.deadline_ms)
                 if outcome is not None:
                     return outcome
+                metrics.observe_outcome("retried", record.priority, record.campaign)
                 delay = backoff_delay(attempts, self.settings)
                 if delay > self.settings.retry_inprocess_max_s or self.clock() + delay > run_deadline:
                     raise Defer(delay, exc.describe()) from None
@@ -213,6 +240,7 @@ class Dispatcher:
                 return Outcome(State.UNKNOWN, attempts + 1, type(exc).__name__)
             attempts += accepted.attempts
             await self.ledger.mark_sent(job_id, accepted.call_serial_no)
+            await self._count(ok=True)
             return Outcome(State.SENT, attempts, accepted.call_serial_no)
 
     async def _send_once(self, record: JobRecord, request: CallRequest, plan: _Plan) -> Accepted:
@@ -249,7 +277,12 @@ class Dispatcher:
             raise _NotSent
 
         async with self.in_flight.slot():
-            return await self.client.create_voice_notification(request, before_send=before_send)
+            with metrics.track_in_flight():
+                return await self.client.create_voice_notification(request, before_send=before_send)
+
+    async def _count(self, *, ok: bool, kind: str | None = None) -> None:
+        if self.stats is not None:
+            await self.stats.record(ok=ok, kind=kind)
 
     async def _failed(
         self, job_id: str, exc: ProviderError, attempts: int, first_try_s: float, deadline_ms: int | None

@@ -51,6 +51,11 @@ class Keys:
         return f"{self.prefix}serial:{call_serial_no}"
 
     @property
+    def seq(self) -> str:
+        """Enqueue sequence counter: breaks ties between jobs enqueued in the same millisecond."""
+        return f"{self.prefix}seq"
+
+    @property
     def dead(self) -> str:
         """Dead-letter set: job ids scored by the time they died."""
         return f"{self.prefix}dead"

@@ -146,6 +146,7 @@ class JobRecord:
     outcome: str | None = None
     release_reason: str | None = None
     parked: bool = False
+    seq: int = 0  # enqueue sequence number: breaks ties between jobs with the same queue score
 
     @classmethod
     def from_hash(cls, job_id: str, h: dict[str, str]) -> JobRecord:
@@ -165,6 +166,7 @@ class JobRecord:
             not_before_ms=_int_or_none(h.get("nb")),
             deadline_ms=_int_or_none(h.get("dl")),
             timezone=h.get("tz") or None,
+            seq=int(h.get("q") or 0),
             first_attempt_ms=_int_or_none(h.get("first")),
             outcome=h.get("outcome") or None,
             release_reason=h.get("reason") or None,

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker import logs, metrics
 from worker.dispatch import codec
 from worker.dispatch.inflight import InFlight
 from worker.dispatch.job import Defer, Dispatcher
@@ -82,17 +84,25 @@ async def _dial(ctx: dict[str, Any], *_args: Any, **_kwargs: Any) -> str:
     """The arq job function. Arguments are ignored: the job's body lives in the ledger."""
     dispatcher: Dispatcher = ctx["dispatcher"]
     job_id: str = ctx["job_id"]
+    started = time.monotonic()
     if codec.MALFORMED in _kwargs:
         outcome = await dispatcher.reject(job_id, f"malformed job: {_kwargs[codec.MALFORMED]}")
-        return str(outcome.state)
-    try:
-        outcome = await dispatcher.dial(job_id)
-    except Defer as d:
-        # A long pause or backoff must not outlive the arq job key (whose TTL is fixed at enqueue).
-        await ctx["redis"].pexpire(Keys("").arq_job(job_id), int((d.seconds + dispatcher.settings.job_ttl_s) * 1000))
-        log.info("job %s deferred %.2fs: %s", job_id, d.seconds, d.reason)
-        raise Retry(defer=d.seconds) from None
-    log.info("job %s -> %s (attempts=%d) %s", job_id, outcome.state, outcome.attempts, outcome.detail)
+    else:
+        try:
+            outcome = await dispatcher.dial(job_id, order=float(ctx.get("score") or 0))
+        except Defer as d:
+            # A long pause or backoff must not outlive the arq job key (whose TTL is fixed at enqueue).
+            ttl_ms = int((d.seconds + dispatcher.settings.job_ttl_s) * 1000)
+            await ctx["redis"].pexpire(Keys("").arq_job(job_id), ttl_ms)
+            metrics.observe_outcome("deferred", d.priority, d.campaign)
+            log.info("job %s deferred %.2fs: %s", job_id, d.seconds, d.reason, extra=logs.job_fields(
+                job_id, campaign=d.campaign, priority=d.priority, outcome="deferred", error=d.reason))
+            raise Retry(defer=d.seconds) from None
+    metrics.observe_outcome(str(outcome.state), outcome.priority, outcome.campaign)
+    log.info("job %s -> %s (attempts=%d) %s", job_id, outcome.state, outcome.attempts, outcome.detail,
+             extra=logs.job_fields(job_id, campaign=outcome.campaign, priority=outcome.priority,
+                                   attempt=outcome.attempts, outcome=str(outcome.state),
+                                   latency_s=time.monotonic() - started, error=outcome.detail or None))
     return str(outcome.state)
 
 
@@ -113,9 +123,11 @@ class DialerProcess:
         pool = await open_pool(settings)
         limiter = RateLimiter(pool, settings)
         in_flight = InFlight(pool, settings)
+        stats = metrics.SendStats(pool, settings)
+        flusher = asyncio.ensure_future(stats.run())
         try:
             async with ProviderClient.open(settings, pool) as client:
-                dispatcher = Dispatcher(settings, Ledger(pool, settings), limiter, in_flight, client)
+                dispatcher = Dispatcher(settings, Ledger(pool, settings), limiter, in_flight, client, stats=stats)
                 keys = Keys(settings.key_prefix)
                 self.workers = [
                     Worker(
@@ -150,6 +162,8 @@ class DialerProcess:
                     with contextlib.suppress(Exception):
                         await pool.delete(w.health_check_key)
         finally:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
             await limiter.close()
             await pool.aclose()
 
@@ -181,7 +195,8 @@ async def run_process(settings: Settings, queues: Sequence[int], *, burst: bool 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proc.stop)
     try:
-        await proc.run()
+        async with metrics.serve_worker_metrics(settings, health=lambda: check_health(settings, queues)):
+            await proc.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -205,10 +220,16 @@ async def _arq_startup(ctx: dict[str, Any]) -> None:
     client = await client_cm.__aenter__()
     ctx["_client_cm"] = client_cm
     ctx["_limiter"] = limiter = RateLimiter(pool, settings)
-    ctx["dispatcher"] = Dispatcher(settings, Ledger(pool, settings), limiter, InFlight(pool, settings), client)
+    ctx["_stats"] = stats = metrics.SendStats(pool, settings)
+    ctx["_flusher"] = asyncio.ensure_future(stats.run())
+    ctx["dispatcher"] = Dispatcher(
+        settings, Ledger(pool, settings), limiter, InFlight(pool, settings), client, stats=stats
+    )
 
 
 async def _arq_shutdown(ctx: dict[str, Any]) -> None:
+    ctx["_flusher"].cancel()
+    await asyncio.gather(ctx["_flusher"], return_exceptions=True)
     await ctx["_limiter"].close()
     await ctx["_client_cm"].__aexit__(None, None, None)
 

@@ -150,16 +150,17 @@ class _ClockMap:
 
 
 class _Waiter:
-    __slots__ = ("future", "priority", "queued", "seq")
+    __slots__ = ("future", "order", "priority", "queued", "seq")
 
-    def __init__(self, priority: int, seq: int, future: asyncio.Future[float]) -> None:
+    def __init__(self, priority: int, order: float, seq: int, future: asyncio.Future[float]) -> None:
         self.priority = priority
+        self.order = order
         self.seq = seq
         self.future = future
         self.queued = True
 
     def __lt__(self, other: _Waiter) -> bool:
-        return (self.priority, self.seq) < (other.priority, other.seq)
+        return (self.priority, self.order, self.seq) < (other.priority, other.order, other.seq)
 
 
 class _Queue:
@@ -262,9 +263,12 @@ class RateLimiter:
         self._clock = _ClockMap()
         self._closed = False
 
-    async def acquire(self, priority: int, extra: Sequence[Limit] = ()) -> float:
+    async def acquire(self, priority: int, extra: Sequence[Limit] = (), order: float = 0.0) -> float:
         """Block until a call of this priority may be sent under the global limit and every ``extra``
         limit; return the seconds waited.
+
+        Within a priority, waiters are served by ``order`` (callers pass the job's queue score, so
+        calls leave in queue order even when their jobs reach the limiter out of order), then arrival.
 
         Cancelling the wait is safe: the waiter leaves the queue. If a slot had already been booked
         for it, that one slot goes unused (the schedule is not rewound; another process may already
@@ -283,7 +287,7 @@ class RateLimiter:
             group = _Group(limits, self._keys, self._reserve_ahead_s, self._global is not None)
             self._groups[limits] = group
             group.task = asyncio.create_task(self._pump(group), name=f"rate-pump:{','.join(group.keys)}")
-        waiter = _Waiter(priority, next(self._seq), asyncio.get_running_loop().create_future())
+        waiter = _Waiter(priority, order, next(self._seq), asyncio.get_running_loop().create_future())
         group.queue.push(waiter)
         if priority < group.nap_priority:
             group.wake.set()

@@ -44,6 +44,7 @@ from tenacity import (
     stop_before_delay,
 )
 
+from worker import metrics
 from worker.errors import (
     AmbiguousError,
     AuthError,
@@ -199,6 +200,7 @@ class ProviderClient:
         payload = json.dumps({"app_key": s.app_key, "app_secret": s.app_secret.get_secret_value()})
         headers = {"Content-Type": "application/json", "X-Token-Expire": str(s.token_lifetime_s)}
         obtained_at = time.time()
+        started = time.monotonic()
         try:
             async with self._session.post(
                 s.resolved_token_url, data=payload.encode(), headers=headers, allow_redirects=False
@@ -206,8 +208,10 @@ class ProviderClient:
                 status = resp.status
                 raw = await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
+            metrics.observe_provider_response(None, None, None, endpoint="token")
             # A token request creates nothing, so any network failure is safe to retry.
             raise RetryableError(f"tokenByAkSk failed ({_net_error_text(exc)})") from None
+        metrics.observe_provider_response(status, None, time.monotonic() - started, endpoint="token")
         if status != 200:
             raise AuthError(f"tokenByAkSk refused (HTTP {status})", status=status)
         data = _parse_json(raw)
@@ -321,9 +325,11 @@ class ProviderClient:
             ) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            metrics.observe_provider_response(None, None, None)
             # Raised while opening the connection: the request never left.
             raise RetryableError(f"could not connect ({_net_error_text(exc)})") from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
+            metrics.observe_provider_response(None, None, None)
             if self._traced and not state.sent:
                 raise RetryableError(f"request not sent ({_net_error_text(exc)})") from None
             # from None: some aiohttp errors carry the request, Authorization header included.
@@ -332,6 +338,7 @@ class ProviderClient:
     def _classify(self, status: int, raw: bytes, latency: float) -> Accepted:
         data = _parse_json(raw)
         ret_code, ret_msg = _ret_fields(data)
+        metrics.observe_provider_response(status, ret_code, latency)
         log.debug("createVoiceNotification: HTTP %s retCode %s in %.3f s", status, ret_code, latency)
         if 200 <= status < 300:
             return self._classify_ok(status, data, latency)

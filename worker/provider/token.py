@@ -35,6 +35,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from worker import metrics
 from worker.dispatch.keys import Keys
 from worker.errors import AuthError, ProviderError, RetryableError
 from worker.settings import Settings
@@ -283,10 +284,12 @@ class TokenManager:
         try:
             fetched = await self._fetch()
         except Exception:
+            metrics.observe_token_refresh(False)
             # Prefer the token in Redis over ours: another process may have a newer one.
             if stored is not None and stored.expires_at > server_now:
                 self._remember(stored, server_now, mono)
             raise
+        metrics.observe_token_refresh(True)
         if fetched.lifetime_s <= 0:
             raise AuthError("tokenByAkSk returned a token that has already expired")
         # Restamp on the server clock, counting the lifetime from before the request (conservative).
