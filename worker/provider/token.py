@@ -59,6 +59,9 @@ def _script(name: str) -> str:
     return Path(__file__).with_name(name).read_text(encoding="utf-8")
 
 
+# Largest share of a token's life spent refreshing it early (see Settings.refresh_margin_s).
+MAX_MARGIN_SHARE = 0.1
+
 @dataclass(frozen=True)
 class Token:
     """An access token. ``value`` is a SecretStr, so the repr never shows it.
@@ -76,8 +79,9 @@ class Token:
         return self.expires_at - self.obtained_at
 
     def margin_s(self, settings: Settings) -> float:
-        """Refresh margin for this token: at most half its real life (the provider may shorten it)."""
-        return max(0.0, min(settings.refresh_margin_s, self.lifetime_s / 2))
+        """Refresh margin for this token: at most a tenth of its real life (the provider may shorten
+        it), so a short-lived token is not refreshed twice as often as it expires."""
+        return max(0.0, min(settings.refresh_margin_s, self.lifetime_s * MAX_MARGIN_SHARE))
 
     def _same(self, other: Token | None) -> bool:
         return other is not None and secrets.compare_digest(

@@ -10,8 +10,8 @@ if raw then
   local ok, tok = pcall(cjson.decode, raw)
   if ok and type(tok) == 'table' and tonumber(tok['exp']) and tonumber(tok['at']) then
     local exp = tonumber(tok['exp']) * 1000
-    -- a short-lived token gets at most half its life as margin, else it would never be fresh
-    local margin = math.min(tonumber(ARGV[3]), (exp - tonumber(tok['at']) * 1000) / 2)
+    -- a short-lived token gets at most a tenth of its life as margin (token.MAX_MARGIN_SHARE)
+    local margin = math.min(tonumber(ARGV[3]), (exp - tonumber(tok['at']) * 1000) * 0.1)
     if exp - now > margin then
       return {0, raw, now}
     end
