@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from tests.conftest import run_dialer, settings_env
 from worker.campaigns.control import STATUS_STATES, CampaignError, Campaigns, CampaignSpec
-from worker.campaigns.launch import LaunchError, LaunchOptions, LaunchReport, launch_file
+from worker.campaigns.launch import LaunchError, LaunchOptions, LaunchReport, check_options, launch_file
+from worker.campaigns.outcomes import RedialPolicy, parse_duration
 from worker.campaigns.suppression import Suppression, normalize_number, read_numbers
 from worker.dispatch import codec
 from worker.dispatch.keys import Keys, in_progress_key_prefix
@@ -376,7 +377,10 @@ async def test_status_shape_rate_and_eta(redis_client: aioredis.Redis, settings:
         await ledger.mark_sent(job, f"SN-{job}")
     status = await Campaigns(redis_client, settings).status("camp")
     assert list(status) == ["name", "status", "created_at", "settings", "total", "states", "parked", "outcomes",
-                            "remaining", "send_rate_per_s", "eta_s", "as_of"]
+                            "redials", "remaining", "send_rate_per_s", "eta_s", "as_of"]
+    assert list(status["settings"]) == ["priority", "rate", "window", "days", "timezone", "deadline", "defaults",
+                                        "callback_url", "redial"]
+    assert status["redials"] == 0 and status["settings"]["redial"] is None
     assert list(status["states"]) == list(STATUS_STATES)
     assert status["settings"]["rate"] == 50.0 and status["total"] == 30 and status["remaining"] == 20
     assert status["send_rate_per_s"] >= 5  # 10 sent within the last second or two
@@ -485,6 +489,50 @@ async def test_cli_launch_status_pause_resume_cancel_list(settings: Settings, tm
     assert rc == 0 and [c["status"] for c in json.loads(out)] == ["cancelled"]
     rc, _, err = await run_dialer("campaign", "status", "nope", env=env)
     assert rc == 1 and "no campaign" in err
+
+
+async def test_cli_launch_with_redials_and_callback_url(settings: Settings, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "r.csv", "called", ["13800000001"])
+    env = settings_env(settings)
+    rc, _, err = await run_dialer("campaign", "launch", str(path), "--name", "r", "--voice-id", "v", "--redial", "2",
+                                  env=env)
+    assert rc == 2 and "--redial: redials need result callbacks: set DIALER_PUBLIC_URL" in err
+    env["DIALER_PUBLIC_URL"] = "https://dialer.example.com/"
+    rc, _, err = await run_dialer("campaign", "launch", str(path), "--name", "r", "--voice-id", "v", "--redial", "2",
+                                  "--redial-after", "soon", env=env)
+    assert rc == 2 and "--redial-after: must be a duration" in err
+    rc, _, err = await run_dialer("campaign", "launch", str(path), "--name", "r", "--voice-id", "v", "--redial", "2",
+                                  "--redial-after", "1h30m", env=env)
+    assert rc == 0, err
+    rc, out, _ = await run_dialer("campaign", "status", "r", "--json", env=env)
+    status = json.loads(out)
+    assert status["settings"]["redial"] == {"max": 2, "after_s": 5400.0}
+    assert status["settings"]["callback_url"] == "https://dialer.example.com/v1/callbacks/release"
+    rc, out, _ = await run_dialer("job", "r:13800000001", env=env)
+    job = json.loads(out)
+    assert job["body"]["callBackUrl"] == "https://dialer.example.com/v1/callbacks/release"
+    assert (job["outcome"], job["redial_of"], job["redials"]) == (None, None, [])
+    rc, out, _ = await run_dialer("campaign", "status", "r", env=env)
+    assert "redial=2x after 5400s" in out
+
+
+def test_redial_policy_and_durations() -> None:
+    assert [parse_duration(t) for t in ("30m", "90s", "2h", "1h30m", "1.5d", "500ms", "45", " 1H ")] == [
+        1800.0, 90.0, 7200.0, 5400.0, 129600.0, 0.5, 45.0, 3600.0]
+    for bad in ("", "m", "1x", "1h 30", "h1", "-5s", "1h30mx"):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(bad)
+    assert RedialPolicy.build(None, None) == (None, [])
+    assert RedialPolicy.build(3, None) == (RedialPolicy(3, 1800.0), [])
+    assert RedialPolicy.build(None, "1h")[1] == [("redial_after", "needs --redial (how many times to redial)")]
+    assert RedialPolicy.build(11, "0.5s")[1] == [("redial", "must be 1..10"), ("redial_after", "must be from 1s to 7d")]
+    spec, errors = check_options(LaunchOptions(name="x", voice_id="v", redial=2, redial_after="10m"),
+                                 callback="https://d.example.com/v1/callbacks/release")
+    assert errors == [] and spec.redial == {"max": 2, "after_s": 600.0}
+    assert CampaignSpec.from_canonical(spec.canonical()) == spec
+    assert RedialPolicy.from_spec(spec.redial) == RedialPolicy(2, 600.0)
+    _, errors = check_options(LaunchOptions(name="x", voice_id="v"), callback="https://d.example.com/" + "x" * 300)
+    assert [e.field for e in errors] == ["DIALER_PUBLIC_URL"]
 
 
 async def test_cli_suppress(settings: Settings, tmp_path: Path) -> None:

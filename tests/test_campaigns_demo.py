@@ -1,5 +1,6 @@
-"""`dialer demo` end to end: its own redis-server, the simulator, two workers, a campaign launched from a
-generated CSV, live progress from the campaign's status, and the final status reconciled."""
+"""`dialer demo` end to end: its own redis-server, the simulator with signed callbacks, `dialer serve`, two
+workers, a campaign launched from a generated CSV that redials unanswered calls, live progress from the
+campaign's status, and the final status reconciled with the simulator's request and callback logs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ async def test_demo_runs_a_small_campaign_to_completion() -> None:
     rc, out, err = await run_dialer("demo", "--calls", "200", "--rate", "400", env={"DIALER_REDIS_URL": ""},
                                     timeout=60)
     assert rc == 0, out + err
-    assert "reconciled: every job sent exactly once" in out
+    assert "reconciled: every job sent exactly once, every call's outcome recorded" in out
     assert re.search(r"launched campaign 'demo-\d+': 200 calls enqueued", out)
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/\?key=[0-9a-f]{32} ", out)
     final = json.loads(out[out.index("{"): out.rindex("}") + 1])
-    assert final["total"] == 200 and final["states"]["sent"] == 200 and final["remaining"] == 0
+    redials = final["redials"]
+    assert 0 < redials < 200  # a quarter of the calls go unanswered and are redialled once
+    assert final["total"] == 200 + redials and final["states"]["sent"] == final["total"] and final["remaining"] == 0
+    # Every call's result callback arrived, was verified and counted.
+    outcomes = final["outcomes"]
+    assert sum(outcomes.values()) == final["total"] and outcomes["answered"] > outcomes["unanswered"] > 0
+    assert final["settings"]["redial"] == {"max": 1, "after_s": 2.0}
+    assert final["settings"]["callback_url"].endswith("/v1/callbacks/release")
+    assert re.search(rf"result callbacks: {final['total']} signed callbacks accepted", out)

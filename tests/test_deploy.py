@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DIALER_SERVICES = ("worker", "api", "simulator")
 # Settings that are credentials: .env.example must leave them blank.
-CREDENTIALS = {"app_key", "app_secret", "api_keys", "dashboard_key"}
+CREDENTIALS = {"app_key", "app_secret", "api_keys", "dashboard_key", "callback_shared_key"}
 # Settings whose compose default differs from the program's (the containers reach each other by name).
 COMPOSE_DEFAULTS = {"redis_url": "redis://redis:6379/0", "api_base_url": "http://simulator:8090"}
 

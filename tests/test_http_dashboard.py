@@ -298,3 +298,90 @@ async def test_dashboard_in_chromium(
         assert not browser.errors, browser.errors
     finally:
         await server.close()
+
+
+CAMPAIGN_COUNTS_JS = """
+(name) => Object.fromEntries([...document.querySelectorAll(`.campaign[data-campaign="${name}"] .count`)].map(
+  s => [s.dataset.key, s.querySelector('b').textContent]))
+"""
+
+
+def _campaign_js(name: str, tail: str) -> str:
+    return f"document.querySelector('.campaign[data-campaign=\"{name}\"]{tail}')"
+
+
+async def test_dashboard_campaign_rows_and_controls(
+    browser: Browser, settings: Settings, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    from worker.campaigns.control import Campaigns
+
+    settings = settings.model_copy(update={"api_keys": [SecretStr(KEY)], "dashboard_key": SecretStr(DASH),
+                                           "rate_limit": 20.0})
+    server = TestServer(create_app(settings, redis_client, open_provider=False), host="127.0.0.1")
+    await server.start_server(access_log=None)
+    base = str(server.make_url("")).rstrip("/")
+    campaigns = Campaigns(redis_client, settings)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for name, n in (("spring", 6), ("small", 2)):
+                rows = [{"called": f"1391{i:07d}"} for i in range(n)]
+                async with http.post(base + "/v1/campaigns", json={"name": name, "templateId": "t", "rows": rows},
+                                     headers={"Authorization": f"Bearer {KEY}"}) as r:
+                    assert r.status == 201, await r.text()
+        ledger = Ledger(redis_client, settings)
+        for i, outcome in ((0, "answered"), (1, "unanswered")):
+            job = f"spring:1391{i:07d}"
+            assert await ledger.mark_sending(job)
+            await ledger.mark_sent(job, f"SN-{i}")
+            await ledger.record_outcome(job, outcome, "1" if outcome == "answered" else "4")
+
+        # Read-only session: the counts, no controls, and 403 if it tries anyway.
+        page = await browser.new_page()
+        await page.goto(base + "/?key=" + DASH)
+        await page.wait_for(_campaign_js("spring", "") + " !== null")
+        counts = await page.eval(f"({CAMPAIGN_COUNTS_JS})('spring')")
+        assert counts == {"queued": "4", "sent": "2", "answered": "1", "unanswered": "1", "failed_to_connect": "0",
+                          "redials": "0"}, counts
+        assert await page.eval(_campaign_js("spring", " .progress-text") + ".textContent") == "2 / 6 done (33%)"
+        assert await page.eval("document.querySelectorAll('.campaign button').length") == 0
+        assert "read-only" in await page.eval(_campaign_js("spring", "") + ".textContent")
+        forbidden = await page.eval("fetch('/v1/campaigns/spring:pause', {method: 'POST', credentials: 'same-origin', "
+                                    "headers: {'X-Requested-With': 'dialer-dashboard'}}).then(r => r.status)")
+        assert forbidden == 403
+        assert (await campaigns.status("spring"))["status"] == "active"
+        browser.errors[:] = [e for e in browser.errors if "403" not in e]  # the refused fetch, on purpose
+
+        # An API-key session: press pause.
+        await page.goto(base + "/?key=" + KEY)
+        await page.wait_for(_campaign_js("spring", " button[data-action=\"pause\"]") + " !== null")
+        await page.eval(_campaign_js("spring", " button[data-action=\"pause\"]") + ".click(); true")
+
+        async def paused() -> bool:
+            return bool((await campaigns.status("spring"))["status"] == "paused")
+
+        deadline = time.monotonic() + 10
+        while not await paused():
+            assert time.monotonic() < deadline, "pressing pause did not pause the campaign"
+            await asyncio.sleep(0.1)
+        await page.wait_for(_campaign_js("spring", "") + ".dataset.status === 'paused'")
+        await page.wait_for(_campaign_js("spring", " button[data-action=\"resume\"]") + " !== null")
+
+        # Cancel asks first; "No" changes nothing, "Yes, cancel" cancels.
+        await page.eval(_campaign_js("small", " button[data-action=\"cancel\"]") + ".click(); true")
+        await page.wait_for(_campaign_js("small", " .confirm-text") + " !== null")
+        await page.eval(_campaign_js("small", " button[data-action=\"cancel-no\"]") + ".click(); true")
+        await page.wait_for(_campaign_js("small", " button[data-action=\"cancel\"]") + " !== null")
+        assert (await campaigns.status("small"))["status"] == "active"
+        await page.eval(_campaign_js("small", " button[data-action=\"cancel\"]") + ".click(); true")
+        await page.eval(_campaign_js("small", " button[data-action=\"cancel-yes\"]") + ".click(); true")
+        await page.wait_for(_campaign_js("small", "") + ".dataset.status === 'cancelled'")
+        status = await campaigns.status("small")
+        assert status["status"] == "cancelled" and status["states"]["cancelled"] == 2
+        await page.wait_for(f"({CAMPAIGN_COUNTS_JS})('small').cancelled === '2'")
+
+        shot = await page.screenshot(tmp_path / "dashboard-campaigns.png")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        print(f"dashboard screenshot: {shot}")
+        assert not browser.errors, browser.errors
+    finally:
+        await server.close()

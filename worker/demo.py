@@ -1,9 +1,11 @@
 """``dialer demo``: a whole local system in one command, against the built-in provider simulator.
 
-Starts a private ``redis-server`` (unless ``DIALER_REDIS_URL`` is set), the simulator, and worker
-processes; writes a CSV of generated numbers with mixed priorities and launches it as a campaign
-(the same path as ``dialer campaign launch``); shows live progress from the campaign's status; prints
-the final status JSON reconciled with the simulator's request log; and cleans everything up.
+Starts a private ``redis-server`` (unless ``DIALER_REDIS_URL`` is set), the simulator with signed result
+callbacks, ``dialer serve`` (a generated API key; its dashboard URL is printed) and worker processes;
+writes a CSV of generated numbers with mixed priorities and launches it as a campaign (the same path as
+``dialer campaign launch``) that redials unanswered calls once after a short delay; shows live progress
+from the campaign's status; prints the final status JSON (answered / unanswered / redials included)
+reconciled with the simulator's request and callback logs; and cleans everything up.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import socket
 import subprocess
@@ -34,6 +37,8 @@ from worker.campaigns.launch import LaunchOptions, launch_file
 from worker.settings import Settings
 
 _ENV_REDIS = "DIALER_REDIS_URL"
+_CALLBACK_GRACE_S = 20.0
+"""Once nothing is left to send, how long to wait for the last result callbacks."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,11 @@ class DemoOptions:
     workers: int = 2
     rate: float = 200.0
     latency_ms: float = 40.0
+    answer_rate: float = 0.75
+    """Share of the simulator's calls that are answered; the rest end unanswered (releaseReason 4)."""
+    ring_time_s: float = 0.5
+    redial: int = 1
+    redial_after: str = "2s"
 
 
 def _free_port() -> int:
@@ -103,27 +113,38 @@ async def _wait_http(url: str, wait_s: float = 15) -> None:
 async def run_demo(base: Settings, options: DemoOptions) -> int:
     console = Console()
     with tempfile.TemporaryDirectory(prefix="dialer-demo-") as tmp, _redis_server(tmp) as redis_url:
-        sim_port = _free_port()
+        sim_port, serve_port = _free_port(), _free_port()
+        # Throwaway secrets of this run: the API key opens the dashboard; the shared key signs callbacks.
+        api_key, shared_key = secrets.token_hex(16), secrets.token_hex(16)
+        public_url = f"http://127.0.0.1:{serve_port}"
         settings = base.model_copy(update={
             "redis_url": redis_url, "api_base_url": f"http://127.0.0.1:{sim_port}", "token_url": None,
-            "rate_limit": options.rate,
+            "rate_limit": options.rate, "public_url": public_url,
         })
         env = {**os.environ, "DIALER_REDIS_URL": redis_url, "DIALER_API_BASE_URL": settings.api_base_url,
                "DIALER_RATE_LIMIT": str(options.rate), "DIALER_LOG_LEVEL": "WARNING",
-               "DIALER_METRICS_PORT": "0"}  # several workers on one host: no shared metrics port
-        env.pop("DIALER_TOKEN_URL", None)
+               "DIALER_METRICS_PORT": "0",  # several workers on one host: no shared metrics port
+               "DIALER_PUBLIC_URL": public_url, "DIALER_CALLBACK_SHARED_KEY": shared_key,
+               "DIALER_CALLBACK_SIGNATURE_MODE": "sha256"}
+        for name in ("DIALER_TOKEN_URL", "DIALER_DASHBOARD_KEY"):
+            env.pop(name, None)
+        serve_env = {**env, "DIALER_API_KEYS": api_key, "DIALER_HTTP_HOST": "127.0.0.1",
+                     "DIALER_HTTP_PORT": str(serve_port)}
         cmd = [sys.executable, "-m", "worker.cli"]
-        children = [subprocess.Popen(
-            [*cmd, "simulator", "--port", str(sim_port), "--latency-ms", str(options.latency_ms),
-             "--jitter-ms", "40", "--fail-500-rate", "0.03"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )]
-        # Result callbacks: start `dialer serve` here and run the simulator with --callbacks, then pass
-        # the service's URL to the campaign (see worker/campaigns/control.py CampaignSpec.callback_url).
+        quiet = subprocess.DEVNULL
+        children = [
+            subprocess.Popen([*cmd, "simulator", "--port", str(sim_port), "--latency-ms", str(options.latency_ms),
+                              "--jitter-ms", "40", "--fail-500-rate", "0.03", "--callbacks"],
+                             env=env, stdout=quiet, stderr=quiet),
+            subprocess.Popen([*cmd, "serve"], env=serve_env, stdin=quiet, stdout=quiet, stderr=quiet),
+        ]
         try:
             await _wait_http(f"{settings.api_base_url}/_sim/health")
+            await _configure_simulator(settings.api_base_url, options, shared_key)
+            await _wait_http(f"{public_url}/healthz")
             children += [subprocess.Popen([*cmd, "worker"], env=env, stdin=subprocess.DEVNULL)
                          for _ in range(options.workers)]
+            console.print(f"dashboard: {public_url}/?key={api_key}  (a throwaway key of this demo)", soft_wrap=True)
             return await _drive(console, settings, options, Path(tmp))
         finally:
             for child in children:
@@ -135,6 +156,13 @@ async def run_demo(base: Settings, options: DemoOptions) -> int:
                     child.kill()
 
 
+async def _configure_simulator(url: str, options: DemoOptions, shared_key: str) -> None:
+    patch = {"answer_rate": options.answer_rate, "ring_time_s": options.ring_time_s,
+             "callback_shared_key": shared_key, "callback_signature_mode": "sha256"}
+    async with aiohttp.ClientSession() as s, s.post(url + "/_sim/config", json=patch) as r:
+        r.raise_for_status()
+
+
 async def _drive(console: Console, settings: Settings, options: DemoOptions, workdir: Path) -> int:
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
@@ -144,35 +172,59 @@ async def _drive(console: Console, settings: Settings, options: DemoOptions, wor
         t0 = time.monotonic()
         report = await launch_file(
             client, settings, csv_path,
-            LaunchOptions(name=name, template_id="tpl-reminder", caller_present="4001234567"),
+            LaunchOptions(name=name, template_id="tpl-reminder", caller_present="4001234567",
+                          redial=options.redial, redial_after=options.redial_after),
         )
         console.print(f"launched campaign {name!r}: {report.enqueued} calls enqueued in {report.seconds:.2f}s "
-                      f"({options.workers} workers, limit {options.rate:g}/s)")
-        campaigns = Campaigns(client, settings)
-        columns = (TextColumn("[bold]calls"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.description}"))
-        status: dict[str, Any] = {}
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("", total=report.enqueued)
-            while True:
-                status = await campaigns.status(name)
-                done = status["total"] - status["remaining"]
-                busy = " ".join(f"{k}={v}" for k, v in status["states"].items() if v)
-                progress.update(task, completed=done,
-                                description=f"{busy}  {status['send_rate_per_s']:.0f}/s  ETA {status['eta_s'] or 0}s")
-                if status["remaining"] == 0:
-                    break
-                await asyncio.sleep(0.25)
+                      f"({options.workers} workers, limit {options.rate:g}/s; unanswered calls are redialled "
+                      f"{options.redial}x after {options.redial_after})")
+        status = await _follow(console, Campaigns(client, settings), name, report.enqueued)
         elapsed = time.monotonic() - t0
         async with aiohttp.ClientSession() as s, s.get(settings.api_base_url + "/_sim/log") as r:
             sim_log = await r.json()
         created = sum(1 for q in sim_log["requests"] if q["outcome"] == "created")
+        delivered = sum(1 for c in sim_log["callbacks"] if c["status"] == 200)
         console.print_json(json.dumps(status))
-        console.print(f"{report.enqueued} calls in {elapsed:.1f}s ({report.enqueued / elapsed:.0f}/s); simulator "
-                      f"created {created} calls, answered {len(sim_log['requests']) - created} retryable "
-                      f"errors; {sim_log['tokens_issued']} token(s) issued")
-        ok = status["states"]["sent"] == created == report.enqueued == status["total"]
-        console.print("[green]reconciled: every job sent exactly once" if ok else "[red]NOT reconciled")
+        outcomes = status["outcomes"]
+        console.print(f"{status['total']} calls ({report.enqueued} + {status['redials']} redials) in {elapsed:.1f}s; "
+                      f"simulator created {created} calls, answered {len(sim_log['requests']) - created} retryable "
+                      f"errors, issued {sim_log['tokens_issued']} token(s)")
+        console.print(f"result callbacks: {delivered} signed callbacks accepted; answered {outcomes['answered']}, "
+                      f"unanswered {outcomes['unanswered']}, failed to connect {outcomes['failed_to_connect']}; "
+                      f"{status['redials']} redials made")
+        sent = status["states"]["sent"]
+        ok = (sent == created == status["total"] == report.enqueued + status["redials"]
+              and sum(outcomes.values()) == sent == delivered)
+        console.print("[green]reconciled: every job sent exactly once, every call's outcome recorded" if ok
+                      else "[red]NOT reconciled")
         return 0 if ok else 1
     finally:
         await client.aclose()
+
+
+async def _follow(console: Console, campaigns: Campaigns, name: str, enqueued: int) -> dict[str, Any]:
+    """Live progress until nothing is left to send and every sent call's outcome is in (or the last
+    callbacks are late by more than _CALLBACK_GRACE_S)."""
+    columns = (TextColumn("[bold]calls"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.description}"))
+    idle_since: float | None = None
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("", total=enqueued)
+        while True:
+            status = await campaigns.status(name)
+            done = status["total"] - status["remaining"]
+            busy = " ".join(f"{k}={v}" for k, v in status["states"].items() if v)
+            heard = sum(status["outcomes"].values())
+            progress.update(task, completed=done, total=status["total"],
+                            description=f"{busy} outcomes={heard} redials={status['redials']}  "
+                                        f"{status['send_rate_per_s']:.0f}/s  ETA {status['eta_s'] or 0}s")
+            if status["remaining"] == 0:
+                # A callback records its redial before its outcome: all outcomes in means no redial to come.
+                if heard >= status["states"]["sent"]:
+                    return status
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > _CALLBACK_GRACE_S:
+                    return status
+            else:
+                idle_since = None
+            await asyncio.sleep(0.25)

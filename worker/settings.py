@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     app_secret: SecretStr = Field(SecretStr("sim-app-secret"), description="SK; never logged.")
     token_lifetime_s: int = Field(600, ge=1, le=3600, description="Requested lifetime (X-Token-Expire).")
     token_refresh_margin_s: float = Field(
-        60.0, ge=0, description="Refresh this long before the token expires (capped at half its lifetime)."
+        60.0, ge=0, description="Refresh this long before the token expires (capped at a tenth of its lifetime)."
     )
     request_timeout_s: float = Field(10.0, gt=0, description="Total time allowed for one provider request.")
     connect_timeout_s: float = Field(3.0, gt=0, description="Time allowed to open a connection.")
@@ -94,7 +94,17 @@ class Settings(BaseSettings):
     dashboard_key: SecretStr | None = Field(None, description="Optional read-only key: views the dashboard only.")
     http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     http_max_batch: int = Field(1000, ge=1, le=100_000, description="Most items in one POST /v1/calls:batch.")
-    public_url: str | None = Field(None, description="Base URL the provider reaches `dialer serve` at.")
+    public_url: str | None = Field(
+        None, description="Base URL the provider reaches `dialer serve` at; campaign calls get "
+        "`<public_url>/v1/callbacks/release` as their callBackUrl.",
+    )
+    callback_shared_key: SecretStr | None = Field(
+        None, description="Shared key of the provider's release-event signature; unset = callbacks are "
+        "accepted unsigned (anyone who can reach the route can record outcomes).",
+    )
+    callback_signature_mode: Literal["sha256", "hmac-sha256"] = Field(
+        "sha256", description="Digest of the callback signature: plain SHA-256 or HMAC-SHA256 (unconfirmed).",
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Worker processes serve /metrics here; 0 = off.")
 
     # --- Logging -----------------------------------------------------------------------------------
@@ -122,7 +132,7 @@ class Settings(BaseSettings):
             raise ValueError("every API key must be at least 16 characters")
         return v
 
-    @field_validator("dashboard_key", mode="before")
+    @field_validator("dashboard_key", "callback_shared_key", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v == "" else v
@@ -165,8 +175,10 @@ class Settings(BaseSettings):
 
     @property
     def refresh_margin_s(self) -> float:
-        """Refresh margin, never more than half a token's life so a short-lived token is still used."""
-        return min(self.token_refresh_margin_s, self.token_lifetime_s / 2)
+        """Refresh margin, never more than a tenth of a token's life (the default 60 s of 600 s): a
+        refresh takes milliseconds and the old token stays in use while it runs, so a larger share only
+        multiplies tokenByAkSk calls for short-lived tokens."""
+        return min(self.token_refresh_margin_s, self.token_lifetime_s * 0.1)
 
 
 def load_settings(**overrides: object) -> Settings:

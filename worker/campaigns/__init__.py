@@ -6,11 +6,21 @@ pause, resume, cancel and report on it.
     from worker.campaigns import Campaigns, CampaignSpec, LaunchOptions, launch_file, Suppression
 
 Modules: ``launch`` (CSV/JSONL -> validated rows -> enqueue), ``control`` (state in Redis and status),
-``windows`` (calling windows, pure functions), ``suppression`` (do-not-call list), ``commands`` (CLI).
+``windows`` (calling windows, pure functions), ``suppression`` (do-not-call list), ``outcomes`` (result
+callbacks and redials), ``commands`` (CLI).
 """
 
-from worker.campaigns.control import CampaignError, Campaigns, CampaignSpec, ResumeResult
-from worker.campaigns.launch import LaunchError, LaunchOptions, LaunchReport, RowError, launch_file
+from worker.campaigns.control import CampaignError, Campaigns, CampaignSpec, ResumeResult, UnknownCampaign
+from worker.campaigns.launch import (
+    LaunchError,
+    LaunchOptions,
+    LaunchReport,
+    RowError,
+    launch_file,
+    launch_rows,
+    launch_text,
+)
+from worker.campaigns.outcomes import Outcomes, RedialPolicy
 from worker.campaigns.suppression import Suppression, normalize_number
 from worker.campaigns.windows import Window, WindowError
 
@@ -21,11 +31,16 @@ __all__ = [
     "LaunchError",
     "LaunchOptions",
     "LaunchReport",
+    "Outcomes",
+    "RedialPolicy",
     "ResumeResult",
     "RowError",
     "Suppression",
+    "UnknownCampaign",
     "Window",
     "WindowError",
     "launch_file",
+    "launch_rows",
+    "launch_text",
     "normalize_number",
 ]

@@ -73,6 +73,9 @@ def campaign_group() -> None:
 @click.option("--days", help="Weekdays the window opens: mon-fri, sat,sun, all ...")
 @click.option("--timezone", help="IANA time zone of the callees (a row's timezone column overrides it).")
 @click.option("--deadline", help="ISO 8601 time after which unsent calls expire.")
+@click.option("--redial", type=int, default=None,
+              help="Redial unanswered calls (releaseReason 4, 6, 8, 9) up to N times; needs DIALER_PUBLIC_URL.")
+@click.option("--redial-after", default=None, help="Delay before each redial: 30m (default), 90s, 2h, 1h30m ...")
 @click.option("--dry-run", is_flag=True, help="Validate and report only; store nothing.")
 @click.option("--strict", is_flag=True, help="All or nothing: enqueue nothing if any row is rejected.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
@@ -80,8 +83,8 @@ def campaign_group() -> None:
 def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None, template_id: str | None,
                voice_file_name: str | None, params: tuple[str, ...], caller_present: str | None,
                play_times: int | None, rate: float | None, window: str | None, days: str | None,
-               timezone: str | None, deadline: str | None, dry_run: bool, strict: bool, as_json: bool,
-               progress: bool | None) -> None:
+               timezone: str | None, deadline: str | None, redial: int | None, redial_after: str | None,
+               dry_run: bool, strict: bool, as_json: bool, progress: bool | None) -> None:
     """Validate FILE (CSV or JSONL), report rejected rows, enqueue the rest as campaign NAME.
 
     Exit status: 0 every row accepted (or skipped as duplicate/suppressed), 1 some rows rejected
@@ -92,7 +95,8 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
     opts = LaunchOptions(
         name=name, priority=priority, voice_id=voice_id, template_id=template_id, voice_file_name=voice_file_name,
         params=params, caller_present=caller_present, play_times=play_times, rate=rate, window=window, days=days,
-        timezone=timezone, deadline=deadline, dry_run=dry_run, strict=strict,
+        timezone=timezone, deadline=deadline, dry_run=dry_run, strict=strict, redial=redial,
+        redial_after=redial_after,
     )
     show_bar = progress if progress is not None else (sys.stderr.isatty() and not as_json)
 
@@ -159,11 +163,14 @@ def _status_text(d: dict[str, Any]) -> str:
         f"{d['name']}: {d['status']}, {d['total']} jobs, {d['remaining']} remaining"
         + (f" ({d['parked']} parked)" if d["parked"] else ""),
         f"  states:   {states or '-'}",
-        f"  outcomes: {outcomes or '-'}",
+        f"  outcomes: {outcomes or '-'}" + (f" (redials made: {d['redials']})" if d.get("redials") else ""),
         f"  sending {d['send_rate_per_s']}/s, ETA {eta}",
     ]
-    cfg = d["settings"]
+    cfg = dict(d["settings"])
+    redial = cfg.pop("redial", None)
     extras = [f"{k}={v}" for k, v in cfg.items() if v not in (None, {}, [])]
+    if redial:
+        extras.append(f"redial={redial['max']}x after {redial['after_s']:g}s")
     if extras:
         lines.append("  settings: " + " ".join(extras))
     return "\n".join(lines)

@@ -45,7 +45,9 @@ from worker.dispatch.producer import _ARQ_JOB_HEAD, _CAMPAIGN_RE
 from worker.errors import DialerError
 from worker.settings import Settings
 
-__all__ = ["STATUS_STATES", "CampaignError", "CampaignSpec", "Campaigns", "ResumeResult", "valid_name"]
+__all__ = [
+    "STATUS_STATES", "CampaignError", "CampaignSpec", "Campaigns", "ResumeResult", "UnknownCampaign", "valid_name",
+]
 
 STATUS_STATES: tuple[str, ...] = tuple(str(s) for s in State)
 """Ledger states counted per campaign, in the order ``status`` reports them."""
@@ -57,6 +59,10 @@ _RESUME_IDLE_S = 0.05
 
 class CampaignError(DialerError):
     """A campaign operation was refused (unknown campaign, cancelled, different settings ...)."""
+
+
+class UnknownCampaign(CampaignError):
+    """No campaign has this name (never created, or expired)."""
 
 
 def valid_name(name: str) -> bool:
@@ -72,7 +78,8 @@ class CampaignSpec:
     out (``voiceId``/``templateId``/``voiceFileName``/``templateParams``/``callerPresent``/``playTimes``).
     ``rate``: calls/s for this campaign (under the fleet-wide limit). ``window``/``days``/``timezone``:
     calling window (see :mod:`worker.campaigns.windows`). ``deadline_ms``: jobs not sent by then expire.
-    ``callback_url`` and ``redial`` are kept for result callbacks and redials.
+    ``callback_url``: the callBackUrl filled into rows without one (``DIALER_PUBLIC_URL`` +
+    ``/v1/callbacks/release``). ``redial``: ``{"max": N, "after_s": S}``, see :mod:`worker.campaigns.outcomes`.
     """
 
     priority: int | None = None
@@ -235,7 +242,7 @@ class Campaigns:
             pipe.time()
             meta_raw, counts_raw, parked, ring_raw, (sec, usec) = await pipe.execute()
         if not meta_raw:
-            raise CampaignError(f"no campaign {name!r}")
+            raise UnknownCampaign(f"no campaign {name!r}")
         meta, counts = _hash(meta_raw), _hash(counts_raw)
         now_ms = int(sec) * 1000 + int(usec) // 1000
         spec = CampaignSpec.from_canonical(meta.get("spec", ""))
@@ -258,11 +265,13 @@ class Campaigns:
                 "deadline": _iso(spec.deadline_ms),
                 "defaults": spec.defaults,
                 "callback_url": spec.callback_url,
+                "redial": spec.redial,
             },
             "total": max(int(counts.get("total", 0)), 0),
             "states": states,
             "parked": int(parked),
             "outcomes": outcomes,
+            "redials": max(int(counts.get("redials", 0)), 0),
             "remaining": remaining,
             "send_rate_per_s": round(rate, 2),
             "eta_s": None if eta is None else math.ceil(eta),
@@ -284,10 +293,13 @@ class Campaigns:
             await self._redis.zrem(self._keys.campaigns, *gone)
         return [n for n, a in zip(names, alive, strict=True) if a]
 
-    async def statuses(self) -> list[dict[str, Any]]:
-        """:meth:`status` of every campaign, oldest first."""
+    async def statuses(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """:meth:`status` of every campaign (or of the ``limit`` newest), oldest first."""
         out = []
-        for name in await self.names():
+        names = await self.names()
+        if limit is not None:
+            names = names[-limit:] if limit > 0 else []
+        for name in names:
             try:
                 out.append(await self.status(name))
             except CampaignError:  # expired between the two reads
@@ -301,7 +313,7 @@ class Campaigns:
     async def _transition(self, name: str, action: str, allowed: tuple[str, ...] | None = None) -> str:
         previous = _str(await self._state(keys=[self._keys.campaign(name)], args=[action]))
         if previous == "missing":
-            raise CampaignError(f"no campaign {name!r}")
+            raise UnknownCampaign(f"no campaign {name!r}")
         ok = allowed or {"pause": ("active", "paused"), "resume": ("paused",), "cancel": ("active", "paused")}[action]
         if previous not in ok:
             raise CampaignError(f"campaign {name!r} is {previous}: cannot {action} it")

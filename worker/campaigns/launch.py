@@ -20,6 +20,14 @@ Options give defaults for what rows leave out. A row that names any of ``voiceId
 ``voiceFileName`` uses only its own sources; ``templateParams`` in a row replaces ``--param``. In
 ``called``, spaces, ``-``, ``.``, ``(`` and ``)`` are removed before validation.
 
+From memory (the HTTP API): :func:`launch_text` takes the text of a CSV or JSONL file, :func:`launch_rows`
+a list of JSONL-shaped dicts (row ``n`` of the report is ``rows[n - 1]``); everything else is the same.
+
+Callbacks and redials: when ``DIALER_PUBLIC_URL`` is set, every row without its own ``callBackUrl`` gets
+``<public url>/v1/callbacks/release`` (stored in the job's body, so ``dialer job`` shows it), and the
+campaign may redial unanswered calls (``redial``/``redial_after``, see :mod:`worker.campaigns.outcomes`;
+refused without a public URL, since no outcome would ever arrive).
+
 Order of work: options are checked first (an error names the flag; nothing is read or stored); every
 row is validated (rejections name the line, field and rule); with ``dry_run`` it stops there; with
 ``strict`` one rejected row stops it; the campaign is created (or found with the same settings);
@@ -38,7 +46,7 @@ import io
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +57,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from worker.campaigns.control import CampaignError, Campaigns, CampaignSpec, valid_name
+from worker.campaigns.outcomes import RedialPolicy, callback_url
 from worker.campaigns.suppression import Suppression, normalize_number
 from worker.campaigns.windows import WindowError, parse_days, parse_hours
 from worker.dispatch.producer import _JOB_ID_RE, CallJob, Producer, valid_timezone
@@ -56,7 +65,10 @@ from worker.errors import FieldError
 from worker.models import CallRequest, PlayItem, field_errors
 from worker.settings import Settings
 
-__all__ = ["LaunchError", "LaunchOptions", "LaunchReport", "RowError", "check_options", "launch_file", "read_rows"]
+__all__ = [
+    "LaunchError", "LaunchOptions", "LaunchReport", "RowError", "check_options", "launch_file", "launch_rows",
+    "launch_text", "read_rows",
+]
 
 CSV_COLUMNS = ("called", "priority", "callerPresent", "templateParams", "voiceId", "templateId",
                "voiceFileName", "playTimes", "id", "timezone")
@@ -92,6 +104,10 @@ class LaunchOptions:
     deadline: str | None = None
     dry_run: bool = False
     strict: bool = False
+    redial: int | None = None
+    """Redial unanswered calls (releaseReason 4, 6, 8, 9) up to this many times (1..10)."""
+    redial_after: str | float | None = None
+    """Delay before each redial: ``30m``, ``90s``, ``2h``, ``1h30m`` or seconds (default 30m)."""
 
 
 @dataclass(frozen=True)
@@ -159,11 +175,25 @@ class _Row:
 Progress = Callable[[int, int], None]
 """Called with (rows enqueued so far, rows to enqueue)."""
 
+RowItem = tuple[int, dict[str, Any] | None, str | None, str | None, list[FieldError]]
+"""(line, body, id, timezone, errors) of one data row."""
 
-def check_options(opts: LaunchOptions, now: datetime | None = None) -> tuple[CampaignSpec, list[FieldError]]:
-    """Validate the flags; errors name the flag (``--rate``, ``--window`` ...)."""
+
+def check_options(
+    opts: LaunchOptions, now: datetime | None = None, *, callback: str | None = None
+) -> tuple[CampaignSpec, list[FieldError]]:
+    """Validate the flags; errors name the flag (``--rate``, ``--window`` ...). ``callback`` is the
+    callBackUrl rows get (:func:`~worker.campaigns.outcomes.callback_url`), None without a public URL."""
     now = now or datetime.now(UTC)
     errors: list[FieldError] = []
+    policy, problems = RedialPolicy.build(opts.redial, opts.redial_after)
+    errors += [FieldError("--" + option.replace("_", "-"), rule) for option, rule in problems]
+    if opts.redial is not None and callback is None:
+        errors.append(FieldError("--redial", "redials need result callbacks: set DIALER_PUBLIC_URL to the URL "
+                                             "at which the provider reaches `dialer serve`"))
+    if callback is not None and len(callback) > 256:
+        errors.append(FieldError("DIALER_PUBLIC_URL", f"too long: the callBackUrl {callback!r} must be at most "
+                                                      "256 characters"))
     if not valid_name(opts.name):
         errors.append(FieldError("--name", "must be 1-64 characters of A-Z a-z 0-9 . _ -"))
     if opts.priority is not None and not 1 <= opts.priority <= 9:
@@ -219,7 +249,8 @@ def check_options(opts: LaunchOptions, now: datetime | None = None) -> tuple[Cam
                 errors.append(FieldError(name, e.rule))
     spec = CampaignSpec(
         priority=opts.priority, defaults=defaults, rate=opts.rate, window=opts.window, days=opts.days,
-        timezone=opts.timezone, deadline_ms=deadline_ms,
+        timezone=opts.timezone, deadline_ms=deadline_ms, callback_url=callback,
+        redial=policy.as_spec() if policy is not None else None,
     )
     return spec, errors
 
@@ -271,6 +302,8 @@ def _csv_body(row: dict[str, str], spec: CampaignSpec) -> tuple[dict[str, Any], 
     prio = row.get("priority") or (str(spec.priority) if spec.priority is not None else None)
     if prio:
         body["priority"] = prio.strip()
+    if spec.callback_url is not None:
+        body["callBackUrl"] = spec.callback_url
     return body, errors
 
 
@@ -286,6 +319,8 @@ def _jsonl_body(data: dict[str, Any], spec: CampaignSpec) -> dict[str, Any]:
             body[key] = d[key]
     if "priority" not in body and spec.priority is not None:
         body["priority"] = str(spec.priority)
+    if "callBackUrl" not in body and spec.callback_url is not None:
+        body["callBackUrl"] = spec.callback_url
     return body
 
 
@@ -302,40 +337,59 @@ def _is_jsonl(path: Path, head: str) -> bool:
     return path.suffix.lower() in (".jsonl", ".ndjson", ".json") or head.lstrip().startswith("{")
 
 
-def read_rows(
-    path: Path, spec: CampaignSpec
-) -> Iterator[tuple[int, dict[str, Any] | None, str | None, str | None, list[FieldError]]]:
+def read_rows(path: Path, spec: CampaignSpec) -> Iterator[RowItem]:
     """Yield (line, body, id, timezone, errors) per data row; raises LaunchError for a file-level
     problem (unreadable, no ``called`` column, unknown column)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise LaunchError([FieldError("FILE", f"cannot be read: {exc}")]) from None
-    if _is_jsonl(path, text[:200]):
+    yield from _text_rows(text, spec, _is_jsonl(path, text[:200]))
+
+
+def _json_item(n: int, data: Any, spec: CampaignSpec) -> RowItem:
+    """One JSONL line or JSON row, already parsed: a seed-shaped body plus optional ``id``/``timezone``."""
+    if not isinstance(data, dict):
+        return n, None, None, None, [FieldError("body", "must be a JSON object")]
+    data = dict(data)
+    job_id = data.pop("id", None)
+    tz = data.pop("timezone", None)
+    errors = []
+    if job_id is not None and not isinstance(job_id, str):
+        errors.append(FieldError("id", "must be a string"))
+        job_id = None
+    if tz is not None and not isinstance(tz, str):
+        errors.append(FieldError("timezone", "must be a string"))
+        tz = None
+    return n, _jsonl_body(data, spec), job_id, tz, errors
+
+
+def json_rows(rows: Iterable[Any], spec: CampaignSpec) -> Iterator[RowItem]:
+    """Rows given as parsed JSON (the HTTP API): row ``n`` (from 1) is the n-th item."""
+    for n, data in enumerate(rows, start=1):
+        yield _json_item(n, data, spec)
+
+
+def _text_rows(text: str, spec: CampaignSpec, jsonl: bool) -> Iterator[RowItem]:
+    if jsonl:
         for n, raw in enumerate(text.splitlines(), start=1):
             if not raw.strip():
                 continue
             try:
                 data = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield n, None, None, None, [FieldError("body", f"not valid JSON ({exc.msg})")]
+            except (ValueError, RecursionError) as exc:
+                # ValueError also covers numbers too long to convert (over 4,300 digits).
+                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else (
+                    "nested too deeply" if isinstance(exc, RecursionError) else "a number is too long")
+                yield n, None, None, None, [FieldError("body", f"not valid JSON ({msg})")]
                 continue
-            if not isinstance(data, dict):
-                yield n, None, None, None, [FieldError("body", "must be a JSON object")]
-                continue
-            job_id = data.pop("id", None)
-            tz = data.pop("timezone", None)
-            errors = []
-            if job_id is not None and not isinstance(job_id, str):
-                errors.append(FieldError("id", "must be a string"))
-                job_id = None
-            if tz is not None and not isinstance(tz, str):
-                errors.append(FieldError("timezone", "must be a string"))
-                tz = None
-            yield n, _jsonl_body(data, spec), job_id, tz, errors
+            yield _json_item(n, data, spec)
         return
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        raise LaunchError([FieldError("FILE", f"is not valid CSV ({exc})")]) from None
     reader.fieldnames = header
     if "called" not in header:
         raise LaunchError([FieldError("FILE", "CSV header must have a 'called' column")])
@@ -344,9 +398,16 @@ def read_rows(
         raise LaunchError([FieldError("FILE", f"unknown CSV column(s) {', '.join(map(repr, unknown))}; "
                                               f"known: {', '.join(CSV_COLUMNS)}")])
     row: dict[str | None, Any]
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise LaunchError([FieldError("FILE", f"line {reader.line_num}: is not valid CSV ({exc})")]) from None
         line = reader.line_num
-        values = {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+        values = {k: (v or "").strip() if isinstance(v, str) else "" for k, v in row.items() if isinstance(k, str)}
         if None in row:
             yield line, None, None, None, [FieldError("row", "has more cells than the header")]
             continue
@@ -356,11 +417,12 @@ def read_rows(
         yield line, body, values.get("id") or None, values.get("timezone") or None, errors
 
 
-def _validate_rows(path: Path, opts: LaunchOptions, spec: CampaignSpec, report: LaunchReport) -> list[_Row]:
-    csv_mode = not _is_jsonl(path, _head(path))
+def _validate_rows(
+    items: Iterable[RowItem], csv_mode: bool, opts: LaunchOptions, report: LaunchReport
+) -> list[_Row]:
     rows: list[_Row] = []
     first_line: dict[str, int] = {}
-    for line, body, job_id, tz, pre_errors in read_rows(path, spec):
+    for line, body, job_id, tz, pre_errors in items:
         report.rows += 1
         errors = list(pre_errors)
         request = None
@@ -422,13 +484,61 @@ async def launch_file(
     Raises LaunchError for bad options or an unusable file, CampaignError if the campaign exists with
     other settings or was cancelled; in both cases nothing was stored.
     """
+    csv_mode = not _is_jsonl(path, _head(path))
+    return await _launch_checked(redis, settings, opts, str(path), csv_mode,
+                                 lambda spec: read_rows(path, spec), progress)
+
+
+async def launch_text(
+    redis: Redis,
+    settings: Settings,
+    text: str,
+    opts: LaunchOptions,
+    *,
+    jsonl: bool | None = None,
+    source: str = "upload",
+    progress: Progress | None = None,
+) -> LaunchReport:
+    """:func:`launch_file` for the text of a file (an upload). ``jsonl`` None: JSONL if the text starts
+    with ``{``, else CSV. ``source`` is what the report calls the file."""
+    text = text.removeprefix("\ufeff")
+    if jsonl is None:
+        jsonl = text.lstrip().startswith("{")
+    return await _launch_checked(redis, settings, opts, source, not jsonl,
+                                 lambda spec: _text_rows(text, spec, jsonl), progress)
+
+
+async def launch_rows(
+    redis: Redis,
+    settings: Settings,
+    rows: Sequence[Any],
+    opts: LaunchOptions,
+    *,
+    source: str = "request",
+    progress: Progress | None = None,
+) -> LaunchReport:
+    """:func:`launch_file` for rows already parsed from JSON (each a JSONL line's object); row ``n``
+    of the report is ``rows[n - 1]``."""
+    return await _launch_checked(redis, settings, opts, source, False, lambda spec: json_rows(rows, spec), progress)
+
+
+async def _launch_checked(
+    redis: Redis,
+    settings: Settings,
+    opts: LaunchOptions,
+    source: str,
+    csv_mode: bool,
+    items: Callable[[CampaignSpec], Iterable[RowItem]],
+    progress: Progress | None,
+) -> LaunchReport:
     started = time.monotonic()
-    spec, errors = check_options(opts)
+    spec, errors = check_options(opts, callback=callback_url(settings))
     if errors:
         raise LaunchError(errors)
-    report = LaunchReport(campaign=opts.name, file=str(path), dry_run=opts.dry_run)
+    report = LaunchReport(campaign=opts.name, file=source, dry_run=opts.dry_run)
     with _bulk():
-        await _launch(redis, settings, path, opts, spec, report, progress)
+        rows = _validate_rows(items(spec), csv_mode, opts, report)
+        await _launch(redis, settings, rows, opts, spec, report, progress)
     report.seconds = time.monotonic() - started
     return report
 
@@ -436,13 +546,12 @@ async def launch_file(
 async def _launch(
     redis: Redis,
     settings: Settings,
-    path: Path,
+    rows: list[_Row],
     opts: LaunchOptions,
     spec: CampaignSpec,
     report: LaunchReport,
     progress: Progress | None,
 ) -> None:
-    rows = _validate_rows(path, opts, spec, report)
     campaigns = Campaigns(redis, settings)
     if opts.dry_run or (opts.strict and report.rejected):
         report.strict_refused = bool(opts.strict and report.rejected and not opts.dry_run)

@@ -100,10 +100,16 @@ for i = 6, #ARGV, 2 do
     local score_text
     if c then
       local vt = c.vt[prio] or tonumber(redis.call('HGET', c.key, 'vt:' .. prio)) or 0
-      if vt > score then
-        score = vt
+      if nb ~= '' and score > math.max(now, vt) then
+        -- Deferred past the campaign's clock (a redial, a notBefore job): it keeps its own time and does
+        -- not move the clock, or every later job of the campaign (a resume's backlog) would wait behind it.
+        c.vt[prio] = vt
+      else
+        if vt > score then
+          score = vt
+        end
+        c.vt[prio] = score + c.step
       end
-      c.vt[prio] = score + c.step
       score_text = string.format('%.3f', score)
     else
       score_text = ms(score)

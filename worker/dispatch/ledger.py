@@ -14,6 +14,9 @@ The arq job only says "run job <id>"; the body, state and history live here, at 
     first     ms of the first provider attempt (the retry time budget counts from it)
     pk        ms the job was parked by a paused campaign (only while parked)
     outcome   answered | unanswered | failed_to_connect, from the result callback; reason: releaseReason
+    tk        talkDuration (seconds) from the result callback
+    rof, rn   a redial: the id of the number's first job, and which redial this is (1, 2, ...)
+    rdl       the first job of a redialled number: its redials' ids, comma-separated, in order
 
 Fields are absent rather than empty or default, to keep a queued job's record small (millions of them).
 Every transition is one Lua script (``ledger_*.lua``): it checks the state, writes, stamps ``updated``
@@ -65,7 +68,7 @@ OUTCOMES = ("answered", "unanswered", "failed_to_connect")
 """Outcomes of a sent call, from its result callback; each is also a campaign counter."""
 _RESERVED_FIELDS = frozenset(
     {"state", "prio", "called", "campaign", "body", "created", "updated", "attempts", "err", "serial", "sent",
-     "nb", "dl", "cm", "tz", "first", "pk", "outcome", "reason"}
+     "nb", "dl", "cm", "tz", "first", "pk", "outcome", "reason", "q", "rof", "rn", "rdl"}
 )
 
 
@@ -147,6 +150,13 @@ class JobRecord:
     release_reason: str | None = None
     parked: bool = False
     seq: int = 0  # enqueue sequence number: breaks ties between jobs with the same queue score
+    talk_duration_s: int | None = None
+    redial_of: str | None = None
+    """For a redial: the id of the first job of its number (the one the redials are linked to)."""
+    redial_number: int = 0
+    """0 for a first call, k for its k-th redial."""
+    redials: tuple[str, ...] = ()
+    """For a first call: the ids of its redials, in order."""
 
     @classmethod
     def from_hash(cls, job_id: str, h: dict[str, str]) -> JobRecord:
@@ -171,6 +181,10 @@ class JobRecord:
             outcome=h.get("outcome") or None,
             release_reason=h.get("reason") or None,
             parked="pk" in h,
+            talk_duration_s=int(h["tk"]) if h.get("tk", "").isdigit() else None,
+            redial_of=h.get("rof") or None,
+            redial_number=int(h.get("rn") or 0),
+            redials=tuple(i for i in (h.get("rdl") or "").split(",") if i),
         )
 
     @property
@@ -187,7 +201,11 @@ class JobRecord:
         Keys: ``id``, ``state``, ``priority`` (int), ``called``, ``campaign``, ``attempts``,
         ``last_error``, ``call_serial_no``, ``created_at``, ``updated_at``, ``sent_at``, ``not_before``,
         ``deadline`` (ISO 8601 UTC with milliseconds, e.g. ``"2025-01-02T03:04:05.678Z"``, or null),
-        ``body`` (the request body with the seed's field names). Absent values are null, never missing.
+        ``body`` (the request body with the seed's field names); from the result callback ``outcome``
+        (``answered``, ``unanswered``, ``failed_to_connect`` or null), ``release_reason`` (the provider's
+        releaseReason) and ``talk_duration_s``; for redials (campaign option) ``redial_of`` (the number's
+        first job) and, on that first job, ``redials`` (ids, in order; ``[]`` otherwise). Absent values
+        are null, never missing.
         """
         return {
             "id": self.job_id,
@@ -204,6 +222,11 @@ class JobRecord:
             "not_before": _iso(self.not_before_ms),
             "deadline": _iso(self.deadline_ms),
             "body": self.body,
+            "outcome": self.outcome,
+            "release_reason": self.release_reason,
+            "talk_duration_s": self.talk_duration_s,
+            "redial_of": self.redial_of,
+            "redials": list(self.redials),
         }
 
 
@@ -253,6 +276,7 @@ class Ledger:
         self._reject: AsyncScript = redis.register_script(_lua_lib("ledger_reject.lua"))
         self._outcome: AsyncScript = redis.register_script(_lua_lib("ledger_outcome.lua"))
         self._postpone: AsyncScript = redis.register_script(_lua_lib("ledger_postpone.lua"))
+        self._link: AsyncScript = redis.register_script(_lua_lib("ledger_link.lua"))
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self._keys.job(job_id))  # type: ignore[misc]  # redis-py's union
@@ -430,6 +454,17 @@ class Ledger:
         if int(res[0]) != 1:
             return None
         return int(float(_str(res[1])))
+
+    async def link_redial(self, first_id: str, redial_id: str, number: int) -> bool | None:
+        """Link redial number ``number`` (a job already enqueued) to the first job of its number: the redial
+        gets ``redial_of``, the first job lists it in ``redials``, and the campaign counts one more
+        ``redials``. Idempotent: True when the link is new, False when it existed, None when the redial
+        has no record."""
+        res = int(await self._link(
+            keys=[self._keys.job(first_id), self._keys.job(redial_id)],
+            args=[self._prefix, first_id, redial_id, number],
+        ))
+        return None if res < 0 else res == 1
 
     async def job_for_serial(self, call_serial_no: str) -> str | None:
         """The job whose call got this callSerialNo, for the callback receiver."""

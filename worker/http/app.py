@@ -26,7 +26,7 @@ from worker import metrics
 from worker.dispatch.inflight import InFlight
 from worker.dispatch.ledger import Ledger
 from worker.dispatch.producer import Producer
-from worker.http import calls, dashboard, health, openapi
+from worker.http import callbacks, calls, campaigns, dashboard, health, openapi
 from worker.http.auth import Authenticator, Identity
 from worker.http.common import (
     AUTH,
@@ -50,7 +50,7 @@ __all__ = ["DEFAULT_MODULES", "ROUTES", "create_app"]
 
 access_log = logging.getLogger("worker.http.access")
 
-DEFAULT_MODULES: tuple[RouteModule, ...] = (health, openapi, calls, dashboard)
+DEFAULT_MODULES: tuple[RouteModule, ...] = (health, openapi, calls, campaigns, callbacks, dashboard)
 ROUTES: web.AppKey[tuple[Route, ...]] = web.AppKey("routes")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard/data"})
 

@@ -130,28 +130,139 @@ function renderCounts(tbodyId, counts) {
   $(tbodyId).replaceChildren(...rows);
 }
 
-// CAMPAIGNS: progress bars and pause/resume/cancel controls. The campaigns module fills `rows` (its own
-// JSON, e.g. {name, state, total, counts}); this generic rendering is the place to extend. Controls
-// must call fetch(url, {method: "POST", credentials: "same-origin",
-// headers: {"X-Requested-With": "dialer-dashboard"}}) and be hidden for document.body.dataset.role === "viewer".
+// Campaigns: one row each (newest first) with a stacked progress bar of its job states, its counts and
+// callback outcomes, send rate and ETA, and pause/resume/cancel controls. Controls POST to the API with
+// the session cookie and the X-Requested-With header (see worker/http/auth.py); a read-only (dashboard
+// key) session gets none. Cancel asks for confirmation inside the row. UI state (a pending confirmation,
+// an action in flight, its error) survives the re-render of every poll.
+const BAR_STATES = [
+  ["sent", "seg-sent"], ["sending", "seg-sending"], ["failed", "seg-bad"], ["dead", "seg-bad"],
+  ["unknown", "seg-bad"], ["expired", "seg-off"], ["suppressed", "seg-off"], ["cancelled", "seg-off"],
+];
+const OUTCOME_LABELS = [["answered", "answered"], ["unanswered", "unanswered"], ["failed_to_connect", "failed to connect"]];
+const campaignUi = { confirm: new Set(), busy: new Set(), errors: new Map() };
+// The status an action answered, shown until a poll brings data at least as new (the server caches the
+// dashboard data for a second, so the next poll may still say "active" right after a pause).
+const campaignOverrides = new Map();
+let lastData = null;
+
+function mergeCampaigns(rows) {
+  return (rows || []).map((c) => {
+    const o = campaignOverrides.get(c.name);
+    if (!o) return c;
+    if (Date.parse(c.as_of) >= Date.parse(o.as_of)) {
+      campaignOverrides.delete(c.name);
+      return c;
+    }
+    return o;
+  });
+}
+
+function campaignControls(c) {
+  if (document.body.dataset.role === "viewer") return el("span", { class: "muted", text: "read-only" });
+  const box = el("span", { class: "controls" });
+  if (c.status === "cancelled") return box;
+  const busy = campaignUi.busy.has(c.name);
+  const button = (action, label, cls) => {
+    const b = el("button", { type: "button", class: "btn " + (cls || ""), "data-action": action, text: label });
+    if (busy) b.disabled = true;
+    b.addEventListener("click", () => onCampaignButton(c.name, action));
+    return b;
+  };
+  if (campaignUi.confirm.has(c.name)) {
+    box.append(el("span", { class: "confirm-text", text: `Cancel ${c.name}? Unsent calls are never dialled.` }),
+      button("cancel-yes", "Yes, cancel", "btn-bad"), button("cancel-no", "No"));
+    return box;
+  }
+  if (c.status === "active") box.append(button("pause", "Pause"));
+  if (c.status === "paused") box.append(button("resume", "Resume"));
+  box.append(button("cancel", "Cancel…", "btn-bad-outline"));
+  return box;
+}
+
+async function onCampaignButton(name, action) {
+  if (action === "cancel") campaignUi.confirm.add(name);
+  if (action === "cancel-no") campaignUi.confirm.delete(name);
+  if (action === "cancel" || action === "cancel-no") {
+    if (lastData) renderCampaigns(lastData.campaigns);
+    return;
+  }
+  const verb = action === "cancel-yes" ? "cancel" : action;
+  campaignUi.confirm.delete(name);
+  campaignUi.busy.add(name);
+  campaignUi.errors.delete(name);
+  if (lastData) renderCampaigns(lastData.campaigns);
+  try {
+    const r = await fetch(`/v1/campaigns/${encodeURIComponent(name)}:${verb}`, {
+      method: "POST", credentials: "same-origin", cache: "no-store",
+      headers: { "X-Requested-With": "dialer-dashboard", Accept: "application/json" },
+    });
+    const body = await r.json().catch(() => null);
+    if (!r.ok) throw new Error((body && body.error && body.error.message) || "HTTP " + r.status);
+    if (body && body.campaign) {
+      campaignOverrides.set(name, body.campaign);
+      if (lastData) lastData.campaigns = mergeCampaigns(lastData.campaigns);
+    }
+  } catch (e) {
+    campaignUi.errors.set(name, `${verb} failed: ${e.message}`);
+  } finally {
+    campaignUi.busy.delete(name);
+    if (lastData) renderCampaigns(lastData.campaigns);
+  }
+}
+
+function countSpan(key, label, value, cls) {
+  return el("span", { class: "count " + (cls || ""), "data-key": key },
+    el("b", { text: num(value) }), " " + label);
+}
+
+function renderCampaign(c) {
+  const total = Number(c.total || 0);
+  const bar = el("div", { class: "progress stacked", title: `${num(total - c.remaining)} of ${num(total)} done` });
+  for (const [state, cls] of BAR_STATES) {
+    const n = Number((c.states || {})[state] || 0);
+    if (!n || !total) continue;
+    const seg = el("div", { class: cls, "data-state": state, title: `${state}: ${num(n)}` });
+    seg.style.width = (100 * n) / total + "%";
+    bar.append(seg);
+  }
+  const states = el("div", { class: "counts states" });
+  for (const [state, n] of Object.entries(c.states || {})) {
+    if (n) states.append(countSpan(state, state, n, "state-" + state));
+  }
+  if (!states.childElementCount) states.append(el("span", { class: "muted", text: "no jobs" }));
+  const outcomes = el("div", { class: "counts outcomes" });
+  for (const [key, label] of OUTCOME_LABELS) outcomes.append(countSpan(key, label, (c.outcomes || {})[key] || 0));
+  outcomes.append(countSpan("redials", "redials", c.redials || 0));
+  if (c.parked) outcomes.append(countSpan("parked", "parked", c.parked));
+  const done = total - Number(c.remaining || 0);
+  const pct = total ? Math.floor((100 * done) / total) : 0;
+  const head = el("div", { class: "campaign-head" },
+    el("h3", { text: c.name }),
+    el("span", { class: "pill status-" + c.status, "data-role": "status", text: c.status }),
+    el("span", { class: "muted progress-text", text: `${num(done)} / ${num(total)} done (${pct}%)` }),
+    el("span", { class: "muted rate", text: `${Number(c.send_rate_per_s || 0).toFixed(1)}/s` }),
+    el("span", { class: "muted eta", text: "ETA " + duration(c.eta_s) }),
+    el("span", { class: "spacer" }),
+    campaignControls(c));
+  const row = el("div", { class: "campaign", "data-campaign": c.name, "data-status": c.status }, head, bar, states, outcomes);
+  const err = campaignUi.errors.get(c.name);
+  if (err) row.append(el("p", { class: "campaign-error", role: "alert", text: err }));
+  return row;
+}
+
 function renderCampaigns(rows) {
   const box = $("campaign-rows");
   if (!rows || !rows.length) {
     box.replaceChildren(el("p", { class: "muted", text: "No campaigns." }));
     return;
   }
-  box.replaceChildren(...rows.map((c) => {
-    const total = Number(c.total || 0), done = Number(c.done || 0);
-    const fill = el("div");
-    fill.style.width = total ? (100 * done) / total + "%" : "0%";
-    return el("div", { class: "campaign", "data-campaign": String(c.name || "") },
-      el("h3", { text: `${c.name || "?"} ${c.state ? "· " + c.state : ""}` }),
-      el("div", { class: "progress" }, fill),
-      el("p", { class: "muted", text: `${num(done)} / ${num(total)}` }));
-  }));
+  box.replaceChildren(...rows.slice().reverse().map(renderCampaign));
 }
 
 function render(d) {
+  d.campaigns = mergeCampaigns(d.campaigns);
+  lastData = d;
   renderCards(d);
   renderQueues(d.queues);
   renderChart(d.rate);

@@ -13,7 +13,9 @@ The data (cached for one second, however many browsers poll):
 * fleet-wide in-flight leases against ``DIALER_MAX_IN_FLIGHT``;
 * failed attempts by kind over the last 15 minutes, and the latest dead letters by kind;
 * the shared token's age and time to expiry (never the token);
-* ``campaigns``: rows from the campaigns module when it is installed (``CAMPAIGNS_FEED``).
+* ``campaigns``: the newest campaigns' status (counts per state and outcome, redials, send rate, ETA),
+  from the campaigns module when it is installed (``CAMPAIGNS_FEED``); the page adds pause/resume/cancel
+  buttons for API-key sessions (a read-only session gets none, and 403 if it tries).
 """
 
 from __future__ import annotations
@@ -151,8 +153,7 @@ async def _collect(app: web.Application) -> dict[str, Any]:
     window = await app[STATS].read(seconds=RATE_WINDOW_S, error_window_s=ERROR_WINDOW_S)
     dead = await dead_by_kind(app[LEDGER], DEAD_SAMPLE)
     feed = app.get(CAMPAIGNS_FEED)
-    # CAMPAIGNS: the campaigns route module sets CAMPAIGNS_FEED; its rows are rendered by
-    # renderCampaigns() in dashboard.js (progress bars and pause/resume/cancel controls).
+    # Set by the campaigns route module; rendered by renderCampaigns() in dashboard.js.
     campaigns = await feed(app) if feed is not None else []
     data = DashboardData(
         now=snap.now_s,

@@ -10,6 +10,7 @@ and fuzzers know them.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,18 @@ from worker.settings import Settings
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"
 OPENAPI_DOC: web.AppKey[dict[str, Any]] = web.AppKey("openapi_doc")
+
+_PATH_REGEX = re.compile(r"\{(\w+):[^}]*\}")
+
+
+def document_path(path: str) -> str:
+    """A route's path as OpenAPI writes it: aiohttp's ``{name:regex}`` becomes ``{name}``.
+
+    >>> document_path("/v1/campaigns/{name:[A-Za-z0-9._-]+}:pause")
+    '/v1/campaigns/{name}:pause'
+    """
+    return _PATH_REGEX.sub(r"{\1}", path)
+
 
 _SECURITY: dict[Access, list[dict[str, list[str]]]] = {
     Access.OPEN: [],
@@ -117,7 +130,7 @@ def build(routes: Sequence[Route], settings: Settings) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for r in routes:
         op: dict[str, Any] = {
-            "operationId": r.operation_id or f"{r.method.lower()}{r.path}",
+            "operationId": r.operation_id or f"{r.method.lower()}{document_path(r.path)}",
             "summary": r.summary,
             "tags": [r.tag],
             "security": _SECURITY[r.access],
@@ -132,7 +145,10 @@ def build(routes: Sequence[Route], settings: Settings) -> dict[str, Any]:
             ]
         if r.body is not None or r.body_schema is not None:
             schema = dict(r.body_schema) if r.body_schema is not None else refs[(r.body, "validation")]  # type: ignore[index]
-            op["requestBody"] = {"required": True, "content": {r.body_media: {"schema": schema}}}
+            content: dict[str, Any] = {r.body_media: {"schema": schema}}
+            for other, alt in r.body_alternatives.items():
+                content[other] = {"schema": copy.deepcopy(dict(alt))}
+            op["requestBody"] = {"required": True, "content": content}
         responses: dict[str, Any] = {}
         statuses = set(r.errors) | {500}
         if r.uses_redis:
@@ -159,7 +175,7 @@ def build(routes: Sequence[Route], settings: Settings) -> dict[str, Any]:
                                     for h, d in reply.headers.items()}
             responses[str(status)] = entry
         op["responses"] = dict(sorted(responses.items()))
-        paths.setdefault(r.path, {})[r.method.lower()] = op
+        paths.setdefault(document_path(r.path), {})[r.method.lower()] = op
 
     doc: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,

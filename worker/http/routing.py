@@ -79,6 +79,8 @@ class Route:
     body: type[BaseModel] | None = None
     body_media: str = "application/json"
     body_schema: Mapping[str, Any] | None = None  # overrides the model's schema (e.g. limits from settings)
+    body_alternatives: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Other request media types and their schemas (e.g. a CSV upload next to the JSON body)."""
     extra_models: tuple[type[BaseModel], ...] = ()  # models that body_schema refers to
     errors: tuple[int, ...] = ()
     parameters: tuple[Param, ...] = ()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, RootModel
 from pydantic.alias_generators import to_camel
 
-from worker.models import CallRequest
+from worker.models import CallRequest, ReleaseEvent
 
 # The producer's rules for these, repeated here only for the document (the producer enforces them).
 CAMPAIGN_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -111,6 +111,12 @@ class JobView(BaseModel):
     not_before: str | None
     deadline: str | None
     body: dict[str, Any] = Field(..., description="The createVoiceNotification body as stored.")
+    outcome: str | None = Field(None, description="From the result callback: answered, unanswered, "
+                                "failed_to_connect; null until it arrives.")
+    release_reason: str | None = Field(None, description="The callback's releaseReason.")
+    talk_duration_s: int | None = Field(None, description="The callback's talkDuration.")
+    redial_of: str | None = Field(None, description="For a redial: the first job of its number.")
+    redials: list[str] = Field(default_factory=list, description="For a first call: its redials' ids, in order.")
 
 
 class EnqueueReply(BaseModel):
@@ -148,6 +154,133 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready", "unready"]
     checks: dict[str, str] = Field(..., description="Each check: `ok` or why it failed.")
+
+
+# --- campaigns -------------------------------------------------------------------------------------
+
+_NAME_DOC = "Campaign name: 1-64 characters of A-Z a-z 0-9 . _ - (part of its job ids: `<name>:<number>`)."
+
+
+class CampaignOptions(BaseModel):
+    """The options of ``dialer campaign launch``, with the API's names. In a JSON body they sit next to
+    ``rows``; with a CSV or JSONL upload they are query parameters."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    name: str = Field(..., description=_NAME_DOC, json_schema_extra={"pattern": CAMPAIGN_PATTERN})
+    priority: int | None = Field(None, ge=1, le=9, description="Priority of rows without one, 1..9.")
+    voice_id: str | None = Field(None, description="Default recording ID.")
+    template_id: str | None = Field(None, description="Default TTS template ID.")
+    voice_file_name: str | None = Field(None, description="Default recording file name.")
+    template_params: list[str] | None = Field(None, description="Default template parameters, in order.")
+    caller_present: str | None = Field(None, description="Default number shown to the callee.")
+    play_times: int | None = Field(None, ge=1, le=5, description="Default times the message plays.")
+    rate: float | None = Field(None, gt=0, lt=1e6, description="Calls/s for this campaign, under the fleet limit.")
+    window: str | None = Field(None, description="Calling window, HH:MM-HH:MM in the callees' time zone.")
+    days: str | None = Field(None, description="Weekdays the window opens: mon-fri, sat,sun, all ...")
+    timezone: str | None = Field(None, description="IANA time zone of the callees (required with window/days).")
+    deadline: str | None = Field(None, description="ISO 8601 time after which unsent calls expire.")
+    redial: int | None = Field(None, ge=1, le=10, description="Redial unanswered calls (releaseReason 4, 6, 8, "
+                               "9) up to this many times; needs DIALER_PUBLIC_URL.")
+    redial_after: str | None = Field(None, description="Delay before each redial: 30m (default), 90s, 2h, 1h30m.")
+    dry_run: bool = Field(False, description="Validate and report only; store nothing.")
+    strict: bool = Field(False, description="All or nothing: a rejected row refuses the launch (422).")
+
+
+class CampaignCreate(CampaignOptions):
+    """Body of ``POST /v1/campaigns`` as JSON: the options and the rows."""
+
+    rows: list[dict[str, Any]] = Field(
+        ..., min_length=1, description="The calls: each a createVoiceNotification body (fields it leaves out "
+        "come from the options) plus optional `id` (idempotency key) and `timezone`. Rows are validated one by "
+        "one: a bad row is reported (or, with strict, refuses the launch), it does not fail the request.",
+    )
+
+
+class RejectedRow(BaseModel):
+    line: int = Field(..., description="Line of the file (header = line 1), or the row's position in `rows` from 1.")
+    field: str
+    rule: str
+
+
+class LaunchReply(BaseModel):
+    """What a launch did (the JSON of ``dialer campaign launch --json``)."""
+
+    campaign: str
+    file: str
+    rows: int
+    valid: int
+    rejected_rows: int
+    rejected: list[RejectedRow]
+    duplicates_in_file: int
+    suppressed: int
+    enqueued: int
+    already_enqueued: int
+    dry_run: bool
+    strict_refused: bool
+    campaign_created: bool
+    seconds: float
+
+
+class CampaignSettingsView(BaseModel):
+    priority: int | None
+    rate: float | None
+    window: str | None
+    days: str | None
+    timezone: str | None
+    deadline: str | None
+    defaults: dict[str, Any]
+    callback_url: str | None
+    redial: dict[str, Any] | None = Field(..., description='`{"max": N, "after_s": seconds}` or null.')
+
+
+class CampaignStatus(BaseModel):
+    """A campaign's status (the JSON of ``dialer campaign status --json``)."""
+
+    name: str
+    status: Literal["active", "paused", "cancelled"]
+    created_at: str | None
+    settings: CampaignSettingsView
+    total: int = Field(..., description="Jobs in the campaign, redials included.")
+    states: dict[str, int] = Field(..., description="Jobs per ledger state; they sum to total.")
+    parked: int = Field(..., description="Queued jobs held by a pause.")
+    outcomes: dict[str, int] = Field(..., description="Result callbacks: answered, unanswered, failed_to_connect.")
+    redials: int = Field(..., description="Redial jobs made (counted in total).")
+    remaining: int = Field(..., description="queued + sending.")
+    send_rate_per_s: float
+    eta_s: int | None
+    as_of: str
+
+
+class CampaignList(RootModel[list[CampaignStatus]]):
+    """Every campaign's status, oldest first (the JSON of ``dialer campaign list --json``)."""
+
+
+class CampaignAction(BaseModel):
+    """The answer to pause, resume or cancel: the status before, what moved, and the status now."""
+
+    action: Literal["pause", "resume", "cancel"]
+    previous: str = Field(..., description="The campaign's status before (active, paused, cancelled).")
+    moved: int | None = Field(..., description="resume: parked jobs put back on their queues.")
+    left: int | None = Field(..., description="resume: jobs still parked (their runs were finishing): resume again.")
+    cancelled: int | None = Field(..., description="cancel: jobs of the campaign now cancelled.")
+    campaign: CampaignStatus
+
+
+# --- result callbacks ------------------------------------------------------------------------------
+
+
+class ReleaseCallback(ReleaseEvent):
+    """The provider's release event (provider-api.md §3); every value is a string. ``signature``,
+    ``timestamp`` and ``nonce`` are checked when ``DIALER_CALLBACK_SHARED_KEY`` is set."""
+
+    release_reason: str = Field(..., alias="releaseReason", min_length=1,
+                                description="0/1 answered, 4 unanswered, 6/8/9/10/999 failed to connect.")
+
+
+class CallbackReply(BaseModel):
+    retCode: Literal["0"]  # the provider's wire names
+    retMsg: str
 
 
 # --- dashboard -------------------------------------------------------------------------------------
@@ -194,4 +327,6 @@ class DashboardData(BaseModel):
     in_flight: InFlightView
     errors: ErrorsView
     token: TokenView
-    campaigns: list[dict[str, Any]] = Field(..., description="Campaign progress (filled by the campaigns module).")
+    campaigns: list[CampaignStatus] = Field(
+        ..., description="Progress of the newest campaigns, oldest first (filled by the campaigns module)."
+    )

@@ -1,0 +1,125 @@
+"""``POST /v1/callbacks/release``: the provider's release event (provider-api.md §3) when a call ends.
+
+::
+
+    curl -sS http://127.0.0.1:8080/v1/callbacks/release -H 'Content-Type: application/json' \\
+         -d '{"callSerialNo": "1197765398201387012", "releaseReason": "1", "talkDuration": "6", ...}'
+    # 200 {"retCode": "0", "retMsg": "success"}
+
+The route is authenticated by the event's **signature**, not by API keys (the provider has none): with
+``DIALER_CALLBACK_SHARED_KEY`` set, an event whose signature does not verify (digest chosen by
+``DIALER_CALLBACK_SIGNATURE_MODE``), or whose signed ``timestamp`` is more than a day old or five minutes
+ahead, is refused with 401 and nothing is recorded. Without a shared key the route is **open**: anyone
+who can reach it can record outcomes (and so trigger redials) for calls whose callSerialNo they know;
+set the key in production.
+
+A known callSerialNo gets its outcome recorded (see :mod:`worker.campaigns.outcomes` for the
+releaseReason mapping and redials) and the provider's expected answer; an unknown one is 404 (the
+provider retries, which also covers a callback that overtakes the worker's write of the callSerialNo).
+A replayed event changes nothing: recording is idempotent and a redial is made once. Every refusal is
+logged (never the body or the signature) and answered with the API's error JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from worker.campaigns.outcomes import CALLBACK_PATH, Outcomes
+from worker.errors import FieldError
+from worker.http.common import REDIS, SETTINGS
+from worker.http.errors import ApiError
+from worker.http.routing import Access, Reply, Route
+from worker.http.schemas import CallbackReply, ReleaseCallback
+from worker.models import field_errors
+from worker.provider.signature import verify
+from worker.settings import Settings
+
+__all__ = ["MAX_AGE_S", "MAX_AHEAD_S", "routes", "setup"]
+
+log = logging.getLogger(__name__)
+
+MAX_AGE_S = 86_400.0
+"""A signed event older than this is refused: the provider retries for minutes, not days."""
+MAX_AHEAD_S = 300.0
+"""... and so is one stamped more than this in the future (clock skew allowance)."""
+
+OUTCOMES: web.AppKey[Outcomes] = web.AppKey("outcomes", Outcomes)
+_SUCCESS = {"retCode": "0", "retMsg": "success"}
+
+
+def _show(value: Any) -> str:
+    """A short, log-safe rendering of an untrusted value."""
+    return repr(value)[:80]
+
+
+def _check_signature(data: dict[str, Any], settings: Settings, remote: str | None) -> None:
+    key = settings.callback_shared_key
+    if key is None:
+        return
+    serial = _show(data.get("callSerialNo"))
+    if not verify(data, key.get_secret_value(), settings.callback_signature_mode):
+        log.warning("callback refused: bad or missing signature (callSerialNo %s, from %s)", serial, remote)
+        raise ApiError(401, "The signature does not match (DIALER_CALLBACK_SHARED_KEY, "
+                            "DIALER_CALLBACK_SIGNATURE_MODE).", code="bad_signature")
+    stamp = data.get("timestamp")
+    try:
+        age = time.time() - int(str(stamp)) / 1000
+    except ValueError:
+        age = float("inf")
+    if not -MAX_AHEAD_S <= age <= MAX_AGE_S:
+        log.warning("callback refused: signed timestamp %s is outside the accepted window (callSerialNo %s, "
+                    "from %s)", _show(stamp), serial, remote)
+        raise ApiError(401, "The signed timestamp is more than a day old or in the future.", code="stale_callback")
+
+
+async def release(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    limit = settings.http_max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"The body may be at most {limit} bytes.")
+    raw = await request.read()
+    # Any content type: the provider's is not documented; the body must be a JSON object either way.
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        log.warning("callback refused: the body is not JSON (from %s)", request.remote)
+        raise ApiError(400, "The body is not valid JSON.", code="malformed_json") from None
+    if not isinstance(data, dict):
+        raise ApiError.refused([FieldError("body", "must be a JSON object")])
+    _check_signature(data, settings, request.remote)
+    try:
+        event = ReleaseCallback.model_validate(data)
+    except ValidationError as exc:
+        log.warning("callback refused: %s (from %s)", "; ".join(map(str, field_errors(exc)))[:300], request.remote)
+        raise ApiError.refused(field_errors(exc)) from None
+    done = await request.app[OUTCOMES].record(event)
+    if done is None:
+        log.warning("callback refused: no job has callSerialNo %s (from %s)", _show(event.call_serial_no),
+                    request.remote)
+        raise ApiError(404, f"No call has callSerialNo {event.call_serial_no[:64]!r}.", code="unknown_call")
+    return web.json_response(_SUCCESS)
+
+
+def routes(settings: Settings) -> list[Route]:
+    return [
+        Route(
+            "POST", CALLBACK_PATH, release, "Receive a result callback", Access.OPEN, tag="callbacks",
+            operation_id="releaseCallback", body=ReleaseCallback,
+            description="The provider's release event when a call ends. Authenticated by its signature when "
+            "DIALER_CALLBACK_SHARED_KEY is set (open otherwise); records the outcome on the job that got the "
+            "callSerialNo, and makes the campaign's redial when one is due. Idempotent.",
+            responses={200: Reply("Recorded (or recorded before).", CallbackReply)},
+            errors=(400, 401, 404, 413, 422),
+        ),
+    ]
+
+
+def setup(app: web.Application) -> None:
+    """Per-app state of this module (called by create_app)."""
+    app[OUTCOMES] = Outcomes(app[REDIS], app[SETTINGS])
