@@ -20,6 +20,11 @@ def loads(raw: bytes) -> dict[str, Any]:
 
 
 MALFORMED = "_malformed"
+_MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last instant datetime can hold
+
+
+def _sane_int(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
 
 
 def loads_job(raw: bytes) -> dict[str, Any]:
@@ -32,11 +37,16 @@ def loads_job(raw: bytes) -> dict[str, Any]:
         data = loads(raw)
         if data.get("f") != DIAL_FUNCTION:
             reason = f"unknown function {str(data.get('f'))[:40]!r}"
-        elif not isinstance(data.get("a", []), list) or not isinstance(data.get("k", {}), dict):
-            reason = "arguments are not a list and an object"
+        elif data.get("a", []) != [] or data.get("k", {}) != {}:
+            # The body lives in the ledger; a dial job carries no arguments. (A kwarg named "ctx" would
+            # also make arq's call of the job function fail before it starts.)
+            reason = "arguments must be [] and {} (the job's body lives in its ledger record)"
+        elif not _sane_int(data.get("et", 0), _MAX_MS) or not (data.get("t") is None or _sane_int(data["t"], 10**9)):
+            # arq turns "et" into a datetime and compares "t" outside any try: a bad value there
+            # would kill the worker's loop, not just this job.
+            reason = "enqueue time 'et' or try count 't' is not a sane integer"
         else:
-            data.setdefault("a", [])
-            data.setdefault("k", {})
+            data["a"], data["k"] = [], {}
             data.setdefault("t", None)
             data.setdefault("et", 0)
             return data

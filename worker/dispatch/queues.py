@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -25,13 +26,21 @@ from arq.worker import Worker, func
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import logs, metrics
 from worker.dispatch import codec
 from worker.dispatch.inflight import InFlight
 from worker.dispatch.job import Defer, Dispatcher
-from worker.dispatch.keys import DIAL_FUNCTION, PRIORITY_LEVELS, Keys
+from worker.dispatch.keys import (
+    DIAL_FUNCTION,
+    PRIORITY_LEVELS,
+    Keys,
+    in_progress_key_prefix,
+    job_key_prefix,
+    retry_key_prefix,
+)
 from worker.dispatch.ledger import Ledger
 from worker.dispatch.ratelimit import RateLimiter
 from worker.provider.client import ProviderClient
@@ -106,6 +115,43 @@ async def _dial(ctx: dict[str, Any], *_args: Any, **_kwargs: Any) -> str:
     return str(outcome.state)
 
 
+class _Worker(Worker):
+    """arq's Worker, minus two ways a poisoned queue entry kills its loop (arq decodes every member
+    as UTF-8 and casts every score with int(), outside any try): such entries are dead-lettered."""
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        if not job_ids:
+            return
+        scores = await self.pool.zmscore(self.queue_name, job_ids)  # type: ignore[arg-type]  # bytes work
+        good: list[bytes] = []
+        for raw, score in zip(job_ids, scores, strict=True):
+            try:
+                raw.decode()
+            except UnicodeDecodeError:
+                await self._quarantine(raw, "queue entry's job id is not UTF-8")
+                continue
+            if score is not None and not math.isfinite(score):
+                await self._quarantine(raw, f"queue entry's score is {score}")
+                continue
+            good.append(raw)
+        await super().start_jobs(good)
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except ResponseError as exc:
+            # e.g. WRONGTYPE: something else wrote arq's keys for this job. arq would re-raise this from
+            # its poll loop and stop the worker; drop the corrupt keys and dead-letter the job instead.
+            await self.pool.delete(job_key_prefix + job_id, in_progress_key_prefix + job_id,
+                                   retry_key_prefix + job_id)
+            await self._quarantine(job_id.encode(), f"arq's keys for this job are corrupt ({exc})")
+
+    async def _quarantine(self, raw: bytes, reason: str) -> None:
+        await self.pool.zrem(self.queue_name, raw)
+        dispatcher: Dispatcher = self.ctx["dispatcher"]
+        await dispatcher.reject(raw.decode("utf-8", "backslashreplace"), reason)
+
+
 class DialerProcess:
     """One worker process: shared resources plus one arq Worker per served queue."""
 
@@ -130,7 +176,7 @@ class DialerProcess:
                 dispatcher = Dispatcher(settings, Ledger(pool, settings), limiter, in_flight, client, stats=stats)
                 keys = Keys(settings.key_prefix)
                 self.workers = [
-                    Worker(
+                    _Worker(
                         functions=[func(_dial, name=DIAL_FUNCTION, max_tries=_ARQ_MAX_TRIES,
                                         timeout=settings.job_timeout_s)],
                         queue_name=keys.queue(p),
