@@ -26,7 +26,7 @@ from arq.worker import Worker, func
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import logs, metrics
@@ -134,7 +134,16 @@ class _Worker(Worker):
                 await self._quarantine(raw, f"queue entry's score is {score}")
                 continue
             good.append(raw)
-        await super().start_jobs(good)
+        for raw in good:
+            try:
+                await super().start_jobs([raw])
+            except (WatchError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # Redis went away mid-claim (redis-py cannot retry a WATCH). arq had already counted
+                # this job as started: give its slot back, and let the next poll try again.
+                self.job_counter -= 1
+                self.sem.release()
+                log.warning("queue %s: could not start jobs (%s); retrying", self.queue_name, type(exc).__name__)
+                return
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
