@@ -34,7 +34,7 @@ _OURS_MAX_IN_FLIGHT = 10_000
 def _stub_inflight() -> None:
     from worker.dispatch.inflight import InFlight
 
-    def slot(self: InFlight) -> contextlib.AbstractAsyncContextManager[None]:
+    def slot(self: InFlight, wait_s: float | None = None) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()
 
     InFlight.slot = slot  # type: ignore[method-assign]

@@ -60,9 +60,12 @@ class InFlight:
         self._freed = asyncio.Event()
         self._releasing: set[asyncio.Task[None]] = set()
 
-    def slot(self) -> AbstractAsyncContextManager[None]:
-        """Hold one fleet-wide in-flight lease for the duration of the ``async with`` block."""
-        return self._slot()
+    def slot(self, wait_s: float | None = None) -> AbstractAsyncContextManager[None]:
+        """Hold one fleet-wide in-flight lease for the duration of the ``async with`` block.
+
+        ``wait_s`` bounds the wait for a lease: ``TimeoutError`` when none came in time (nothing held).
+        """
+        return self._slot(wait_s)
 
     async def held(self) -> int:
         """Leases held now across the fleet (expired ones not counted)."""
@@ -71,13 +74,21 @@ class InFlight:
         return int(await self._redis.zcount(self._key, f"({now_ms}", "+inf"))
 
     @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        async with self._local:
-            lease = await self._acquire()
+    async def _slot(self, wait_s: float | None) -> AsyncIterator[None]:
+        async with asyncio.timeout(wait_s):
+            await self._local.acquire()
             try:
-                yield
-            finally:
+                lease = await self._acquire()
+            except BaseException:
+                self._local.release()
+                raise
+        try:
+            yield
+        finally:
+            try:
                 await self._release(lease)
+            finally:
+                self._local.release()
 
     async def _acquire(self) -> str:
         lease = uuid.uuid4().hex

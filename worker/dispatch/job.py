@@ -206,7 +206,7 @@ class Dispatcher:
                 # Saturated: give the worker slot back and queue again rather than overrun the job timeout.
                 raise Defer(0.0, "waited too long for a rate permit") from None
             try:
-                accepted = await self._send_once(record, request, plan)
+                accepted = await self._send_once(record, request, plan, run_deadline)
             except _WindowClosed:
                 # The permit came after the window closed or the deadline passed: the loop decides.
                 continue
@@ -220,6 +220,8 @@ class Dispatcher:
                 return Outcome("skipped", attempts, f"state changed to {state} before sending")
             except asyncio.CancelledError:
                 await asyncio.shield(self._cancelled_mid_request(job_id))
+                raise
+            except Defer:
                 raise
             except ProviderError as exc:
                 attempts += 1
@@ -243,7 +245,9 @@ class Dispatcher:
             await self._count(ok=True)
             return Outcome(State.SENT, attempts, accepted.call_serial_no)
 
-    async def _send_once(self, record: JobRecord, request: CallRequest, plan: _Plan) -> Accepted:
+    async def _send_once(
+        self, record: JobRecord, request: CallRequest, plan: _Plan, run_deadline: float
+    ) -> Accepted:
         job_id = record.job_id
         sends = 0
 
@@ -276,9 +280,18 @@ class Dispatcher:
                     return
             raise _NotSent
 
-        async with self.in_flight.slot():
-            with metrics.track_in_flight():
-                return await self.client.create_voice_notification(request, before_send=before_send)
+        entered = False
+        try:
+            async with self.in_flight.slot(wait_s=max(run_deadline - self.clock(), 0.001)):
+                entered = True
+                with metrics.track_in_flight():
+                    return await self.client.create_voice_notification(request, before_send=before_send)
+        except TimeoutError:
+            if entered:
+                raise
+            # The provider is slower than the fleet's in-flight cap allows: queue again rather than
+            # overrun the job timeout (arq would drop the run, and a request cut off becomes unknown).
+            raise Defer(0.0, "waited too long for an in-flight slot") from None
 
     async def _count(self, *, ok: bool, kind: str | None = None) -> None:
         if self.stats is not None:
