@@ -68,13 +68,16 @@ def worker(queues: str, burst: bool, concurrency: int | None, check: bool) -> No
 
 def _json_items(stream: TextIO) -> Iterator[tuple[int, Any]]:
     """One JSON object, or JSONL: yields (line number, parsed value or the JSON error)."""
-    text = stream.read()
+    try:
+        text = stream.read()
+    except UnicodeDecodeError:
+        raise click.ClickException("--json: the input is not UTF-8 text; nothing was enqueued") from None
     stripped = text.strip()
     if not stripped:
         return
     try:
         whole = json.loads(stripped)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # bad JSON, an integer over 4,300 digits, absurd nesting
         whole = None
     if isinstance(whole, dict):
         yield 1, whole
@@ -86,8 +89,8 @@ def _json_items(stream: TextIO) -> Iterator[tuple[int, Any]]:
         if line.strip():
             try:
                 yield n, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield n, exc
+            except (ValueError, RecursionError) as exc:
+                yield n, ValueError(str(exc)[:200] or type(exc).__name__)
 
 
 @main.command()
