@@ -312,6 +312,36 @@ async def count_states(redis: aioredis.Redis, settings: Settings, job_ids: list[
     return counts
 
 
+async def snapshot(redis: aioredis.Redis) -> dict[bytes, Any]:
+    """Every key with its type and content in a canonical order: equal snapshots mean Redis was not
+    touched. (Not DUMP: a large hash's DUMP follows its hash table's order, which a mere read can
+    change while the table is being rehashed.)"""
+    keys = sorted(await redis.keys("*"))
+    async with redis.pipeline(transaction=False) as pipe:
+        for k in keys:
+            pipe.type(k)
+        types = [t.decode() for t in await pipe.execute()]
+    async with redis.pipeline(transaction=False) as pipe:
+        for k, kind in zip(keys, types, strict=True):
+            if kind == "string":
+                pipe.get(k)
+            elif kind == "hash":
+                pipe.hgetall(k)
+            elif kind == "set":
+                pipe.smembers(k)
+            elif kind == "zset":
+                pipe.zrange(k, 0, -1, withscores=True)
+            elif kind == "list":
+                pipe.lrange(k, 0, -1)
+            else:
+                pipe.dump(k)
+        values = await pipe.execute()
+    out: dict[bytes, Any] = {}
+    for k, kind, v in zip(keys, types, values, strict=True):
+        out[k] = (kind, sorted(v.items()) if kind == "hash" else sorted(v) if kind == "set" else v)
+    return out
+
+
 def not_final(counts: Counter[str]) -> int:
     return sum(n for s, n in counts.items() if s not in {str(x) for x in FINAL_STATES})
 

@@ -44,6 +44,7 @@ from tests.faults.conftest import (
     fault_settings,
     load_records,
     report,
+    snapshot,
     wait_until,
 )
 from worker.campaigns.control import CampaignError
@@ -105,16 +106,7 @@ valid_like = st.fixed_dictionaries(
 any_request = valid_like | seed_like | json_values
 
 
-async def snapshot(redis: aioredis.Redis) -> dict[bytes, bytes | None]:
-    """Every key with its serialized value: equal snapshots mean Redis was not touched."""
-    keys = sorted(await redis.keys("*"))
-    async with redis.pipeline(transaction=False) as pipe:
-        for k in keys:
-            pipe.dump(k)
-        return dict(zip(keys, await pipe.execute(), strict=True))
-
-
-def changed(before: dict[bytes, bytes | None], after: dict[bytes, bytes | None]) -> list[bytes]:
+def changed(before: dict[bytes, Any], after: dict[bytes, Any]) -> list[bytes]:
     """Keys added, removed or rewritten between two snapshots."""
     return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 
