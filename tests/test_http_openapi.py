@@ -92,7 +92,10 @@ async def test_schemathesis_finds_no_server_error(sim_settings: Settings, tmp_pa
     served = sim_settings.model_copy(update={"http_port": port, "http_max_batch": 20,
                                              "http_max_body_bytes": 64 * 1024, "api_keys": [SecretStr(KEY)]})
     # WARNING: nobody reads the child's stderr pipe until it exits; errors (what we look for) still show.
-    env = {**settings_env(served), "DIALER_API_KEYS": KEY, "DIALER_LOG_FORMAT": "json", "DIALER_LOG_LEVEL": "WARNING"}
+    # The throttle off: at the default 50/s a third of the fuzzer's requests would get 429 and never reach
+    # a handler (the 429 itself is tested in test_http_throttle.py).
+    env = {**settings_env(served), "DIALER_API_KEYS": KEY, "DIALER_LOG_FORMAT": "json", "DIALER_LOG_LEVEL": "WARNING",
+           "DIALER_HTTP_RATE_LIMIT": "0"}
     url = f"http://127.0.0.1:{port}"
     proc = await start_dialer("serve", env=env)
     try:

@@ -48,6 +48,7 @@ __all__ = [
     "FLEET_IN_FLIGHT",
     "HTTP_LATENCY",
     "HTTP_REQUESTS",
+    "HTTP_THROTTLED",
     "IN_FLIGHT",
     "OUTCOMES",
     "PROVIDER_LATENCY",
@@ -65,6 +66,7 @@ __all__ = [
     "observe_outcome",
     "observe_provider_response",
     "observe_rate_wait",
+    "observe_throttled",
     "observe_token_refresh",
     "render",
     "serve_worker_metrics",
@@ -113,11 +115,16 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 ENQUEUED = Counter("dialer_enqueued", "Calls submitted over the HTTP API, by result.", ["result"])
+HTTP_THROTTLED = Counter(
+    "dialer_http_throttled", "Requests dialer serve refused with 429 because their key was over its rate limit.",
+    ["key_id", "route"],
+)
 
 _CAMPAIGN_LABEL_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RET_CODE_RE = re.compile(r"-?[0-9]{1,6}")
 _KIND_RE = re.compile(r"[^a-z0-9/-]+")
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_KEY_ID_RE = re.compile(r"[0-9a-f]{8}|no-auth")
 
 
 def _priority_label(priority: int | str) -> str:
@@ -216,6 +223,12 @@ def observe_enqueued(result: str, n: int = 1) -> None:
     """Count calls submitted over the HTTP API: accepted, duplicate, conflict or rejected."""
     if n:
         ENQUEUED.labels(result if result in ("accepted", "duplicate", "conflict", "rejected") else "other").inc(n)
+
+
+def observe_throttled(key_id: str, route: str) -> None:
+    """Count one request refused by the per-key throttle. ``key_id`` is the key's non-secret id (anything
+    else is counted as ``other``, so a key itself can never become a label); ``route`` its template."""
+    HTTP_THROTTLED.labels(key_id if _KEY_ID_RE.fullmatch(key_id) else "other", route).inc()
 
 
 def render(accept: str | None = None) -> tuple[bytes, str]:

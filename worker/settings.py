@@ -20,6 +20,9 @@ from worker.errors import SettingsError
 ENV_PREFIX = "DIALER_"
 TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"  # noqa: S105 - a URL path, not a secret
 CREATE_PATH = "/apiaccess/rest/voiceNotification/v2/createVoiceNotification"
+MIN_HTTP_RATE = 0.01
+"""Slowest non-zero HTTP throttle (one request per 100 s): keeps every schedule, burst included, well
+inside the exact integer range of the Lua script's numbers (microseconds in a double)."""
 
 
 class Settings(BaseSettings):
@@ -94,6 +97,15 @@ class Settings(BaseSettings):
     dashboard_key: SecretStr | None = Field(None, description="Optional read-only key: views the dashboard only.")
     http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     http_max_batch: int = Field(1000, ge=1, le=100_000, description="Most items in one POST /v1/calls:batch.")
+    http_rate_limit: float = Field(
+        50.0, ge=0, le=1_000_000, allow_inf_nan=False,
+        description="Requests/s each API key (and the dashboard key) may make to `dialer serve`, across every "
+        "replica sharing the Redis; 0 = no throttle. Open routes are never throttled.",
+    )
+    http_rate_burst: int = Field(
+        100, ge=1, le=100_000,
+        description="Requests an idle key may make back to back before DIALER_HTTP_RATE_LIMIT paces it.",
+    )
     public_url: str | None = Field(
         None, description="Base URL the provider reaches `dialer serve` at; campaign calls get "
         "`<public_url>/v1/callbacks/release` as their callBackUrl.",
@@ -142,6 +154,13 @@ class Settings(BaseSettings):
     def _dashboard_key_length(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and len(v.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
+        return v
+
+    @field_validator("http_rate_limit")
+    @classmethod
+    def _http_rate(cls, v: float) -> float:
+        if 0 < v < MIN_HTTP_RATE:
+            raise ValueError(f"must be 0 (off) or at least {MIN_HTTP_RATE} requests/s")
         return v
 
     @field_validator("api_base_url", "token_url", "public_url")

@@ -38,10 +38,12 @@ from worker.http.common import (
     REDIS,
     SETTINGS,
     STATS,
+    THROTTLE,
     ProviderSlot,
 )
 from worker.http.errors import error_middleware
 from worker.http.routing import Access, Handler, Route, RouteModule
+from worker.http.throttle import Throttle, throttled
 from worker.metrics import SendStats
 from worker.provider.client import ProviderClient
 from worker.settings import Settings
@@ -66,6 +68,7 @@ def create_app(
     """The service. ``insecure_no_auth`` lets every request in (refused by ``dialer serve`` unless asked
     for); ``open_provider=False`` skips the provider client (``/readyz`` then reports it not checked)."""
     auth = Authenticator(settings, insecure=insecure_no_auth)
+    throttle = Throttle(redis, settings)
     app = web.Application(
         client_max_size=settings.http_max_body_bytes, middlewares=[_access_middleware, error_middleware]
     )
@@ -76,6 +79,7 @@ def create_app(
     app[STATS] = SendStats(redis, settings)
     app[IN_FLIGHT] = InFlight(redis, settings)
     app[AUTH] = auth
+    app[THROTTLE] = throttle
     app[PROVIDER] = ProviderSlot()
 
     for module in modules:
@@ -88,7 +92,8 @@ def create_app(
         if (r.method, r.path) in seen:
             raise ValueError(f"route {r.method} {r.path} is defined twice")
         seen.add((r.method, r.path))
-        app.router.add_route(r.method, r.path, _guard(r, auth), name=r.operation_id or None)
+        limit = throttle if throttled(r, settings) else None
+        app.router.add_route(r.method, r.path, _guard(r, auth, limit), name=r.operation_id or None)
     app[ROUTES] = routes
     app[openapi.OPENAPI_DOC] = openapi.build(routes, settings)
     if open_provider:
@@ -96,7 +101,9 @@ def create_app(
     return app
 
 
-def _guard(route: Route, auth: Authenticator) -> Handler:
+def _guard(route: Route, auth: Authenticator, throttle: Throttle | None) -> Handler:
+    """The route's handler behind its access check and then, for throttled routes, its key's rate limit:
+    a request refused by either never reaches the handler."""
     if route.access is Access.OPEN:
         return route.handler
     handler = route.handler
@@ -104,7 +111,10 @@ def _guard(route: Route, auth: Authenticator) -> Handler:
 
     @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
-        request[IDENTITY] = auth.authorize(request, access)
+        identity = auth.authorize(request, access)
+        request[IDENTITY] = identity  # before the throttle, so a 429 is logged with its key_id
+        if throttle is not None:
+            await throttle.check(request, identity)
         return await handler(request)
 
     return guarded

@@ -15,6 +15,7 @@ from worker.dispatch.ledger import Ledger
 from worker.dispatch.producer import Producer
 from worker.http.auth import Authenticator, Identity
 from worker.http.errors import ApiError
+from worker.http.throttle import Throttle
 from worker.metrics import SendStats
 from worker.provider.client import ProviderClient
 from worker.settings import Settings
@@ -26,6 +27,7 @@ LEDGER = web.AppKey("ledger", Ledger)
 STATS = web.AppKey("stats", SendStats)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 AUTH = web.AppKey("auth", Authenticator)
+THROTTLE = web.AppKey("throttle", Throttle)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from worker.http.errors import CODES
 from worker.http.routing import Access, Reply, Route
 from worker.http.schemas import ErrorBody
+from worker.http.throttle import RETRY_AFTER_DOC, throttled
 from worker.models import CALLED_RE, PRIORITIES
 from worker.settings import Settings
 
@@ -57,10 +58,16 @@ def _version() -> str:
 
 
 def _error_reply(status: int) -> dict[str, Any]:
-    return {
+    reply: dict[str, Any] = {
         "description": CODES[status][1],
         "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}},
     }
+    if status == 429:
+        reply["description"] = ("This key is over its rate limit (DIALER_HTTP_RATE_LIMIT requests/s, bursts "
+                                "of DIALER_HTTP_RATE_BURST); nothing was done. Retry after Retry-After seconds.")
+        reply["headers"] = {"Retry-After": {"description": RETRY_AFTER_DOC, "required": True,
+                                            "schema": {"type": "integer", "minimum": 1}}}
+    return reply
 
 
 def _strip_titles(schema: Any) -> None:
@@ -157,6 +164,8 @@ def build(routes: Sequence[Route], settings: Settings) -> dict[str, Any]:
             statuses.add(401)
         if r.access is Access.API:
             statuses.add(403)
+        if throttled(r, settings):
+            statuses.add(429)
         for status in sorted(statuses):
             responses[str(status)] = _error_reply(status)
         for status, reply in r.responses.items():

@@ -64,8 +64,8 @@ class Route:
     """One operation: method + path, its handler, and its documentation.
 
     ``errors`` lists the error statuses the route itself can answer (each with the common error body);
-    401/403 are added for protected routes, 500 and 503 for every route. ``body`` is the request body's
-    model; ``body_media`` its content type.
+    401/403 (and 429 while the per-key throttle is on) are added for protected routes, 500 and 503 for
+    every route. ``body`` is the request body's model; ``body_media`` its content type.
     """
 
     method: str
