@@ -21,10 +21,10 @@ async def p4(cfg: Config) -> Result:
     m = 2000 if cfg.quick else 10_000
     res = Result(
         "P4", "bulk enqueue of 100k validated jobs via enqueue_many",
-        f"`Producer.enqueue_many` of {n} seed-shaped dicts (157-byte bodies; pydantic validation, ledger record, "
-        f"arq job and queue entry per item), timed from the call to its return, in this process, against a private "
-        f"redis-server. Baseline: a plain loop of `await pool.enqueue_job('call', **body)` (arq, pickle) over "
-        f"{m} of the same bodies, as jobs/s.",
+        f"`Producer.enqueue_many` of {n} seed-shaped dicts (157-byte bodies; pydantic validation, a random job id, "
+        f"ledger record and queue entry per item: the worker writes the arq job when it claims the job), timed "
+        f"from the call to its return, in this process, against a private redis-server. Baseline: a plain loop "
+        f"of `await pool.enqueue_job('call', **body)` (arq, pickle) over {m} of the same bodies, as jobs/s.",
         sizes=f"{n} jobs; arq loop {m}{', QUICK' if cfg.quick else ''}",
     )
     bodies = [body(i) for i in range(n)]
@@ -83,10 +83,11 @@ class _Layout:
     listpack: bool = True  # run with hash-max-listpack-value _LISTPACK_VALUE (else Redis' default 64)
     ledger_prefix: str = "dialer:job:"
     queue: str = "dialer:queue:9"
-    id_chars: int = 32
+    id_chars: int = 16
     drop: tuple[str, ...] = ()  # ledger fields left out
     ledger: bool = True  # False: no ledger hash while queued
     ledger_ttl: bool = True
+    arq_job: bool = False  # an arq job string per queued job (written at enqueue, as before claim.lua)
     short_arq: bool = False  # arq job {"f":"dial","et":ms}: codec.loads_job fills t, a and k
     body_in_arq: bool = False  # the body rides in the arq job ("b"), not in the ledger hash
 
@@ -115,14 +116,15 @@ async def _write_layout(run: Run, layout: _Layout, fields: dict[bytes, bytes], n
                     pipe.hset(key, mapping=record)
                     if layout.ledger_ttl:
                         pipe.pexpire(key, 30 * 86400 * 1000)
-                pipe.set("arq:job:" + job_id, layout.arq_payload(now, body_json), px=7 * 86400 * 1000)
+                if layout.arq_job or layout.body_in_arq:
+                    pipe.set("arq:job:" + job_id, layout.arq_payload(now, body_json), px=7 * 86400 * 1000)
                 pipe.zadd(layout.queue, {job_id: now})
             await pipe.execute()
 
 
 async def _breakdown(run: Run, n: int) -> tuple[dict[str, float], str]:
-    """MEMORY USAGE of one job's keys (its ledger hash, its arq job, its share of the queue), and the
-    ledger hash's encoding and field count."""
+    """MEMORY USAGE of one job's keys (its ledger hash, its share of the queue; its arq job, which should
+    not exist until a worker claims the job), and the ledger hash's encoding and field count."""
     client = run.redis.client
     settings = _dialer.settings(run)
     keys = Keys(settings.key_prefix)
@@ -132,7 +134,10 @@ async def _breakdown(run: Run, n: int) -> tuple[dict[str, float], str]:
     queue = int(await client.memory_usage(keys.queue(9), samples=0) or 0) / n
     encoding = (await client.object("encoding", keys.job(job_id))).decode()
     encoding += f", {int(await client.hlen(keys.job(job_id)))} fields"  # type: ignore[misc]
-    return {"ledger hash": ledger, "arq job string": arq_job, "queue entry": queue}, encoding
+    parts = {"ledger hash": ledger, "queue entry": queue}
+    if arq_job:
+        parts["arq job string"] = arq_job
+    return parts, encoding
 
 
 async def p5(cfg: Config) -> Result:
@@ -143,11 +148,13 @@ async def p5(cfg: Config) -> Result:
         "P5", "Redis memory per queued job",
         f"`INFO memory` used_memory after - before enqueueing {n} jobs into an empty redis-server (default config "
         f"unless said), divided by {n}. Body: the seed's shape, {size} bytes as compact JSON. Ours: "
-        "`Producer.enqueue_many` (uuid4-hex job ids). Baseline: arq `enqueue_job('dial', **body)` with arq's "
-        "default pickle serializer. Breakdown: `MEMORY USAGE <key> SAMPLES 0` of one job's keys; the rest is "
-        "Redis' per-key bookkeeping outside MEMORY USAGE (expires-dict entries for the two keys with a TTL, "
-        "hash-table buckets). Variants after the first two rows are written directly with the same contents "
-        "to price a change before making it.",
+        "`Producer.enqueue_many` (16-character random job ids; a queued job is its ledger hash and its queue "
+        "entry: the worker writes the arq job when it claims the job). Baseline: arq "
+        "`enqueue_job('dial', **body)` with arq's default pickle serializer. Breakdown: `MEMORY USAGE <key> "
+        "SAMPLES 0` of one job's keys; the rest is Redis' per-key bookkeeping outside MEMORY USAGE (the "
+        "ledger hash's expires-dict entry, hash-table buckets). Variants after the first three rows are "
+        "written directly with the same contents to price a change before making it (or to show the layout "
+        "before it).",
         sizes=f"{n} jobs{', QUICK' if cfg.quick else ''}",
     )
     ours: list[float] = []
@@ -187,14 +194,15 @@ async def p5(cfg: Config) -> Result:
     total = sum(parts.values())
     res.notes.append(
         f"default config, one job (MEMORY USAGE): ledger hash {parts['ledger hash']:.0f} B ({encoding} encoding: the "
-        f"{size}-byte body is over hash-max-listpack-value 64, so the hash is a real hash table), arq job "
-        f"string {parts['arq job string']:.0f} B, queue entry {parts['queue entry']:.0f} B; sum {total:.0f} B, the "
-        f"remaining {f_o.median - total:.0f} B is per-key bookkeeping (expires entries, dict buckets)"
+        f"{size}-byte body is over hash-max-listpack-value 64, so the hash is a real hash table), queue entry "
+        f"{parts['queue entry']:.0f} B{_arq_note(parts)}; sum {total:.0f} B, the remaining {f_o.median - total:.0f} B "
+        f"is per-key bookkeeping (expires entry, dict buckets)"
     )
     lp_total = sum(lp_parts.values())
     res.notes.append(
         f"hash-max-listpack-value {_LISTPACK_VALUE}: ledger hash {lp_parts['ledger hash']:.0f} B ({lp_encoding}), "
-        f"arq job {lp_parts['arq job string']:.0f} B, queue entry {lp_parts['queue entry']:.0f} B; sum {lp_total:.0f} B"
+        f"queue entry {lp_parts['queue entry']:.0f} B{_arq_note(lp_parts)}; sum {lp_total:.0f} B, the remaining "
+        f"{f_lp.median - lp_total:.0f} B is per-key bookkeeping"
     )
     res.check("≤ 600 bytes/job (default redis config)", f"{f_o.fmt()} B", f_o.median <= 600)
     res.check(f"≤ 600 bytes/job (hash-max-listpack-value {_LISTPACK_VALUE})", f"{f_lp.fmt()} B", f_lp.median <= 600)
@@ -203,6 +211,12 @@ async def p5(cfg: Config) -> Result:
     res.summary_ratio = f"{ratio(f_o.median, f_a.median):.2f}x ({ratio(f_lp.median, f_a.median):.2f}x)"
     res.summary_target = "≤ 600 B"
     return res
+
+
+def _arq_note(parts: dict[str, float]) -> str:
+    if "arq job string" in parts:
+        return f", arq job string {parts['arq job string']:.0f} B (none was expected before the claim)"
+    return ", no arq job (written at claim)"
 
 
 async def _first_ledger_key(run: Run, bodies: list[dict[str, Any]]) -> str:
@@ -215,19 +229,14 @@ async def _first_ledger_key(run: Run, bodies: list[dict[str, Any]]) -> str:
 
 def _variants() -> list[_Layout]:
     same = _Layout("written directly, same layout as ours (default config; check of the method)", listpack=False)
-    body_out = _Layout("default config, body moved into the arq job: ledger hash of small fields stays a listpack",
-                       listpack=False, body_in_arq=True)
-    body_out_short = _Layout("… and short arq job, 16-character ids", listpack=False, body_in_arq=True,
-                             short_arq=True, id_chars=16)
+    before = _Layout("default config, the layout before: + arq job string at enqueue, 32-hex uuid4 ids",
+                     listpack=False, arq_job=True, id_chars=32)
     one_key = _Layout("default config, one key per queued job (arq job with the body; ledger hash from claim on)",
                       listpack=False, body_in_arq=True, short_arq=True, ledger=False)
     lp_same = _Layout(f"written directly, same layout as ours (listpack {_LISTPACK_VALUE}; check of the method)")
-    no_dup = _Layout(f"listpack {_LISTPACK_VALUE}, without `called` and `prio` (both are in the body)",
+    lp_before = _Layout(f"listpack {_LISTPACK_VALUE}, the layout before: + arq job string at enqueue, 32-hex uuid4 ids",
+                        arq_job=True, id_chars=32)
+    no_dup = _Layout(f"listpack {_LISTPACK_VALUE}, ours without `called` and `prio` (both are in the body)",
                      drop=("called", "prio"))
-    short_arq = _Layout('… and arq job `{"f":"dial","et":<ms>}` (31 B: one embstr allocation)', drop=no_dup.drop,
-                        short_arq=True)
-    short_id = _Layout("… and 16-character job ids (instead of 32-hex uuid4)", drop=no_dup.drop, short_arq=True,
-                       id_chars=16)
-    no_ttl = _Layout("… and no TTL on the ledger hash while queued", drop=no_dup.drop, short_arq=True,
-                     id_chars=16, ledger_ttl=False)
-    return [same, body_out, body_out_short, one_key, lp_same, no_dup, short_arq, short_id, no_ttl]
+    no_ttl = _Layout("… and no TTL on the ledger hash while queued", drop=no_dup.drop, ledger_ttl=False)
+    return [same, before, one_key, lp_same, lp_before, no_dup, no_ttl]

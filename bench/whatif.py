@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import shutil
 import sys
 import time
@@ -32,27 +31,33 @@ _OURS_MAX_IN_FLIGHT = 10_000
 
 
 def _stub_inflight() -> None:
-    from worker.dispatch.inflight import InFlight
+    # The lease rides in begin_send's and mark_sent's scripts: without it they skip the in-flight set.
+    from worker.dispatch.inflight import Lease
+    from worker.dispatch.ledger import Ledger, SendGate
 
-    def slot(self: InFlight, wait_s: float | None = None) -> contextlib.AbstractAsyncContextManager[None]:
-        return contextlib.nullcontext()
+    begin_send = Ledger.begin_send
 
-    InFlight.slot = slot  # type: ignore[method-assign]
+    async def no_lease(self: Ledger, job_id: str, lease: Lease | None = None, *, now: bool = False) -> SendGate:
+        return await begin_send(self, job_id, None, now=now)
+
+    Ledger.begin_send = no_lease  # type: ignore[method-assign]
 
 
 def _stub_begin_send() -> None:
+    from worker.dispatch.inflight import Lease
     from worker.dispatch.ledger import Ledger, SendGate
 
-    async def begin_send(self: Ledger, job_id: str) -> SendGate:
+    async def begin_send(self: Ledger, job_id: str, lease: Lease | None = None, *, now: bool = False) -> SendGate:
         return SendGate(True, 1)
 
     Ledger.begin_send = begin_send  # type: ignore[method-assign]
 
 
 def _stub_mark_sent() -> None:
+    from worker.dispatch.inflight import Lease
     from worker.dispatch.ledger import Ledger
 
-    async def mark_sent(self: Ledger, job_id: str, call_serial_no: str) -> None:
+    async def mark_sent(self: Ledger, job_id: str, call_serial_no: str, lease: Lease | None = None) -> None:
         return None
 
     Ledger.mark_sent = mark_sent  # type: ignore[method-assign]
@@ -83,6 +88,7 @@ def _probe() -> None:
     lags: list[float] = []
     send_once, post = Dispatcher._send_once, ProviderClient._post_create
     started: list[bool] = []
+    dispatchers: list[Dispatcher] = []
 
     async def _lag_probe() -> None:
         loop = asyncio.get_running_loop()
@@ -95,6 +101,7 @@ def _probe() -> None:
         # Called right after the permit: the start of the permit-to-request gap.
         if not started:
             started.append(True)
+            dispatchers.append(self)
             asyncio.get_running_loop().create_task(_lag_probe())
         permits[id(asyncio.current_task())] = time.monotonic()
         return await send_once(self, *args, **kwargs)
@@ -107,14 +114,39 @@ def _probe() -> None:
 
     def dump() -> None:
         path = Path(os.environ.get("BENCH_PROBE_DIR", ".")) / f"{os.getpid()}.json"
-        path.write_text(json.dumps({"gaps": gaps, "lags": lags}))
+        late = sum(getattr(d, "late_permits", 0) for d in dispatchers)
+        path.write_text(json.dumps({"gaps": gaps, "lags": lags, "late": late}))
 
     atexit.register(dump)
     Dispatcher._send_once = probed_send_once  # type: ignore[method-assign]
     ProviderClient._post_create = probed_post  # type: ignore[method-assign]
 
 
+def _pipe_stats() -> None:
+    """Not a stub: print how well the worker's auto-pipeline coalesced its calls, at exit (stderr)."""
+    import atexit
+    from collections import Counter
+
+    from worker.dispatch.pipelining import AutoPipeline
+
+    sizes: Counter[int] = Counter()
+    send = AutoPipeline._send
+
+    async def counted(self: AutoPipeline, commands: list[tuple[Any, ...]]) -> list[Any]:
+        sizes[len(commands)] += 1
+        return await send(self, commands)
+
+    def report() -> None:
+        batches, commands = sum(sizes.values()), sum(n * c for n, c in sizes.items())
+        print(f"auto-pipeline: {commands} commands in {batches} round trips "
+              f"({commands / max(batches, 1):.2f} per trip); sizes {sorted(sizes.items())[:12]}", file=sys.stderr)
+
+    atexit.register(report)
+    AutoPipeline._send = counted  # type: ignore[method-assign]
+
+
 STUBS: dict[str, Callable[[], None]] = {
+    "pipestats": _pipe_stats,
     "probe": _probe,
     "inflight": _stub_inflight,
     "begin_send": _stub_begin_send,
@@ -154,10 +186,12 @@ async def _p2_probe(seconds: float) -> None:
         ts = [e["ts"] for e in (await run.sim.log())["requests"]]
         gaps: list[float] = []
         lags: list[float] = []
+        late = 0
         for f in os.listdir(probe_dir):
             data = json.loads((probe_dir / f).read_text())
             gaps += data["gaps"]
             lags += data["lags"]
+            late += data.get("late", 0)
     ms = [g * 1000 for g in gaps]
     lag_ms = [g * 1000 for g in lags]
     print(f"P2 fleet with probes, {seconds:g} s: max 1-s window {max_window_count(ts)}, {len(ts)} requests")
@@ -165,6 +199,8 @@ async def _p2_probe(seconds: float) -> None:
           f"max {max(ms):.2f} ms ({len(ms)} calls)")
     print(f"  event-loop lag (5-ms timer oversleep): p50 {percentile(lag_ms, 50):.2f} ms, "
           f"p99 {percentile(lag_ms, 99):.2f} ms, max {max(lag_ms):.2f} ms")
+    print(f"  permits not used because the request would have left too late: {late} "
+          f"({100 * late / max(len(ts) + late, 1):.2f}% of permits)")
 
 
 def _worker_main(argv: list[str]) -> None:
@@ -196,6 +232,8 @@ async def _p1(stubs: tuple[str, ...], n: int, profile: str | None) -> tuple[floa
             cmd = [spy, "record", "-r", "200", "-f", "raw", "-o", out, "--", *cmd]
         proc = run.children.spawn("whatif", cmd, env)
         await run.children.wait(proc, 300)
+        if "pipestats" in stubs:
+            print("  " + run.children.log_tail(proc, 1))
         log = await run.sim.log()
         done = _dialer.created(log)
         if len(done) != n:

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis.asyncio as aioredis
-from arq.worker import Worker, func
+from arq.worker import func
 
 from tests.conftest import Sim
 from tests.test_campaigns import do_launch, numbers_csv
@@ -25,7 +25,7 @@ from worker.dispatch.inflight import InFlight
 from worker.dispatch.job import Dispatcher
 from worker.dispatch.keys import DIAL_FUNCTION, Keys
 from worker.dispatch.ledger import Ledger, State
-from worker.dispatch.queues import _dial, open_pool
+from worker.dispatch.queues import _dial, _Worker, open_pool
 from worker.dispatch.ratelimit import RateLimiter
 from worker.provider.client import ProviderClient
 from worker.settings import Settings
@@ -118,11 +118,11 @@ async def clocked_worker(settings: Settings, clock: Callable[[], float]) -> Asyn
             dispatcher = Dispatcher(settings, Ledger(pool, settings), limiter, InFlight(pool, settings), client,
                                     clock=clock)
             workers = [
-                Worker(functions=[func(_dial, name=DIAL_FUNCTION, max_tries=10**6, timeout=settings.job_timeout_s)],
-                       queue_name=Keys(settings.key_prefix).queue(p), redis_pool=pool, handle_signals=False,
-                       max_jobs=50, poll_delay=settings.poll_delay_s, max_tries=10**6, keep_result=0,
-                       job_serializer=codec.dumps, job_deserializer=codec.loads_job,
-                       ctx={"dispatcher": dispatcher}, log_results=False)
+                _Worker(functions=[func(_dial, name=DIAL_FUNCTION, max_tries=10**6, timeout=settings.job_timeout_s)],
+                        queue_name=Keys(settings.key_prefix).queue(p), redis_pool=pool, handle_signals=False,
+                        max_jobs=50, poll_delay=settings.poll_delay_s, max_tries=10**6, keep_result=0,
+                        job_serializer=codec.dumps, job_deserializer=codec.loads_job,
+                        ctx={"dispatcher": dispatcher}, log_results=False)
                 for p in (1, 9)
             ]
             tasks = [asyncio.ensure_future(w.async_run()) for w in workers]

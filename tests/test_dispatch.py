@@ -336,20 +336,6 @@ async def test_health_check_reports_live_workers_only(sim_settings: Settings) ->
         await proc.wait(30)
 
 
-async def test_arq_cli_runs_one_priority_queue_with_worker_settings(sim: Sim, sim_settings: Settings) -> None:
-    job_ids = await enqueue(sim_settings, [body("82000001", priority=3), body("82000002", priority=4)])
-    env = {**settings_env(sim_settings), "DIALER_ARQ_PRIORITY": "3"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "arq", "worker.dispatch.queues.WorkerSettings", "--burst",
-        env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    _out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    recs = await records(sim_settings, job_ids)
-    assert recs[job_ids[0]].state == State.SENT
-    assert recs[job_ids[1]].state == State.QUEUED  # priority 4 is not this worker's queue
-
-
 async def test_cli_enqueue_json_lines_from_stdin_is_all_or_nothing_per_item(
     sim_settings: Settings, tmp_path: Path
 ) -> None:

@@ -1,4 +1,4 @@
-"""The producer against a real Redis: arq-compatible jobs, priorities, dedupe, validation, batches, requeue."""
+"""The producer against a real Redis: the queued job's layout, priorities, dedupe, validation, batches, requeue."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from arq.jobs import deserialize_job
 from redis.exceptions import ResponseError
 
-from worker.dispatch import codec
-from worker.dispatch.keys import DIAL_FUNCTION, Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
+from worker.dispatch.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
 from worker.dispatch.ledger import Ledger, State
-from worker.dispatch.producer import CallJob, Producer, enqueue_call, enqueue_many
+from worker.dispatch.producer import CallJob, Producer, enqueue_call, enqueue_many, new_job_ids
 from worker.errors import InvalidRequest
 from worker.models import CallRequest
 from worker.settings import Settings
@@ -45,24 +43,26 @@ async def server_ms(r: aioredis.Redis) -> int:
     return int(sec) * 1000 + int(usec) // 1000
 
 
-async def test_enqueue_writes_arq_json_job(
+async def created_ms(r: aioredis.Redis, keys: Keys, job_id: str) -> int:
+    return int(await r.hget(keys.job(job_id), "created"))  # type: ignore[misc,arg-type]  # redis-py's union
+
+
+async def test_a_queued_job_is_its_ledger_record_and_queue_entry_only(
     redis_client: aioredis.Redis, producer: Producer, keys: Keys, settings: Settings
 ) -> None:
     before = await server_ms(redis_client)
     res = await producer.enqueue(body(priority="3"), job_id="order-42")
     after = await server_ms(redis_client)
     assert (res.job_id, res.status, res.state, res.errors) == ("order-42", "accepted", "queued", ())
-    raw = await redis_client.get(keys.arq_job("order-42"))
-    assert raw is not None
-    job = deserialize_job(raw, deserializer=codec.loads)
-    assert job.function == DIAL_FUNCTION == "dial"
-    assert list(job.args) == [] and job.kwargs == {} and job.job_try == 1
-    et = codec.loads(raw)["et"]
-    assert before <= et <= after
-    # Byte for byte what codec.dumps gives, so arq and any other reader agree.
-    assert raw == codec.dumps({"t": 1, "f": "dial", "a": [], "k": {}, "et": et})
-    # Nothing of the body travels in the job: it lives in the ledger only.
-    assert b"8613800000001" not in raw and len(raw) < 64
+    # No arq job: the worker's claim writes it (tests/test_claim.py). Besides the enqueue sequence
+    # counter, nothing else is stored.
+    assert await redis_client.exists(keys.arq_job("order-42")) == 0
+    assert sorted(await redis_client.keys("*")) == sorted(
+        [keys.job("order-42").encode(), keys.queue(3).encode(), keys.seq.encode()]
+    )
+    created = await created_ms(redis_client, keys, "order-42")
+    assert before <= created <= after
+    assert await redis_client.zscore(keys.queue(3), "order-42") == created
 
 
 async def test_queue_by_priority_scored_now(
@@ -73,12 +73,9 @@ async def test_queue_by_priority_scored_now(
     await producer.enqueue(body("8613800000003"), job_id="p9")  # seed default "9"
     for prio, job_id in ((3, "p3"), (1, "p1"), (9, "p9")):
         members = await redis_client.zrange(keys.queue(prio), 0, -1, withscores=True)
-        et = codec.loads(await redis_client.get(keys.arq_job(job_id)))["et"]
-        assert members == [(job_id.encode(), float(et))]
+        assert members == [(job_id.encode(), float(await created_ms(redis_client, keys, job_id)))]
     for prio in (2, 4, 5, 6, 7, 8):
         assert await redis_client.zcard(keys.queue(prio)) == 0
-    job_ttl = await redis_client.pttl(keys.arq_job("p3"))
-    assert settings.job_ttl_s * 1000 - 5000 < job_ttl <= settings.job_ttl_s * 1000
     ledger_ttl = await redis_client.pttl(keys.job("p3"))
     assert settings.ledger_ttl_s * 1000 - 5000 < ledger_ttl <= settings.ledger_ttl_s * 1000
 
@@ -92,9 +89,8 @@ async def test_not_before_and_deadline(
     assert res.status == "accepted"
     nb_ms = int(nb.timestamp() * 1000)
     assert abs(await redis_client.zscore(keys.queue(9), "later") - nb_ms) <= 1
-    # Both keys outlive the wait.
+    # The record outlives the wait.
     delay_ms = nb_ms - await server_ms(redis_client)
-    assert await redis_client.pttl(keys.arq_job("later")) > settings.job_ttl_s * 1000 + delay_ms - 5000
     assert await redis_client.pttl(keys.job("later")) > settings.ledger_ttl_s * 1000 + delay_ms - 5000
     rec = await ledger.get("later")
     assert rec is not None and rec.not_before_ms is not None and rec.deadline_ms is not None
@@ -102,8 +98,7 @@ async def test_not_before_and_deadline(
     # A not_before in the past runs now.
     past = datetime.now(UTC) - timedelta(minutes=5)
     await producer.enqueue(body("8613800000002"), job_id="past", not_before=past)
-    et = codec.loads(await redis_client.get(keys.arq_job("past")))["et"]
-    assert await redis_client.zscore(keys.queue(9), "past") == et
+    assert await redis_client.zscore(keys.queue(9), "past") == await created_ms(redis_client, keys, "past")
 
 
 async def test_job_ids(redis_client: aioredis.Redis, producer: Producer, ledger: Ledger) -> None:
@@ -114,9 +109,24 @@ async def test_job_ids(redis_client: aioredis.Redis, producer: Producer, ledger:
     explicit = await producer.enqueue(body(), job_id="a.b:c@d_e-f", campaign="spring")
     assert explicit.job_id == "a.b:c@d_e-f"
     random = await producer.enqueue(body())
-    assert random.job_id is not None and re.fullmatch(r"[0-9a-f]{32}", random.job_id)
+    assert random.job_id is not None and re.fullmatch(r"[a-z2-7]{16}", random.job_id)
     rec = await ledger.get(random.job_id)
     assert rec is not None and rec.campaign is None
+    many = await producer.enqueue_many([body(f"86{i}") for i in range(1200)])  # more than one draw of ids
+    ids = [r.job_id for r in many]
+    assert all(r.status == "accepted" for r in many) and len(set(ids)) == 1200
+    assert all(i is not None and re.fullmatch(r"[a-z2-7]{16}", i) for i in ids)
+
+
+def test_new_job_ids_are_16_safe_characters_with_80_random_bits() -> None:
+    ids = new_job_ids(50_000)
+    assert len(ids) == len(set(ids)) == 50_000
+    assert all(re.fullmatch(r"[a-z2-7]{16}", i) for i in ids)
+    # Every character position takes all 32 values (a stuck or short alphabet would show here), so each id
+    # carries 16 x 5 = 80 bits.
+    for pos in (0, 7, 15):
+        assert len({i[pos] for i in ids}) == 32
+    assert new_job_ids(1)[0] != new_job_ids(1)[0]
 
 
 async def test_body_stored_compact_and_unicode(redis_client: aioredis.Redis, producer: Producer, keys: Keys) -> None:
@@ -229,11 +239,11 @@ async def test_enqueue_many_mixed(redis_client: aioredis.Redis, producer: Produc
     assert [e.field for e in results[1].errors] == ["called"]
     assert [e.field for e in results[6].errors] == ["id"]
     assert [e.field for e in results[8].errors] == ["body"]
-    # Only the good items are stored: 5 jobs x (ledger + arq job) + their queues + the sequence counter.
+    # Only the good items are stored: 5 ledger records (no arq jobs) + their queues + the sequence counter.
     assert await redis_client.zrange(keys.queue(1), 0, -1) == [b"camp:111"]
     assert await redis_client.zcard(keys.queue(4)) == 0
     assert set(await redis_client.zrange(keys.queue(9), 0, -1)) == {b"camp:222", b"camp:999", b"own-id", b"other:555"}
-    assert await redis_client.dbsize() == 5 * 2 + 2 + 1
+    assert await redis_client.dbsize() == 5 + 2 + 1
     assert await redis_client.get(keys.seq) == b"5"
     own = await ledger.get("own-id")
     assert own is not None and own.campaign == "camp" and own.not_before_ms is not None
@@ -268,8 +278,9 @@ async def test_redis_error_is_raised_and_item_left_out(
     with pytest.raises(ResponseError, match="WRONGTYPE"):  # not an ExceptionGroup
         await producer.enqueue_many([body("1"), body("2", priority="3")], campaign="w", chunk=1)
     # Each item is all or nothing. (The good one may or may not have been sent before the failure.)
-    assert await redis_client.exists(keys.job("w"), keys.arq_job("w"), keys.job("w:2"), keys.arq_job("w:2")) == 0
-    assert await redis_client.exists(keys.job("w:1"), keys.arq_job("w:1")) in (0, 2)
+    assert await redis_client.exists(keys.job("w"), keys.job("w:2")) == 0
+    assert await redis_client.exists(keys.job("w:1")) in (0, 1)
+    assert await redis_client.keys("arq:*") == []
 
 
 async def test_requeue_from_dead(
@@ -278,21 +289,19 @@ async def test_requeue_from_dead(
     await producer.enqueue(body(priority="4"), job_id="j1")
     assert await ledger.mark_sending("j1")
     assert await ledger.dead_letter("j1", "gave up after 6 attempts")
-    # What arq leaves behind after the run that dead-lettered it.
-    await redis_client.delete(keys.arq_job("j1"))
+    # What arq leaves behind after the run that dead-lettered it, and a foreign arq job.
     await redis_client.zrem(keys.queue(4), "j1")
     await redis_client.set(result_key_prefix + "j1", b"{}", ex=3600)
     await redis_client.set(retry_key_prefix + "j1", b"3", ex=3600)
+    await redis_client.set(keys.arq_job("j1"), b"left behind")
 
     assert await producer.requeue("j1") is True
     rec = await ledger.get("j1")
     assert rec is not None and rec.state == State.QUEUED and rec.attempts == 0
     assert await redis_client.zscore(keys.dead, "j1") is None
-    raw = await redis_client.get(keys.arq_job("j1"))
-    assert deserialize_job(raw, deserializer=codec.loads).function == "dial"
-    assert await redis_client.zscore(keys.queue(4), "j1") == codec.loads(raw)["et"]
-    assert await redis_client.exists(result_key_prefix + "j1", retry_key_prefix + "j1") == 0
-    assert 0 < await redis_client.pttl(keys.arq_job("j1")) <= settings.job_ttl_s * 1000
+    assert await redis_client.zscore(keys.queue(4), "j1") == rec.updated_ms
+    # As a new job: no arq keys at all (the worker's claim writes a fresh arq job).
+    assert await redis_client.exists(keys.arq_job("j1"), result_key_prefix + "j1", retry_key_prefix + "j1") == 0
     # Queued now: not requeueable again.
     assert await producer.requeue("j1") is False
     assert await producer.requeue("nope") is False

@@ -78,7 +78,10 @@ class Settings(BaseSettings):
         120.0, ge=10, description="Longest one run of a job may take (rate waits, in-process retries, the "
         "request). A killed worker's jobs run again this long + 10 s after it died.",
     )
-    job_ttl_s: int = Field(7 * 86400, ge=60, description="A queued job's key lives this long.")
+    job_ttl_s: int = Field(
+        7 * 86400, ge=60,
+        description="arq's job key, written when a worker claims the job, lives this long (extended on deferral).",
+    )
     ledger_ttl_s: int = Field(30 * 86400, ge=60, description="Ledger records (dedupe memory) live this long.")
     drain_timeout_s: int = Field(30, ge=1, description="On SIGTERM, wait this long for in-flight calls.")
     number_cap_calls: int = Field(

@@ -1,9 +1,9 @@
 -- Move up to ARGV[2] parked jobs of an active campaign back onto their queues, first in line first
--- (ledger_lib.lua is prepended). The arq job is recreated exactly as enqueue.lua writes it.
+-- (ledger_lib.lua is prepended). Like enqueue.lua it writes no arq job: the worker's claim does.
 -- KEYS[1] campaign hash  KEYS[2] its parked set
--- ARGV[1] key prefix  ARGV[2] how many  ARGV[3] job TTL ms  ARGV[4] ledger TTL ms
--- ARGV[5] arq job JSON head (see enqueue.lua)  ARGV[6..9] arq key prefixes: job, in-progress, retry, result
--- ARGV[10] "1": stop at the first job whose arq run is still finishing, so the order is kept (the caller
+-- ARGV[1] key prefix  ARGV[2] how many  ARGV[3] ledger TTL ms
+-- ARGV[4..7] arq key prefixes: job, in-progress, retry, result
+-- ARGV[8] "1": stop at the first job whose arq run is still finishing, so the order is kept (the caller
 -- waits a moment and calls again); "0": skip such jobs (a worker died holding one: arq reruns it anyway)
 -- Jobs get fresh scores from the campaign's pacing clock, in their parked order (a job deferred to a
 -- later time before the pause keeps that time), so a long pause does not make the whole backlog due at
@@ -21,14 +21,14 @@ local pace = tonumber(redis.call('HGET', KEYS[1], 'pace')) or 0
 if pace < 0.01 then
   pace = 0.01
 end
-local job_ttl, ledger_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ledger_ttl = tonumber(ARGV[3])
 local moved, busy, dropped = 0, 0, 0
 local clocks = {}
 for i = 1, #ids, 2 do
   local id, old = ids[i], tonumber(ids[i + 1])
-  if redis.call('EXISTS', ARGV[7] .. id) == 1 then
+  if redis.call('EXISTS', ARGV[5] .. id) == 1 then
     busy = busy + 1
-    if ARGV[10] == '1' then
+    if ARGV[8] == '1' then
       break
     end
   else
@@ -47,8 +47,8 @@ for i = 1, #ids, 2 do
         clocks[field] = score + pace
       end
       local delay = math.ceil(score - now)
-      redis.call('DEL', ARGV[8] .. id, ARGV[9] .. id)
-      redis.call('SET', ARGV[6] .. id, ARGV[5] .. ms(now) .. '}', 'PX', ms(job_ttl + delay))
+      -- A leftover arq job goes too: the claim writes a fresh one (as for a new job).
+      redis.call('DEL', ARGV[4] .. id, ARGV[6] .. id, ARGV[7] .. id)
       redis.call('ZADD', P .. 'queue:' .. h[2], string.format('%.3f', score), id)
       if h[3] and h[4] then
         -- The pause does not count against the job's retry time budget.

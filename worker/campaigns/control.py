@@ -41,7 +41,7 @@ from redis.commands.core import AsyncScript
 
 from worker.dispatch.keys import Keys, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from worker.dispatch.ledger import OUTCOMES, State, _hash, _str, lua_with_lib
-from worker.dispatch.producer import _ARQ_JOB_HEAD, _CAMPAIGN_RE
+from worker.dispatch.producer import _CAMPAIGN_RE
 from worker.errors import DialerError
 from worker.settings import Settings
 
@@ -191,7 +191,7 @@ class Campaigns:
         previous = await self._transition(name, "resume", allowed=("paused", "active"))
         keys = [self._keys.campaign(name), self._keys.campaign_parked(name)]
         args: list[str | int | bytes] = [
-            self._keys.prefix, _CHUNK, self._settings.job_ttl_s * 1000, self._ttl_ms, _ARQ_JOB_HEAD,
+            self._keys.prefix, _CHUNK, self._ttl_ms,
             job_key_prefix, in_progress_key_prefix, retry_key_prefix, result_key_prefix,
         ]
         limit = time.monotonic() + (wait_s if wait_s is not None else self._settings.job_timeout_s + 10)

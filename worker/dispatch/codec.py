@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from worker.dispatch.keys import DIAL_FUNCTION
+
 
 def dumps(data: dict[str, Any]) -> bytes:
     # default=str: arq stores exceptions as job results; keep their text rather than failing.
@@ -19,6 +21,18 @@ def loads(raw: bytes) -> dict[str, Any]:
     return data
 
 
+def _dial_job_head() -> bytes:
+    # Scripts append the enqueue time in ms and "}"; derived from dumps so the bytes are exactly what
+    # dumps gives for this job.
+    full = dumps({"t": 1, "f": DIAL_FUNCTION, "a": [], "k": {}, "et": 0})
+    assert full.endswith(b"0}")
+    return full[:-2]
+
+
+DIAL_JOB_HEAD = _dial_job_head()
+"""arq's JSON job for a dial, up to its enqueue time: ``{"t":1,"f":"dial","a":[],"k":{},"et":``. The
+worker's claim (``dispatch/claim.lua``) writes ``DIAL_JOB_HEAD + b"<ms>}"`` as ``arq:job:<id>``."""
+
 MALFORMED = "_malformed"
 _MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last instant datetime can hold
 
@@ -31,8 +45,6 @@ def loads_job(raw: bytes) -> dict[str, Any]:
     """Read an arq job; never raise. A payload that is not a JSON ``dial`` job (garbage, pickle, another
     function) still becomes a ``dial`` call carrying the reason, so the worker dead-letters it with that
     reason instead of arq dropping it silently. Nothing read here is ever executed."""
-    from worker.dispatch.keys import DIAL_FUNCTION
-
     try:
         data = loads(raw)
         if data.get("f") != DIAL_FUNCTION:

@@ -1,16 +1,20 @@
--- Enqueue dial jobs, each all or nothing: ledger record + arq job + queue entry, or nothing when the job
--- id is already known (idempotency). Server time (TIME) stamps everything. (ledger_lib.lua is prepended.)
+-- Enqueue dial jobs, each all or nothing: ledger record + queue entry, or nothing when the job id is
+-- already known (idempotency). Server time (TIME) stamps everything. (ledger_lib.lua is prepended.)
+-- No arq job (`arq:job:<id>`) is written: the worker's claim (claim.lua) materializes it when it starts
+-- the job, so a queued job costs its ledger hash and its queue entry only.
 -- One call takes a batch of jobs: the per-call cost of a script (and of packing its arguments) is paid
 -- once per batch, which is most of what enqueuing costs.
 --
--- ARGV[1] key prefix  ARGV[2] job TTL ms  ARGV[3] ledger TTL ms  ARGV[4] arq job key prefix
--- ARGV[5] arq job JSON up to the enqueue time: the script appends "<ms>}" (see producer._ARQ_JOB_HEAD)
--- then 2 values per job: its fields joined by \31 (ASCII unit separator, which none of them may hold):
--- id, priority, called, campaign or "", not_before ms or "", deadline ms or "", IANA time zone or "";
--- and its body (compact JSON). (Fewer, larger arguments: packing them is most of a producer's work.)
--- Returns two values per job: 1, "queued" when stored; 0, <existing state> for a duplicate.
--- Keys are built from the prefix (see keys.py): ledger `job:<id>`, arq job, `queue:<priority>`, and for
--- a campaign `campaign:<name>` with `:counts`, `:jobs`, `:parked`.
+-- ARGV[1] key prefix  ARGV[2] ledger TTL ms
+-- ARGV[3] the jobs, one record each, records separated by \30 (ASCII record separator); a record is its
+-- fields joined by \31 (unit separator): id, priority, called, campaign or "", not_before ms or "",
+-- deadline ms or "", IANA time zone or "", body (compact JSON). No field may hold \30 or \31 (JSON
+-- escapes control characters). (One argument per batch: packing arguments is most of a producer's work.)
+-- Returns {flags, states...}: flags has one character per job, "1" stored (state "queued"), "0" a
+-- duplicate; then the existing state of each duplicate, in order. (A compact reply: converting and
+-- parsing two reply values per job cost the producer more than storing the job.)
+-- Keys are built from the prefix (see keys.py): ledger `job:<id>`, `queue:<priority>`, and for a
+-- campaign `campaign:<name>` with `:counts`, `:jobs`, `:parked`.
 --
 -- A campaign created by `dialer campaign launch` (its hash exists) also gets, atomically with the job:
 -- its counters (queued + 1, total + 1), the job id appended to its job list, and a queue score from its
@@ -19,26 +23,16 @@
 -- holding every worker until it is done (see README, "Fairness"). A paused campaign's new job goes
 -- straight to its parked set.
 local P = ARGV[1]
-local job_ttl0, ledger_ttl0 = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ledger_ttl0 = tonumber(ARGV[2])
 local now = now_ms()
 local snow = ms(now)
 local campaigns = {}
-local out = {}
+local flags = {}
+local out = {false}
 -- Enqueue sequence numbers: jobs enqueued in the same millisecond share a queue score, and arq then
 -- starts them in job-id order; workers break such ties by this number, so a level stays FIFO.
 local seq0 = tonumber(redis.call('GET', P .. 'seq') or '0')
 local seq = seq0
-
-local function fields(text)
-  local t, pos = {}, 1
-  for k = 1, 6 do
-    local e = string.find(text, '\31', pos, true)
-    t[k] = string.sub(text, pos, e - 1)
-    pos = e + 1
-  end
-  t[7] = string.sub(text, pos)
-  return t
-end
 
 -- A campaign's bookkeeping is written once per batch (and before an error is returned, so the jobs
 -- stored before it are counted).
@@ -62,14 +56,13 @@ local function flush()
   end
 end
 
-for i = 6, #ARGV, 2 do
-  local a = fields(ARGV[i])
-  local id, prio, called, campaign, nb, dl, tz = a[1], a[2], a[3], a[4], a[5], a[6], a[7]
-  local body = ARGV[i + 1]
+local F = '([^\30\31]*)\31'
+local RECORD = F .. F .. F .. F .. F .. F .. F .. '([^\30]*)'
+for id, prio, called, campaign, nb, dl, tz, body in string.gmatch(ARGV[3], RECORD) do
   local jobkey = P .. 'job:' .. id
-  local state = redis.call('HGET', jobkey, 'state')
+  local state = redis.call('EXISTS', jobkey) == 1 and redis.call('HGET', jobkey, 'state')
   if state then
-    out[#out + 1] = 0
+    flags[#flags + 1] = '0'
     out[#out + 1] = state
   else
     local score = now
@@ -114,10 +107,8 @@ for i = 6, #ARGV, 2 do
     else
       score_text = ms(score)
     end
-    -- A deferred job must outlive its wait: both TTLs count from its run-at time.
-    local delay = math.ceil(score - now)
-    local job_ttl = job_ttl0 + delay
-    local ledger_ttl = math.max(ledger_ttl0 + delay, job_ttl)
+    -- A deferred job must outlive its wait: its TTL counts from its run-at time.
+    local ledger_ttl = ledger_ttl0 + math.ceil(score - now)
     -- Memory: `updated` (= created) and `attempts` (= 0) are left out until the first transition.
     seq = seq + 1
     local f = {'state', 'queued', 'prio', prio, 'called', called, 'body', body, 'created', snow, 'q', seq}
@@ -156,17 +147,16 @@ for i = 6, #ARGV, 2 do
     redis.call('HSET', jobkey, unpack(f))
     if not paused then
       redis.call('PEXPIRE', jobkey, ms(ledger_ttl))
-      redis.call('SET', ARGV[4] .. id, ARGV[5] .. snow .. '}', 'PX', ms(job_ttl))
     end
     if c then
       c.ids[#c.ids + 1] = id
     end
-    out[#out + 1] = 1
-    out[#out + 1] = 'queued'
+    flags[#flags + 1] = '1'
   end
 end
 flush()
 if seq > seq0 then
   redis.call('SET', P .. 'seq', seq)  -- written only when something was stored: a duplicate writes nothing
 end
+out[1] = table.concat(flags)
 return out

@@ -15,6 +15,17 @@ also on an exception or cancellation.
 Waiting costs Redis little: a local ``asyncio.Semaphore(max_in_flight)`` stops a process from asking for
 more slots than the cap, and of its waiters only one at a time polls Redis, with a backoff from 2 ms to
 50 ms that restarts whenever this process frees a slot.
+
+The dial path does not pay a round trip of its own for its lease: it holds the local part with
+:meth:`InFlight.hold`, and the job's ledger transitions take and give back the fleet-wide lease in the
+same script (``Ledger.begin_send`` takes it, ``mark_sent`` / ``mark_retry`` / ``mark_final`` give it
+back; the lease is named after the job). Only when the cap is reached does it wait here::
+
+    async with in_flight.hold(job_id, wait_s=30) as lease:    # local slot; no lease in Redis yet
+        gate = await ledger.begin_send(job_id, lease)         # "busy": await in_flight.acquire(lease)
+        ...
+        await ledger.mark_sent(job_id, serial, lease)         # lease given back by the script
+    # leaving the block removes the lease if a script did not (exception, cancellation)
 """
 
 from __future__ import annotations
@@ -26,15 +37,17 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker.dispatch.keys import Keys
+from worker.dispatch.pipelining import AutoPipeline
 from worker.settings import Settings
 
-__all__ = ["LEASE_GRACE_S", "InFlight"]
+__all__ = ["LEASE_GRACE_S", "InFlight", "Lease"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +56,22 @@ _SCRIPT = Path(__file__).with_name("inflight.lua").read_text(encoding="utf-8")
 LEASE_GRACE_S = 5.0
 """A lease outlives the longest possible request by this much before it counts as abandoned."""
 _POLL_S = (0.002, 0.05)
+
+
+@dataclass(slots=True)
+class Lease:
+    """One job's fleet-wide in-flight lease, as the ledger scripts take and give it back.
+
+    ``key`` is the sorted set, ``member`` the lease's name (the job id), ``cap`` and ``ttl_ms`` the
+    fleet's cap and the lease's life. ``held``: a lease may exist in Redis (set before asking for it,
+    cleared once a script gave it back), so leaving :meth:`InFlight.hold` knows whether to remove it.
+    """
+
+    key: str
+    member: str
+    cap: int
+    ttl_ms: int
+    held: bool = False
 
 
 class InFlight:
@@ -55,6 +84,7 @@ class InFlight:
         lease_s = settings.request_timeout_s + settings.connect_timeout_s + LEASE_GRACE_S
         self._ttl_ms = math.ceil(lease_s * 1000)
         self._script = redis.register_script(_SCRIPT)
+        self._pipe = AutoPipeline.of(redis)
         self._local = asyncio.Semaphore(settings.max_in_flight)
         self._poller = asyncio.Lock()
         self._freed = asyncio.Event()
@@ -73,12 +103,63 @@ class InFlight:
         now_ms = int(sec) * 1000 + int(usec) // 1000
         return int(await self._redis.zcount(self._key, f"({now_ms}", "+inf"))
 
+    def hold(self, member: str, wait_s: float | None = None) -> AbstractAsyncContextManager[Lease]:
+        """:meth:`enter` ... :meth:`leave` as an ``async with`` block."""
+        return self._hold(member, wait_s)
+
+    async def enter(self, member: str, wait_s: float | None = None) -> Lease:
+        """The local part of a slot, for the dial path: waits (at most ``wait_s``, else
+        ``TimeoutError``) until this process holds fewer than ``max_in_flight`` slots, and returns a
+        :class:`Lease` named ``member`` that is not taken yet: ``Ledger.begin_send`` takes it in Redis
+        (or :meth:`acquire`, when the cap was reached). Always pair with :meth:`leave`."""
+        if self._local.locked():
+            async with asyncio.timeout(wait_s):
+                await self._local.acquire()
+        else:
+            await self._local.acquire()  # free: returns at once, no timer needed
+        return self.lease(member)
+
+    async def leave(self, lease: Lease) -> None:
+        """Give back the local slot, and remove the lease if it may still exist (an exception or a
+        cancellation before a script gave it back)."""
+        try:
+            if lease.held:
+                await self._release(lease.member)
+                lease.held = False
+        finally:
+            self._local.release()
+            self._freed.set()
+
+    async def acquire(self, lease: Lease, wait_s: float | None = None) -> None:
+        """Take (or extend) ``lease`` in Redis, waiting while the fleet is at its cap; ``TimeoutError``
+        after ``wait_s``, the lease then removed."""
+        lease.held = True  # from here a lease may exist, even if the reply is lost
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._acquire(lease.member, remove_on_cancel=False)
+        except TimeoutError:
+            await self._release(lease.member)
+            lease.held = False
+            raise
+
+    def lease(self, member: str) -> Lease:
+        """A lease named ``member``, not taken (see :meth:`hold`)."""
+        return Lease(self._key, member, self._cap, self._ttl_ms)
+
+    @asynccontextmanager
+    async def _hold(self, member: str, wait_s: float | None) -> AsyncIterator[Lease]:
+        lease = await self.enter(member, wait_s)
+        try:
+            yield lease
+        finally:
+            await self.leave(lease)
+
     @asynccontextmanager
     async def _slot(self, wait_s: float | None) -> AsyncIterator[None]:
         async with asyncio.timeout(wait_s):
             await self._local.acquire()
             try:
-                lease = await self._acquire()
+                lease = await self._acquire(uuid.uuid4().hex)
             except BaseException:
                 self._local.release()
                 raise
@@ -90,17 +171,17 @@ class InFlight:
             finally:
                 self._local.release()
 
-    async def _acquire(self) -> str:
-        lease = uuid.uuid4().hex
+    async def _acquire(self, lease: str, *, remove_on_cancel: bool = True) -> str:
         async with self._poller:
             pause = _POLL_S[0]
             while True:
                 self._freed.clear()  # before asking: a release during the call must not be missed
                 try:
-                    taken = await self._script(keys=[self._key], args=[lease, self._cap, self._ttl_ms])
+                    taken = await self._pipe.eval(self._script, [self._key], [lease, self._cap, self._ttl_ms])
                 except asyncio.CancelledError:
                     # The script may have run before the reply was lost: drop the lease if it exists.
-                    self._spawn_removal(lease)
+                    if remove_on_cancel:
+                        self._spawn_removal(lease)
                     raise
                 if taken:
                     return lease
@@ -123,7 +204,7 @@ class InFlight:
 
     async def _remove(self, lease: str) -> None:
         try:
-            await self._redis.zrem(self._key, lease)
+            await self._pipe.execute("ZREM", self._key, lease)
         except (RedisError, OSError) as exc:
             log.warning("in-flight lease not released (%s); it expires by itself", type(exc).__name__)
         finally:

@@ -12,6 +12,20 @@ Delivery semantics (see README, "What happens when things go wrong"):
   when short, deferred on the queue when long; when attempts, total time or the deadline run out the
   job is dead-lettered with the last error.
 
+Timing (what keeps the rate limit and arq's job timeout honest):
+
+* order of one attempt: rate permit, this process's in-flight slot, ``begin_send`` (which also takes
+  the fleet-wide in-flight lease), the request; the transition that records the outcome gives the
+  lease back. Only ``begin_send`` lies between the permit and the request;
+* a request never leaves later than its permit's tolerance after its slot (``Permit.late``): a permit
+  made late (a token wait, a slow ``begin_send``, a stalled loop) is dropped and a new slot booked;
+* every wait before a request (permit, in-flight slot, the token before the first request, the permit
+  and lease of the re-send after a 401) ends with the run's time budget: the job goes back on its
+  queue (``Defer``), ``sending`` put back to ``queued`` if no request left. The token wait between a
+  401 and its re-send happens inside the provider client, where it cannot be told from the request:
+  the token manager bounds it, and ``queues._dial`` ends any run 2 s before arq's job timeout. A run
+  cancelled while its request may be out ends ``unknown``.
+
 Campaign jobs (see :mod:`worker.campaigns`) also pass, at claim and again right before the request
 leaves: the campaign's status (paused: parked; cancelled: ``cancelled``), the do-not-call list
 (``suppressed``), the per-number cap (deferred until the number may be called, or ``suppressed`` when
@@ -31,9 +45,9 @@ from datetime import UTC, datetime
 
 from worker import metrics
 from worker.campaigns.windows import Window, WindowError, cached_window
-from worker.dispatch.inflight import InFlight
+from worker.dispatch.inflight import InFlight, Lease
 from worker.dispatch.ledger import Claim, JobRecord, Ledger, State
-from worker.dispatch.ratelimit import Limit, RateLimiter
+from worker.dispatch.ratelimit import Limit, Permit, RateLimiter
 from worker.errors import (
     AmbiguousError,
     AuthError,
@@ -52,6 +66,9 @@ log = logging.getLogger(__name__)
 # Leave this much of a run's time budget for the request itself and the ledger writes after it, so a
 # run never overruns the engine's job timeout (which would lose track of a call in flight).
 _RUN_SLACK_S = 5.0
+END_BEFORE_JOB_TIMEOUT_S = 2.0
+"""The queue engine's seam ends every run this long before its job timeout, whatever the run waits for,
+and puts the job back on its queue (``queues._dial``); the waits of :class:`Dispatcher` end earlier."""
 
 
 class Defer(Exception):
@@ -83,6 +100,33 @@ class _Capped(Exception):
 
 class _WindowClosed(Exception):
     """The calling window closed (or the deadline passed) while the job waited for its permit."""
+
+
+class _OutOfTime(Exception):
+    """The re-send after a 401/403 could not get its permit or lease within the run's time budget."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class _Unsent(Exception):
+    """The job is ``sending`` but its request cannot leave in time (no fresh permit within the budget)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class _Attempt:
+    """What one provider attempt has done so far, for a cancellation to know what to record."""
+
+    __slots__ = ("begun", "out", "sends")
+
+    def __init__(self) -> None:
+        self.sends = 0  # requests the client asked to send (a second one after a 401)
+        self.begun = False  # begin_send was called: the ledger may say `sending`
+        self.out = False  # a request may be on its way or awaiting its answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +175,8 @@ class Dispatcher:
         self.client = client
         self.clock = clock
         self.stats = stats
+        self.late_permits = 0
+        """Rate permits not used because the request would have left too late after its slot."""
 
     async def dial(self, job_id: str, order: float = 0.0) -> Outcome:
         """Run one job; the outcome (or the :class:`Defer`) carries its priority and campaign.
@@ -196,117 +242,216 @@ class Dispatcher:
                 return Outcome(State.EXPIRED, attempts)
             if plan.window is not None and not plan.window.is_open(_utc(now)):
                 return await self._outside_window(record, plan, now)
+            permit = await self._permit(record, plan, run_deadline, order)
             try:
-                waited = await asyncio.wait_for(
-                    self.limiter.acquire(record.priority, plan.extra, order),
-                    timeout=max(run_deadline - now, 0.001),
-                )
-                metrics.observe_rate_wait(record.priority, waited)
+                lease = await self.in_flight.enter(job_id, wait_s=max(run_deadline - self.clock(), 0.001))
             except TimeoutError:
-                # Saturated: give the worker slot back and queue again rather than overrun the job timeout.
-                raise Defer(0.0, "waited too long for a rate permit") from None
+                # This process already has max_in_flight requests out and the provider is slow: queue
+                # again rather than overrun the job timeout.
+                raise Defer(0.0, "waited too long for an in-flight slot") from None
             try:
-                accepted = await self._send_once(record, request, plan, run_deadline)
-            except _WindowClosed:
-                # The permit came after the window closed or the deadline passed: the loop decides.
-                continue
-            except _Parked:
-                return Outcome("parked", attempts, "campaign paused")
-            except _Capped as capped:
-                return await self._capped(record, capped.wait_ms)
-            except _NotSent:
-                current = await self.ledger.get(job_id)
-                state = current.state if current else "missing"
-                return Outcome("skipped", attempts, f"state changed to {state} before sending")
-            except asyncio.CancelledError:
-                await asyncio.shield(self._cancelled_mid_request(job_id))
-                raise
-            except Defer:
-                raise
-            except ProviderError as exc:
-                attempts += 1
-                await self._count(ok=False, kind=metrics.error_kind(exc))
-                outcome = await self._failed(job_id, exc, attempts, first_try_s, record.deadline_ms)
-                if outcome is not None:
-                    return outcome
-                metrics.observe_outcome("retried", record.priority, record.campaign)
-                delay = backoff_delay(attempts, self.settings)
-                if delay > self.settings.retry_inprocess_max_s or self.clock() + delay > run_deadline:
-                    raise Defer(delay, exc.describe()) from None
+                step = await self._attempt(
+                    record, request, plan, run_deadline, lease, attempts, first_try_s, permit, order
+                )
+            finally:
+                await self.in_flight.leave(lease)
+            if isinstance(step, Outcome):
+                return step
+            attempts, delay = step
+            if delay > 0:
                 await asyncio.sleep(delay)
-                continue
-            except Exception as exc:
-                # A bug or an unexpected library error: never leave a job silently in `sending`.
-                log.exception("job %s: unexpected error", job_id)
-                await self.ledger.mark_final(job_id, State.UNKNOWN, f"unexpected error: {type(exc).__name__}")
-                return Outcome(State.UNKNOWN, attempts + 1, type(exc).__name__)
-            attempts += accepted.attempts
-            await self.ledger.mark_sent(job_id, accepted.call_serial_no)
-            await self._count(ok=True)
-            return Outcome(State.SENT, attempts, accepted.call_serial_no)
+
+    async def _attempt(
+        self,
+        record: JobRecord,
+        request: CallRequest,
+        plan: _Plan,
+        run_deadline: float,
+        lease: Lease,
+        attempts: int,
+        first_try_s: float,
+        permit: Permit,
+        order: float,
+    ) -> Outcome | tuple[int, float]:
+        """One provider attempt and its ledger record: the final outcome, or (attempts so far, backoff
+        to sleep) to go round again. The in-flight lease is taken by ``begin_send`` and given back by
+        the script that records the outcome."""
+        job_id = record.job_id
+        attempt = _Attempt()
+        try:
+            accepted = await self._send_once(record, request, plan, run_deadline, lease, permit, order, attempt)
+        except _WindowClosed:
+            # The permit came after the window closed or the deadline passed: the loop decides.
+            return attempts, 0.0
+        except _Parked:
+            return Outcome("parked", attempts, "campaign paused")
+        except _Capped as capped:
+            return await self._capped(record, capped.wait_ms)
+        except _NotSent:
+            current = await self.ledger.get(job_id)
+            state = current.state if current else "missing"
+            return Outcome("skipped", attempts, f"state changed to {state} before sending")
+        except _OutOfTime as late:
+            # Refused with a 401 and no time left for the re-send: nothing was created.
+            await self.ledger.mark_retry(job_id, late.reason, lease)
+            raise Defer(0.0, late.reason) from None
+        except _Unsent as unsent:
+            # `sending`, but the request never left: back to queued, the attempt not counted.
+            await self.ledger.mark_unsent(job_id, lease)
+            raise Defer(0.0, unsent.reason) from None
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cancelled(job_id, lease, attempt))
+            raise
+        except Defer:
+            raise
+        except ProviderError as exc:
+            attempts += 1
+            await self._count(ok=False, kind=metrics.error_kind(exc))
+            outcome = await self._failed(job_id, exc, attempts, first_try_s, record.deadline_ms, lease)
+            if outcome is not None:
+                return outcome
+            metrics.observe_outcome("retried", record.priority, record.campaign)
+            delay = backoff_delay(attempts, self.settings)
+            if delay > self.settings.retry_inprocess_max_s or self.clock() + delay > run_deadline:
+                raise Defer(delay, exc.describe()) from None
+            return attempts, delay
+        except Exception as exc:
+            # A bug or an unexpected library error: never leave a job silently in `sending`.
+            log.exception("job %s: unexpected error", job_id)
+            await self.ledger.mark_final(job_id, State.UNKNOWN, f"unexpected error: {type(exc).__name__}", lease)
+            return Outcome(State.UNKNOWN, attempts + 1, type(exc).__name__)
+        attempts += accepted.attempts
+        await self.ledger.mark_sent(job_id, accepted.call_serial_no, lease)
+        await self._count(ok=True)
+        return Outcome(State.SENT, attempts, accepted.call_serial_no)
+
+    async def _permit(
+        self, record: JobRecord, plan: _Plan, run_deadline: float, order: float = 0.0, *, unsent: bool = False
+    ) -> Permit:
+        """A rate permit within the run's time budget; past it, the job is deferred (:class:`Defer`, or
+        :class:`_Unsent` when ``unsent``: the ledger says ``sending`` and must be put back first)."""
+        try:
+            permit = await self.limiter.permit(
+                record.priority, plan.extra, order, wait_s=max(run_deadline - self.clock(), 0.001)
+            )
+        except TimeoutError:
+            # Saturated: give the worker slot back and queue again rather than overrun the job timeout.
+            if unsent:
+                raise _Unsent("waited too long for a rate permit") from None
+            raise Defer(0.0, "waited too long for a rate permit") from None
+        metrics.observe_rate_wait(record.priority, permit.waited)
+        return permit
 
     async def _send_once(
-        self, record: JobRecord, request: CallRequest, plan: _Plan, run_deadline: float
+        self,
+        record: JobRecord,
+        request: CallRequest,
+        plan: _Plan,
+        run_deadline: float,
+        lease: Lease,
+        permit: Permit,
+        order: float,
+        attempt: _Attempt,
     ) -> Accepted:
         job_id = record.job_id
-        sends = 0
+        loop = asyncio.get_running_loop()
+        # Every wait before the first request (the client's token wait included) ends with the run's
+        # budget; the request itself, once it leaves, is never cut by it.
+        waits = asyncio.timeout_at(loop.time() + max(run_deadline - self.clock(), 0.001))
 
         async def before_send() -> None:
-            nonlocal sends
-            sends += 1
-            if sends > 1:
-                # The client's one retry after a 401 is a provider attempt too: it takes its own permit.
-                await self.limiter.acquire(record.priority, plan.extra)
+            nonlocal permit
+            attempt.sends += 1
+            if attempt.sends > 1:
+                # The client's one retry after a 401 is a provider attempt too: it takes its own permit,
+                # and extends the lease, within the run's time budget.
+                attempt.out = False  # the first request was answered (401/403)
+                try:
+                    async with asyncio.timeout(max(run_deadline - self.clock(), 0.001)):
+                        await self.in_flight.acquire(lease)
+                        permit = await self.limiter.permit(record.priority, plan.extra, order)
+                        while permit.late():
+                            self.late_permits += 1
+                            permit = await self.limiter.permit(record.priority, plan.extra, order)
+                except TimeoutError:
+                    raise _OutOfTime("HTTP 401/403; no time left in this run to re-send") from None
+                attempt.out = True
                 return
-            # The last look before the request leaves: a job that waited for its permit across the
-            # window's closing or its deadline is not sent.
-            now = self.clock()
-            if (plan.window is not None and not plan.window.is_open(_utc(now))) or (
-                record.deadline_ms is not None and now * 1000 >= record.deadline_ms
-            ):
-                raise _WindowClosed
-            gate = await self.ledger.begin_send(job_id)
-            if gate.ok:
-                return
-            if gate.reason == "parked":
-                raise _Parked
-            if gate.reason == "cap":
-                raise _Capped(gate.retry_after_ms or 0)
-            if gate.reason == "state":
-                # The script may have run once already if the connection dropped and redis-py retried
-                # it; arq runs a job in one place at a time, so `sending` now can only be our own write.
-                current = await self.ledger.get(job_id)
-                if current is not None and current.state == State.SENDING:
-                    return
-            raise _NotSent
+            while True:
+                # The last look before the request leaves: a job that waited for its permit across the
+                # window's closing or its deadline is not sent.
+                now = self.clock()
+                if (plan.window is not None and not plan.window.is_open(_utc(now))) or (
+                    record.deadline_ms is not None and now * 1000 >= record.deadline_ms
+                ):
+                    raise _WindowClosed
+                if permit.late():
+                    # A request this late after its slot could crowd a 1-s window past the limit: book
+                    # a new slot (this one is lost), while the job is still `queued`.
+                    self.late_permits += 1
+                    permit = await self._permit(record, plan, run_deadline, order)
+                    continue
+                # A paced request goes straight after this write: it does not queue behind other calls.
+                attempt.begun = True
+                gate = await self.ledger.begin_send(job_id, lease, now=permit.slot is not None)
+                if gate.reason != "busy":
+                    break
+                # The fleet is at its in-flight cap: wait for a lease (nothing was changed), then pass.
+                try:
+                    await self.in_flight.acquire(lease, wait_s=max(run_deadline - self.clock(), 0.001))
+                except TimeoutError:
+                    raise Defer(0.0, "waited too long for an in-flight slot") from None
+            if not gate.ok:
+                if gate.reason == "parked":
+                    raise _Parked
+                if gate.reason == "cap":
+                    raise _Capped(gate.retry_after_ms or 0)
+                # "state": the script may have run once already if the connection dropped and redis-py
+                # retried it; arq runs a job in one place at a time, so `sending` now can only be our own
+                # write.
+                current = await self.ledger.get(job_id) if gate.reason == "state" else None
+                if current is None or current.state != State.SENDING:
+                    raise _NotSent
+            while permit.late():
+                # begin_send itself (or the loop) made the request late: same rule, now `sending`.
+                self.late_permits += 1
+                permit = await self._permit(record, plan, run_deadline, order, unsent=True)
+            waits.reschedule(None)
+            attempt.out = True
 
-        entered = False
         try:
-            async with self.in_flight.slot(wait_s=max(run_deadline - self.clock(), 0.001)):
-                entered = True
+            async with waits:
                 with metrics.track_in_flight():
                     return await self.client.create_voice_notification(request, before_send=before_send)
         except TimeoutError:
-            if entered:
+            if not waits.expired():
                 raise
-            # The provider is slower than the fleet's in-flight cap allows: queue again rather than
-            # overrun the job timeout (arq would drop the run, and a request cut off becomes unknown).
-            raise Defer(0.0, "waited too long for an in-flight slot") from None
+            # The budget ran out while waiting (for the token, most likely): no request left.
+            if attempt.begun:
+                raise _Unsent("no time left in this run before the request could leave") from None
+            raise Defer(0.0, "no time left in this run before the request could leave") from None
 
     async def _count(self, *, ok: bool, kind: str | None = None) -> None:
         if self.stats is not None:
             await self.stats.record(ok=ok, kind=kind)
 
     async def _failed(
-        self, job_id: str, exc: ProviderError, attempts: int, first_try_s: float, deadline_ms: int | None
+        self,
+        job_id: str,
+        exc: ProviderError,
+        attempts: int,
+        first_try_s: float,
+        deadline_ms: int | None,
+        lease: Lease | None = None,
     ) -> Outcome | None:
-        """Record a failed attempt; return the final outcome, or None when the job should be retried."""
+        """Record a failed attempt (giving back ``lease``); return the final outcome, or None when the
+        job should be retried."""
         reason = exc.describe()
         if isinstance(exc, AmbiguousError) and not self.settings.redial_ambiguous:
-            await self.ledger.mark_final(job_id, State.UNKNOWN, reason)
+            await self.ledger.mark_final(job_id, State.UNKNOWN, reason, lease)
             return Outcome(State.UNKNOWN, attempts, reason)
         if isinstance(exc, PermanentError):
-            await self.ledger.mark_final(job_id, State.FAILED, reason)
+            await self.ledger.mark_final(job_id, State.FAILED, reason, lease)
             return Outcome(State.FAILED, attempts, reason)
         # Retryable, auth (credentials may be fixed by an operator; requeue from dead letters) and,
         # with DIALER_REDIAL_AMBIGUOUS, ambiguous outcomes.
@@ -318,9 +463,9 @@ class Dispatcher:
             or (deadline_ms is not None and now * 1000 >= deadline_ms)
         )
         if exhausted:
-            await self.ledger.dead_letter(job_id, f"gave up after {attempts} attempts: {reason}")
+            await self.ledger.dead_letter(job_id, f"gave up after {attempts} attempts: {reason}", lease)
             return Outcome(State.DEAD, attempts, reason)
-        await self.ledger.mark_retry(job_id, reason)
+        await self.ledger.mark_retry(job_id, reason, lease)
         return None
 
     async def _outside_window(self, record: JobRecord, plan: _Plan, now: float) -> Outcome:
@@ -354,11 +499,23 @@ class Dispatcher:
             return Outcome("skipped", record.attempts, "no longer queued")
         raise Defer(wait_ms / 1000, f"{cap} reached")
 
-    async def _cancelled_mid_request(self, job_id: str) -> None:
+    async def _cancelled(self, job_id: str, lease: Lease, attempt: _Attempt) -> None:
+        """The run was cancelled (shutdown past the drain time, the end of its time budget)."""
+        if attempt.out:
+            await self._cancelled_mid_request(job_id, lease)
+        elif attempt.begun:
+            # `sending` perhaps, but no request on its way: back to the queue. (After a 401 answer the
+            # attempt was made and stays counted.)
+            if attempt.sends > 1:
+                await self.ledger.mark_retry(job_id, "cancelled before the re-send after HTTP 401/403", lease)
+            else:
+                await self.ledger.mark_unsent(job_id, lease)
+
+    async def _cancelled_mid_request(self, job_id: str, lease: Lease | None = None) -> None:
         """A run cancelled (shutdown past the drain time, timeout) may have left a request in flight."""
         record = await self.ledger.get(job_id)
         if record is not None and record.state == State.SENDING:
-            await self.ledger.mark_final(job_id, State.UNKNOWN, "cancelled mid-request")
+            await self.ledger.mark_final(job_id, State.UNKNOWN, "cancelled mid-request", lease)
 
 
 def _utc(ts: float) -> datetime:

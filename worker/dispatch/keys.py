@@ -44,6 +44,8 @@ class Keys:
         return f"{self.prefix}job:{job_id}"
 
     def arq_job(self, job_id: str) -> str:
+        """arq's job of one job id (a string, arq's JSON job). Not written at enqueue: the worker's claim
+        (``dispatch/claim.lua``) writes it when it starts the job, and arq deletes it when the run ends."""
         return job_key_prefix + job_id
 
     def serial(self, call_serial_no: str) -> str:

@@ -28,6 +28,11 @@ with the Redis server's clock and refreshes the record's TTL (``settings.ledger_
        +-- claim() finds "sending" left by a dead worker: unknown, or queued if redial_ambiguous
     queued -> cancelled | suppressed (campaign checks at claim and again right before sending)
 
+The hot transitions (``claim_run``, ``begin_send``, ``mark_*``) go through the Redis client's
+:class:`~worker.dispatch.pipelining.AutoPipeline`: those of a worker's concurrent jobs share round trips.
+``begin_send`` can also take the job's fleet-wide in-flight lease, and ``mark_sent`` / ``mark_retry`` /
+``mark_final`` / ``dead_letter`` give it back, in the same script (``lease=``; see ``inflight.py``).
+
 Campaign jobs (``cm``) are also counted per state in ``Keys.campaign_counts``: every script that moves a
 job moves its count in the same atomic step (``ledger_lib.lua``), so a campaign's status is exact and O(1).
 
@@ -54,7 +59,9 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from worker.dispatch.inflight import Lease
 from worker.dispatch.keys import Keys
+from worker.dispatch.pipelining import AutoPipeline
 from worker.models import CallRequest, parse_request
 from worker.settings import Settings
 
@@ -118,6 +125,12 @@ def _hash(raw: dict[Any, Any] | list[Any]) -> dict[str, str]:
 
 def _int_or_none(v: str | None) -> int | None:
     return None if v is None or v == "" else int(v)
+
+
+def _released(lease: Lease | None) -> None:
+    """The script just run gave the lease back."""
+    if lease is not None:
+        lease.held = False
 
 
 def _iso(ms: int | None) -> str | None:
@@ -245,8 +258,9 @@ class Claim:
 @dataclass(frozen=True)
 class SendGate:
     """Answer of :meth:`Ledger.begin_send`. ``ok``: the job is now ``sending`` (attempt ``attempts``);
-    else ``reason``: ``"state"`` (no longer queued), ``"parked"``, ``"cancelled"``, ``"suppressed"`` or
-    ``"cap"`` (then ``retry_after_ms``)."""
+    else ``reason``: ``"state"`` (no longer queued), ``"busy"`` (the fleet's in-flight cap is reached;
+    nothing changed), ``"parked"``, ``"cancelled"``, ``"suppressed"`` or ``"cap"`` (then
+    ``retry_after_ms``)."""
 
     ok: bool
     attempts: int = 0
@@ -267,6 +281,7 @@ class Ledger:
         self._ttl_ms = settings.ledger_ttl_s * 1000
         self._redial = "1" if settings.redial_ambiguous else "0"
         self._prefix = settings.key_prefix
+        self._pipe = AutoPipeline.of(redis)
         self._cap = (str(settings.number_cap_calls), str(round(settings.number_cap_days * 86_400_000)))
         self._claim: AsyncScript = redis.register_script(_lua_lib("ledger_claim.lua"))
         self._sending: AsyncScript = redis.register_script(_lua_lib("ledger_sending.lua"))
@@ -307,9 +322,10 @@ class Ledger:
         the do-not-call list -> ``suppressed`` (``"final"``); per-number cap reached -> ``"cap"`` with
         ``retry_after_ms``. Otherwise ``"run"`` with the campaign's settings in ``Claim.campaign``.
         """
-        res = await self._claim(
-            keys=[self._keys.job(job_id)],
-            args=[self._ttl_ms, self._redial, STALE_ERROR, self._prefix, job_id, *self._cap],
+        res = await self._pipe.eval(
+            self._claim,
+            [self._keys.job(job_id)],
+            [self._ttl_ms, self._redial, STALE_ERROR, self._prefix, job_id, *self._cap],
         )
         verdict: ClaimVerdict = _str(res[0])  # type: ignore[assignment]
         if verdict == "missing":
@@ -330,56 +346,87 @@ class Ledger:
         """
         return (await self.begin_send(job_id)).ok
 
-    async def begin_send(self, job_id: str) -> SendGate:
+    async def begin_send(self, job_id: str, lease: Lease | None = None, *, now: bool = False) -> SendGate:
         """The last gate before a request leaves: queued -> sending and attempts += 1, unless the job's
         campaign was paused (the job is parked) or cancelled, its number was suppressed, or the
-        per-number cap is reached (the call is booked against the cap when it passes)."""
-        res = await self._sending(
-            keys=[self._keys.job(job_id)], args=[self._ttl_ms, self._prefix, job_id, *self._cap]
-        )
+        per-number cap is reached (the call is booked against the cap when it passes).
+
+        With ``lease`` (not held yet) the same script takes the job's in-flight lease, or answers
+        ``"busy"`` without changing anything when the fleet's cap is reached. ``lease.held`` is left
+        True whenever the lease may exist (also if this call fails), so that it is given back.
+        ``now``: do not wait for other calls' round trip (see ``AutoPipeline.eval``): the request is paced."""
+        keys = [self._keys.job(job_id)]
+        args: list[str | int] = [self._ttl_ms, self._prefix, job_id, *self._cap]
+        if lease is not None and not lease.held:
+            keys.append(lease.key)
+            args += [lease.member, lease.cap, lease.ttl_ms]
+            lease.held = True
+        res = await self._pipe.eval(self._sending, keys, args, now=now)
         n = int(res[0])
         if n > 0:
             return SendGate(True, n)
         reason = _str(res[1])
+        if len(keys) > 1 and reason != "state":
+            # Refused before the lease was taken. ("state": a first run of this script, retried by
+            # redis-py after a dropped connection, may have taken it.)
+            assert lease is not None
+            lease.held = False
         retry_after = int(_str(res[2])) if len(res) > 2 else None
         return SendGate(False, 0, reason, retry_after)
 
-    async def mark_sent(self, job_id: str, call_serial_no: str) -> None:
+    async def mark_sent(self, job_id: str, call_serial_no: str, lease: Lease | None = None) -> None:
         """Record the created call: state ``sent``, ``serial``, ``sent`` time, and the serial index.
 
         Applies whatever the state was, because the call exists: a job cancelled or marked unknown while
         its request was in flight becomes ``sent`` (logged). A job already sent keeps its first serial.
+        A held ``lease`` is given back in the same script.
         """
-        prev = _str(
-            await self._sent(
-                keys=[self._keys.job(job_id), self._keys.serial(call_serial_no)],
-                args=[call_serial_no, self._ttl_ms, job_id, self._prefix],
-            )
-        )
+        keys = [self._keys.job(job_id), self._keys.serial(call_serial_no)]
+        args: list[str | int] = [call_serial_no, self._ttl_ms, job_id, self._prefix]
+        self._add_release(keys, args, lease)
+        prev = _str(await self._pipe.eval(self._sent, keys, args))
+        _released(lease)
         if prev != State.SENDING:
             logger.warning("job %s: mark_sent(%s) while %s", job_id, call_serial_no, prev)
 
-    async def mark_retry(self, job_id: str, error: str) -> bool:
-        """sending -> queued with ``error`` (attempts kept). False (nothing written) if the job is final."""
-        prev = _str(await self._retry(keys=[self._keys.job(job_id)], args=[error, self._ttl_ms, self._prefix]))
-        return self._applied(job_id, "mark_retry", prev)
+    async def mark_retry(self, job_id: str, error: str, lease: Lease | None = None) -> bool:
+        """sending -> queued with ``error`` (attempts kept). False (nothing written) if the job is final.
+        A held ``lease`` is given back in the same script (in any case)."""
+        return await self._requeue(job_id, error, lease, sent=True)
 
-    async def mark_final(self, job_id: str, state: State, error: str | None = None) -> bool:
+    async def mark_unsent(self, job_id: str, lease: Lease | None = None) -> bool:
+        """sending -> queued, the attempt ``begin_send`` counted taken back and the last error kept: the
+        request did not leave after all (no rate permit in time). Otherwise as :meth:`mark_retry`."""
+        return await self._requeue(job_id, "", lease, sent=False)
+
+    async def _requeue(self, job_id: str, error: str, lease: Lease | None, *, sent: bool) -> bool:
+        keys = [self._keys.job(job_id)]
+        args: list[str | int] = [error, self._ttl_ms, self._prefix, "0" if sent else "1"]
+        self._add_release(keys, args, lease)
+        prev = _str(await self._pipe.eval(self._retry, keys, args))
+        _released(lease)
+        return self._applied(job_id, "mark_retry" if sent else "mark_unsent", prev)
+
+    async def mark_final(
+        self, job_id: str, state: State, error: str | None = None, lease: Lease | None = None
+    ) -> bool:
         """queued/sending -> ``state`` (failed, unknown, expired, suppressed or cancelled).
 
         ``error`` None keeps the last error. The first final state wins: returns False (nothing written)
-        if the job was already final, so ``sent`` is never overwritten.
+        if the job was already final, so ``sent`` is never overwritten. A held ``lease`` is given back in
+        the same script (in any case).
         """
         if state not in _MARK_FINAL_STATES:
             raise ValueError(f"mark_final: state must be one of {sorted(_MARK_FINAL_STATES)}, not {state!r}")
-        return await self._finish(job_id, state, error or "")
+        return await self._finish(job_id, state, error or "", lease)
 
-    async def dead_letter(self, job_id: str, error: str) -> bool:
+    async def dead_letter(self, job_id: str, error: str, lease: Lease | None = None) -> bool:
         """queued/sending -> ``dead`` with ``error``, listed in the dead-letter set (``Keys.dead``).
 
-        The set is trimmed of members older than the ledger TTL, since their records are gone.
+        The set is trimmed of members older than the ledger TTL, since their records are gone. A held
+        ``lease`` is given back in the same script (in any case).
         """
-        return await self._finish(job_id, State.DEAD, error)
+        return await self._finish(job_id, State.DEAD, error, lease)
 
     async def reject(self, job_id: str, reason: str) -> None:
         """Dead-letter a job that cannot run as stored, creating a minimal record if it has none.
@@ -387,8 +434,8 @@ class Ledger:
         Used for garbage payloads, jobs written without a ledger record, and corrupt records; a job
         already ``sent`` is left alone.
         """
-        await self._reject(
-            keys=[self._keys.job(job_id), self._keys.dead], args=[reason, self._ttl_ms, job_id, self._prefix]
+        await self._pipe.eval(
+            self._reject, [self._keys.job(job_id), self._keys.dead], [reason, self._ttl_ms, job_id, self._prefix]
         )
 
     async def states(self, job_ids: Sequence[str]) -> list[State | None]:
@@ -447,9 +494,10 @@ class Ledger:
         ``until_ms`` among the campaign's jobs deferred to the same window opening, ``pace_ms`` apart.
         Returns the time to run at (ms, caller's clock), or None if the job is no longer queued.
         """
-        res = await self._postpone(
-            keys=[self._keys.job(job_id)],
-            args=[self._ttl_ms, self._prefix, now_ms, until_ms, f"{pace_ms:.3f}", slot],
+        res = await self._pipe.eval(
+            self._postpone,
+            [self._keys.job(job_id)],
+            [self._ttl_ms, self._prefix, now_ms, until_ms, f"{pace_ms:.3f}", slot],
         )
         if int(res[0]) != 1:
             return None
@@ -471,15 +519,21 @@ class Ledger:
         v = await self._redis.get(self._keys.serial(call_serial_no))
         return None if v is None else _str(v)
 
-    async def _finish(self, job_id: str, state: State, error: str) -> bool:
-        prev = _str(
-            await self._final(
-                keys=[self._keys.job(job_id), self._keys.dead],
-                args=[str(state), error, self._ttl_ms, job_id, self._prefix],
-            )
-        )
+    async def _finish(self, job_id: str, state: State, error: str, lease: Lease | None = None) -> bool:
+        keys = [self._keys.job(job_id), self._keys.dead]
+        args: list[str | int] = [str(state), error, self._ttl_ms, job_id, self._prefix]
+        self._add_release(keys, args, lease)
+        prev = _str(await self._pipe.eval(self._final, keys, args))
+        _released(lease)
         also_ok = (State.DEAD,) if state == State.DEAD else ()
         return self._applied(job_id, f"-> {state}", prev, also_ok)
+
+    @staticmethod
+    def _add_release(keys: list[str], args: list[Any], lease: Lease | None) -> None:
+        # The scripts that end an attempt take the in-flight set as their last key, the lease last.
+        if lease is not None and lease.held:
+            keys.append(lease.key)
+            args.append(lease.member)
 
     @staticmethod
     def _applied(job_id: str, what: str, prev: str, also_ok: tuple[str, ...] = ()) -> bool:

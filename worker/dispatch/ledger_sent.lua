@@ -1,10 +1,14 @@
 -- A call was created (ledger_lib.lua is prepended).
 -- KEYS[1] ledger hash  KEYS[2] serial index key (callSerialNo -> job id)
+-- KEYS[3] (optional) in-flight sorted set: the lease ARGV[5] is given back (whatever the state)
 -- ARGV[1] callSerialNo  ARGV[2] ledger TTL ms  ARGV[3] job id  ARGV[4] key prefix
 -- The provider's answer is a fact whatever the ledger says meanwhile (e.g. cancelled while the request
 -- was in flight), so any state becomes "sent". A job already sent keeps its first serial; a second
 -- serial (two calls for one job) is still indexed so its callback finds the job.
 -- Returns the previous state, or "missing" (nothing written).
+if KEYS[3] then
+  redis.call('ZREM', KEYS[3], ARGV[5])
+end
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm')
 local state = h[1]
 if not state then

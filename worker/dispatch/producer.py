@@ -1,4 +1,4 @@
-"""Enqueue calls: validate, pick the job id, then write ledger record + arq job + queue entry at once.
+"""Enqueue calls: validate, pick the job id, then write the ledger record and the queue entry at once.
 
 ::
 
@@ -9,67 +9,86 @@
 
 Nothing is written for input that fails validation (:class:`~worker.errors.InvalidRequest` names each
 field and rule). The job id is the idempotency key: an explicit ``job_id``, else ``"<campaign>:<called>"``,
-else a random uuid4 hex. One Lua script (``enqueue.lua``) stores each item all-or-nothing, a batch of
-items per script call.
+else a new random id (16 characters of ``a-z 2-7``, 80 random bits: see :func:`new_job_ids`). One Lua
+script (``enqueue.lua``) stores each item all-or-nothing, a batch of items per script call.
 
 ``campaign`` names a campaign: when it was created (``dialer campaign launch``, ``campaigns.create``) the
 job joins its counters, job list, pacing, pause and calling window; otherwise the name is only a tag
 (used for the job id and the do-not-call/cap checks).
 
-The arq job is arq's own JSON job (``{"t":1,"f":"dial","a":[],"k":{},"et":<ms>}``) and carries no body:
-the worker reads it from the ledger, which keeps queue memory small and the ledger the one source of truth.
+A queued job is its ledger record (the one source of truth, body included) and its queue entry, nothing
+else: arq's own job (``arq:job:<id>``, ``{"t":1,"f":"dial","a":[],"k":{},"et":<ms>}``, which carries no
+body) is written by the worker when it claims the job (``dispatch/claim.lua``), which keeps queue memory
+small.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from uuid import uuid4
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from worker.dispatch import codec
-from worker.dispatch.keys import (
-    DIAL_FUNCTION,
-    Keys,
-    in_progress_key_prefix,
-    job_key_prefix,
-    result_key_prefix,
-    retry_key_prefix,
-)
+from worker.dispatch.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
 from worker.dispatch.ledger import _lua_lib, _str
 from worker.errors import FieldError, InvalidRequest
 from worker.models import CallRequest, field_errors
 from worker.settings import Settings, load_settings
 
-__all__ = ["CallJob", "EnqueueResult", "Producer", "enqueue_call", "enqueue_many"]
+__all__ = ["CallJob", "EnqueueResult", "Producer", "enqueue_call", "enqueue_many", "new_job_ids"]
 
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 _CAMPAIGN_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _PIPELINES_IN_FLIGHT = 2
+_QUEUED = "queued"
 _BATCH = 100
 """Jobs per enqueue.lua call: amortizes the per-call cost (~2/3 of the time at one job per call) while
 keeping each call short (~1 ms of Redis time) so other clients are not held up."""
 
 
-def _arq_job_head() -> bytes:
-    # The scripts append the server's enqueue time and "}"; derived from codec so the bytes are exactly
-    # what codec.dumps gives for this job.
-    full = codec.dumps({"t": 1, "f": DIAL_FUNCTION, "a": [], "k": {}, "et": 0})
-    assert full.endswith(b"0}")
-    return full[:-2]
+_ID_CHARS = 16
+_IDS_PER_DRAW = 512
+# Each random byte becomes one of 32 characters (its low 5 bits: 256 is a multiple of 32, so every
+# character is equally likely), in C (bytes.translate): base64's b32encode is a Python loop.
+_ID_TABLE = bytes(b"abcdefghijklmnopqrstuvwxyz234567"[b & 31] for b in range(256))
 
 
-_ARQ_JOB_HEAD = _arq_job_head()
+def new_job_ids(n: int) -> list[str]:
+    """``n`` new random job ids from one ``os.urandom`` call: 16 characters of ``a-z 2-7`` each, 5 random
+    bits per character (80 bits per id), safe in URLs, Redis keys and shells, the same in any letter case,
+    and never starting with "-" (so a CLI never takes one for an option)."""
+    text = os.urandom(_ID_CHARS * n).translate(_ID_TABLE).decode("ascii")
+    return [text[i : i + _ID_CHARS] for i in range(0, _ID_CHARS * n, _ID_CHARS)]
+
+
+def _one_id() -> str:
+    return new_job_ids(1)[0]
+
+
+class _RandomIds:
+    """Job ids for one ``enqueue_many`` call, drawn ``_IDS_PER_DRAW`` at a time: one ``os.urandom`` syscall
+    per id (as uuid4() makes) was a fifth of enqueue_many's time. One per call, never kept: ids drawn
+    before a fork must not be handed out by both processes."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+
+    def __call__(self) -> str:
+        if not self._ids:
+            self._ids = new_job_ids(_IDS_PER_DRAW)
+        return self._ids.pop()
 
 
 @dataclass(frozen=True)
@@ -101,8 +120,8 @@ class CallJob:
 @dataclass(frozen=True)
 class _Options:
     campaign: str  # "" = none, as the script wants it
-    encoded: tuple[bytes, bytes, bytes]  # enqueue.lua's ARGV[5..7]: campaign, not_before ms, deadline ms
-    timezone: bytes = b""  # enqueue.lua's ARGV[11]
+    encoded: tuple[bytes, bytes, bytes]  # a job's fields in enqueue.lua: campaign, not_before ms, deadline ms
+    timezone: bytes = b""  # a job's IANA time zone field in enqueue.lua
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +130,7 @@ class _Call:
 
     index: int
     job_id: str
-    args: tuple[bytes, ...]
+    packed: bytes  # its record in enqueue.lua's ARGV[3]
 
 
 def _to_ms(dt: datetime) -> int:
@@ -185,10 +204,8 @@ class Producer:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
         self._keys = Keys(settings.key_prefix)
-        self._job_ttl_ms = settings.job_ttl_s * 1000
         self._ledger_ttl_ms = settings.ledger_ttl_s * 1000
-        self._consts = (settings.key_prefix.encode(), str(self._job_ttl_ms).encode(),
-                        str(self._ledger_ttl_ms).encode(), job_key_prefix.encode(), _ARQ_JOB_HEAD)
+        self._consts = (settings.key_prefix.encode(), str(self._ledger_ttl_ms).encode())
         self._prefix = settings.key_prefix
         self._enqueue: AsyncScript = redis.register_script(_lua_lib("enqueue.lua"))
         self._requeue: AsyncScript = redis.register_script(_lua_lib("requeue.lua"))
@@ -214,9 +231,11 @@ class Producer:
         errors += opt_errors
         if errors or req is None:
             raise InvalidRequest(errors)
-        call = self._script_call(req, job_id, opts)
-        flag, state = await self._enqueue(keys=[], args=[*self._consts, *call.args])
-        return EnqueueResult(call.job_id, "accepted" if int(flag) else "duplicate", _str(state))
+        call = self._script_call(req, job_id, opts, _one_id)
+        flags, *states = await self._enqueue(keys=[], args=[*self._consts, call.packed])
+        if _str(flags) == "1":
+            return EnqueueResult(call.job_id, "accepted", _QUEUED)
+        return EnqueueResult(call.job_id, "duplicate", _str(states[0]))
 
     async def enqueue_many(
         self,
@@ -238,6 +257,7 @@ class Producer:
         results: list[EnqueueResult | None] = []
         first_of: dict[str, int] = {}  # job id -> index of its first item in this batch
         repeats: list[tuple[int, str, int]] = []
+        new_id = _RandomIds()
         step = max(1, chunk)
         # Two pipelines in flight: Python validates and packs the next chunk while Redis runs the scripts
         # of this one; each chunk is sent as soon as it is ready.
@@ -246,7 +266,7 @@ class Producer:
             async with asyncio.TaskGroup() as tg:
                 part: list[_Call] = []
                 for index, item in enumerate(items):
-                    call = self._prepare(item, index, base_opts, campaign, not_before, deadline, results)
+                    call = self._prepare(item, index, base_opts, campaign, not_before, deadline, results, new_id)
                     if call is None:
                         continue
                     # A repeat within the batch is answered here: chunks run concurrently, so Redis alone
@@ -280,6 +300,7 @@ class Producer:
         not_before: datetime | None,
         deadline: datetime | None,
         results: list[EnqueueResult | None],
+        new_id: Callable[[], str],
     ) -> _Call | None:
         """Validate one ``enqueue_many`` item; a rejected one gets its result now and None is returned."""
         opts = base_opts
@@ -304,22 +325,22 @@ class Producer:
         if errors or req is None:
             results[index] = EnqueueResult(job_id, "rejected", None, tuple(errors), index)
             return None
-        return self._script_call(req, job_id, opts, index)
+        return self._script_call(req, job_id, opts, new_id, index)
 
     async def _send(self, part: list[_Call], results: list[EnqueueResult | None], gate: asyncio.Semaphore) -> None:
         script = self._enqueue
         batches = [part[i : i + _BATCH] for i in range(0, len(part), _BATCH)]
         async with gate, self._redis.pipeline(transaction=False) as pipe:
             for batch in batches:
-                args = list(self._consts)
-                for call in batch:
-                    args += call.args
-                await script(keys=[], args=args, client=pipe)
+                await script(keys=[], args=[*self._consts, b"\x1e".join([c.packed for c in batch])], client=pipe)
             replies = await pipe.execute()
-        for batch, reply in zip(batches, replies, strict=True):
-            for n, call in enumerate(batch):
-                status: Literal["accepted", "duplicate"] = "accepted" if reply[2 * n] == 1 else "duplicate"
-                results[call.index] = EnqueueResult(call.job_id, status, _str(reply[2 * n + 1]), (), call.index)
+        for batch, (flags, *states) in zip(batches, replies, strict=True):
+            dup = iter(states)
+            for call, flag in zip(batch, _str(flags), strict=True):
+                if flag == "1":
+                    results[call.index] = EnqueueResult(call.job_id, "accepted", _QUEUED, (), call.index)
+                else:
+                    results[call.index] = EnqueueResult(call.job_id, "duplicate", _str(next(dup)), (), call.index)
 
     async def requeue(self, job_id: str) -> bool:
         """Put a dead, failed or unknown job back on its priority queue, attempts reset to 0, and take it
@@ -358,24 +379,29 @@ class Producer:
                         result_key_prefix + job_id,
                         in_progress_key_prefix + job_id,
                     ],
-                    args=[job_id, self._job_ttl_ms, self._ledger_ttl_ms, _ARQ_JOB_HEAD, p, self._prefix],
+                    args=[job_id, self._ledger_ttl_ms, p, self._prefix],
                     client=pipe,
                 )
             replies = await pipe.execute()
         return sum(1 for r in replies if isinstance(r, bytes | str) and _str(r) == "requeued")
 
-    def _script_call(self, req: CallRequest, job_id: str | None, opts: _Options, index: int = 0) -> _Call:
+    def _script_call(
+        self, req: CallRequest, job_id: str | None, opts: _Options, new_id: Callable[[], str], index: int = 0
+    ) -> _Call:
         called = req.called
         if job_id is None:
-            job_id = f"{opts.campaign}:{called}" if opts.campaign else uuid4().hex
+            job_id = f"{opts.campaign}:{called}" if opts.campaign else new_id()
         prio = req.priority
         # model_dump_json is compact and UTF-8 (no \u escapes): the same document as body(), smaller.
         body = req.model_dump_json(by_alias=True, exclude_none=True, exclude_unset=True)
-        # Two arguments per job, as bytes: redis-py's pure-Python packing, per argument, is the hot spot
-        # of enqueue_many. None of the joined fields can hold \x1f (they are validated).
+        # One record per job, one argument per batch of records: redis-py's pure-Python packing, per
+        # argument, was a sixth of enqueue_many's time. No field can hold \x1e or \x1f: the others are
+        # validated, and JSON escapes every control character in the body.
         campaign, nb, dl = opts.encoded
-        meta = b"\x1f".join((job_id.encode(), prio.encode(), called.encode(), campaign, nb, dl, opts.timezone))
-        return _Call(index, job_id, (meta, body.encode()))
+        packed = b"\x1f".join(
+            (job_id.encode(), prio.encode(), called.encode(), campaign, nb, dl, opts.timezone, body.encode())
+        )
+        return _Call(index, job_id, packed)
 
 
 async def enqueue_call(

@@ -4,8 +4,9 @@ One worker process runs one arq ``Worker`` per served priority queue (arq reads 
 ``Worker``), all in one event loop, sharing one Redis pool, one aiohttp session, one token manager,
 one rate limiter and one in-flight cap (see :class:`worker.dispatch.job.Dispatcher`).
 
-For arq users: ``arq worker.dispatch.queues.WorkerSettings`` runs one queue (``DIALER_ARQ_PRIORITY``,
-default 9) the arq way; ``dialer worker`` is the full process.
+Each is an arq ``Worker`` with its own claim step (:class:`_Worker`), which also writes the arq job of
+each job it starts: the producer stores only the ledger record and the queue entry. So ``dialer worker``
+runs these queues; arq's own CLI (plain arq Workers, which expect the arq job at enqueue) cannot.
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from arq import Retry
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import logs, metrics
@@ -44,7 +46,7 @@ from worker.dispatch.keys import (
 from worker.dispatch.ledger import Ledger
 from worker.dispatch.ratelimit import RateLimiter
 from worker.provider.client import ProviderClient
-from worker.settings import Settings, load_settings
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 # bounded by the ledger instead, so arq's is set out of reach.
 _ARQ_MAX_TRIES = 1_000_000
 _HEALTH_CHECK_INTERVAL_S = 5
+_CLAIM_LUA = (Path(__file__).parent / "claim.lua").read_text()
 
 
 def parse_queues(spec: str) -> list[int]:
@@ -83,23 +86,41 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 async def open_pool(settings: Settings) -> ArqRedis:
+    """The process's Redis client (arq's, with our codec) on a :class:`~worker.dispatch.connections.
+    DialerConnectionPool`: no lock convoy on check-out, and a handshake retried during a restart."""
+    from worker.dispatch import connections
+
     pool: ArqRedis = await create_pool(
         redis_settings(settings), job_serializer=codec.dumps, job_deserializer=codec.loads_job
     )
+    connections.install(pool.connection_pool)
     return pool
 
 
 async def _dial(ctx: dict[str, Any], *_args: Any, **_kwargs: Any) -> str:
-    """The arq job function. Arguments are ignored: the job's body lives in the ledger."""
+    """The arq job function. Arguments are ignored: the job's body lives in the ledger.
+
+    A run ends ``END_BEFORE_JOB_TIMEOUT_S`` (job.py) before arq's job timeout at the latest and goes
+    back on its queue: arq would drop a job it times out, leaving its ledger record ``queued``. The
+    dispatcher's own waits end well before that; this is the backstop for whatever else a run may wait
+    for. A run cut while its request was out ends ``unknown`` (see ``Dispatcher``), never redialled.
+    """
+    from worker.dispatch.job import END_BEFORE_JOB_TIMEOUT_S
+
     dispatcher: Dispatcher = ctx["dispatcher"]
     job_id: str = ctx["job_id"]
     started = time.monotonic()
     if codec.MALFORMED in _kwargs:
         outcome = await dispatcher.reject(job_id, f"malformed job: {_kwargs[codec.MALFORMED]}")
     else:
+        budget = asyncio.timeout(max(dispatcher.settings.job_timeout_s - END_BEFORE_JOB_TIMEOUT_S, 1.0))
         try:
-            outcome = await dispatcher.dial(job_id, order=float(ctx.get("score") or 0))
-        except Defer as d:
+            async with budget:
+                outcome = await dispatcher.dial(job_id, order=float(ctx.get("score") or 0))
+        except (Defer, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError) and not budget.expired():
+                raise
+            d = exc if isinstance(exc, Defer) else Defer(0.0, "run ended ahead of the job timeout")
             # A long pause or backoff must not outlive the arq job key (whose TTL is fixed at enqueue).
             ttl_ms = int((d.seconds + dispatcher.settings.job_ttl_s) * 1000)
             await ctx["redis"].pexpire(Keys("").arq_job(job_id), ttl_ms)
@@ -108,42 +129,83 @@ async def _dial(ctx: dict[str, Any], *_args: Any, **_kwargs: Any) -> str:
                 job_id, campaign=d.campaign, priority=d.priority, outcome="deferred", error=d.reason))
             raise Retry(defer=d.seconds) from None
     metrics.observe_outcome(str(outcome.state), outcome.priority, outcome.campaign)
-    log.info("job %s -> %s (attempts=%d) %s", job_id, outcome.state, outcome.attempts, outcome.detail,
-             extra=logs.job_fields(job_id, campaign=outcome.campaign, priority=outcome.priority,
-                                   attempt=outcome.attempts, outcome=str(outcome.state),
-                                   latency_s=time.monotonic() - started, error=outcome.detail or None))
+    if log.isEnabledFor(logging.INFO):  # the structured fields cost more than the call itself
+        log.info("job %s -> %s (attempts=%d) %s", job_id, outcome.state, outcome.attempts, outcome.detail,
+                 extra=logs.job_fields(job_id, campaign=outcome.campaign, priority=outcome.priority,
+                                       attempt=outcome.attempts, outcome=str(outcome.state),
+                                       latency_s=time.monotonic() - started, error=outcome.detail or None))
     return str(outcome.state)
 
 
 class _Worker(Worker):
-    """arq's Worker, minus two ways a poisoned queue entry kills its loop (arq decodes every member
-    as UTF-8 and casts every score with int(), outside any try): such entries are dead-lettered."""
+    """arq's Worker with our own claim step: one Lua script (``claim.lua``) per poll claims the due jobs
+    and materializes their arq jobs, where arq makes 4 round trips per job (WATCH, EXISTS, ZSCORE,
+    MULTI/PSETEX/EXEC). The producer writes no arq job (``arq:job:<id>``) at all, so a plain arq
+    ``Worker`` cannot run our queues: this class is the only consumer.
+
+    Also minus the ways a poisoned queue entry kills arq's loop (arq decodes every member as UTF-8 and
+    casts every score with int(), outside any try): such entries are dead-lettered.
+
+    ``job_ttl_s`` (default: the dispatcher's ``settings.job_ttl_s``) is the life of an arq job written
+    at claim; a deferral extends it (see ``_dial``).
+    """
+
+    def __init__(self, *args: Any, job_ttl_s: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if job_ttl_s is None:
+            job_ttl_s = self.ctx["dispatcher"].settings.job_ttl_s
+        self._job_ttl_ms = int(job_ttl_s * 1000)
+        self._claim: AsyncScript | None = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        if not job_ids:
-            return
-        scores = await self.pool.zmscore(self.queue_name, job_ids)  # type: ignore[arg-type]  # bytes work
         good: list[bytes] = []
-        for raw, score in zip(job_ids, scores, strict=True):
+        for raw in job_ids:
             try:
                 raw.decode()
             except UnicodeDecodeError:
                 await self._quarantine(raw, "queue entry's job id is not UTF-8")
                 continue
-            if score is not None and not math.isfinite(score):
-                await self._quarantine(raw, f"queue entry's score is {score}")
-                continue
             good.append(raw)
-        for raw in good:
-            try:
-                await super().start_jobs([raw])
-            except (WatchError, RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                # Redis went away mid-claim (redis-py cannot retry a WATCH). arq had already counted
-                # this job as started: give its slot back, and let the next poll try again.
-                self.job_counter -= 1
-                self.sem.release()
-                log.warning("queue %s: could not start jobs (%s); retrying", self.queue_name, type(exc).__name__)
-                return
+        # A place under max_jobs per job we may start, taken as arq takes them (its counter and semaphore
+        # move together; the done callback gives both back).
+        taken = 0
+        while taken < len(good) and self.job_counter < self.max_jobs:
+            await self.sem.acquire()
+            self.job_counter += 1
+            taken += 1
+        if not taken:
+            return
+        if self._claim is None:
+            self._claim = self.pool.register_script(_CLAIM_LUA)
+        try:
+            claimed, bad = await self._claim(
+                keys=[self.queue_name],
+                args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), self._job_ttl_ms, codec.DIAL_JOB_HEAD,
+                      taken, in_progress_key_prefix, job_key_prefix, *good],
+            )
+        except (RedisError, OSError) as exc:
+            # Redis went away (or refused) mid-claim: nothing starts; the next poll tries again. (Jobs the
+            # script did claim before a lost reply wait for their in-progress keys to expire, as after a
+            # lost EXEC reply in arq.)
+            self._give_back(taken)
+            log.warning("queue %s: could not start jobs (%s); retrying", self.queue_name, type(exc).__name__)
+            return
+        except BaseException:
+            self._give_back(taken)
+            raise
+        self._give_back(taken - len(claimed) // 2)
+        for i in range(0, len(claimed), 2):
+            job_id = claimed[i].decode()
+            t = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+            t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = t
+        for i in range(0, len(bad), 2):
+            await self._quarantine(bad[i], f"queue entry's score is {bad[i + 1].decode()}")
+
+    def _give_back(self, slots: int) -> None:
+        for _ in range(slots):
+            self.job_counter -= 1
+            self.sem.release()
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
@@ -266,51 +328,3 @@ async def check_health(settings: Settings, queues: Sequence[int]) -> bool:
         return int(found) == len(queues)
     finally:
         await pool.aclose()
-
-
-async def _arq_startup(ctx: dict[str, Any]) -> None:
-    settings = load_settings()
-    pool: ArqRedis = ctx["redis"]
-    client_cm = ProviderClient.open(settings, pool)
-    client = await client_cm.__aenter__()
-    ctx["_client_cm"] = client_cm
-    ctx["_limiter"] = limiter = RateLimiter(pool, settings)
-    ctx["_stats"] = stats = metrics.SendStats(pool, settings)
-    ctx["_flusher"] = asyncio.ensure_future(stats.run())
-    ctx["dispatcher"] = Dispatcher(
-        settings, Ledger(pool, settings), limiter, InFlight(pool, settings), client, stats=stats
-    )
-
-
-async def _arq_shutdown(ctx: dict[str, Any]) -> None:
-    ctx["_flusher"].cancel()
-    await asyncio.gather(ctx["_flusher"], return_exceptions=True)
-    await ctx["_limiter"].close()
-    await ctx["_client_cm"].__aexit__(None, None, None)
-
-
-def _arq_settings() -> dict[str, Any]:
-    """``WorkerSettings`` for arq's CLI, as a dict (arq accepts either)."""
-    settings = load_settings()
-    priority = int(os.environ.get("DIALER_ARQ_PRIORITY", "9"))
-    return {
-        "functions": [func(_dial, name=DIAL_FUNCTION, max_tries=_ARQ_MAX_TRIES, timeout=settings.job_timeout_s)],
-        "queue_name": Keys(settings.key_prefix).queue(priority),
-        "redis_settings": redis_settings(settings),
-        "on_startup": _arq_startup,
-        "on_shutdown": _arq_shutdown,
-        "max_jobs": settings.worker_concurrency,
-        "poll_delay": settings.poll_delay_s,
-        "max_tries": _ARQ_MAX_TRIES,
-        "keep_result": 0,
-        "job_serializer": codec.dumps,
-        "job_deserializer": codec.loads_job,
-        "job_completion_wait": settings.drain_timeout_s,
-    }
-
-
-def __getattr__(name: str) -> Any:
-    # Built on first access, so importing this module never reads the environment.
-    if name == "WorkerSettings":
-        return _arq_settings()
-    raise AttributeError(name)

@@ -12,6 +12,9 @@ is only read and moved by one Lua script using Redis ``TIME``. The script books 
 returns how long until it, relative to Redis time; the caller sleeps that long on its own clock, so
 host clock skew does not matter. Slots are spaced for 99% of each limit, so the few ms by which a busy
 event loop wakes one sender late and the next on time cannot push a 1-s window past rate + burst.
+:meth:`RateLimiter.permit` returns the slot with the lateness that bound tolerates
+(:attr:`Permit.tolerance`, ~15 ms at 200/s): a caller whose request would leave later books a new slot
+instead (the dispatcher does, right before the request).
 
 Priority: a priority-``p`` call may book a slot at most :func:`reserve_horizon` seconds ahead. The
 horizon falls geometrically from ``rate_reserve_ahead_s`` at priority 1 to 1.5 emission intervals
@@ -56,9 +59,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.dispatch.keys import PRIORITY_LEVELS, Keys
+from worker.dispatch.pipelining import AutoPipeline
 from worker.settings import Settings
 
-__all__ = ["Limit", "RateLimiter", "reserve_horizon"]
+__all__ = ["Limit", "Permit", "RateLimiter", "reserve_horizon"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,14 @@ idles for a Redis round trip or a late timer between two bookings, small enough 
 the next slot."""
 _PACING = 0.99
 """Slots are spaced for 99% of each limit: the headroom absorbs the few ms by which a busy event loop
-wakes one sender late and the next on time, so no 1-s window seen by the provider exceeds rate+burst."""
+wakes one sender late and the next on time, so no 1-s window seen by the provider exceeds rate+burst
+(as long as no request leaves later than :attr:`Permit.tolerance` after its slot)."""
+_MAX_TOLERANCE_S = 0.05
+"""However much a slow limit's arithmetic allows, a request leaves at most this long after its slot, so
+that pacing stays even (at 1/s the window bound alone would let a request leave a second late)."""
+_CLOCK_MARGIN_S = 0.001
+"""Taken off each tolerance: a slot is mapped to this process's clock up to the one-way delay of the
+fastest Redis reply late (see :class:`_ClockMap`), which the caller cannot see."""
 _GLOBAL_MAX_GAP_INTERVALS = 0.5
 """A slot set by a slower extra limit may leave at most this much global capacity unused before it."""
 _MAX_BATCH = 32
@@ -119,6 +130,36 @@ class Limit:
             raise ValueError(f"Limit.rate: must be a positive number of calls/s, got {self.rate!r}")
         if self.burst < 1:
             raise ValueError(f"Limit.burst: must be >= 1, got {self.burst!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """A rate permit: the send slot booked (``slot``, ``time.monotonic()`` of this process; None when
+    no limit applies), the seconds ``waited`` for it, and the ``tolerance``: how late after its slot a
+    request may still leave.
+
+    Slots are spaced for 99% of each limit (``_PACING``), ``I = 1 / (0.99 * rate)`` apart, and GCRA
+    lets at most ``burst + floor(D / I)`` slots into any stretch of ``D`` seconds. A request leaving up
+    to ``L`` after its slot lands in a 1-s window with the slots of ``1 + L`` s, so the window holds at
+    most ``rate + burst`` requests while ``(1 + L) / I < floor(rate) + 1``: ``L`` is about 15 ms at
+    200/s and 10.1 ms for very high rates (less 1 ms for the clock mapping, at most 50 ms; the smallest
+    over the limits of the set). A request that would leave later than that (a stalled event loop, a
+    slow ledger write) must not use its slot: :meth:`late` says so, and the caller books another.
+    """
+
+    slot: float | None
+    waited: float
+    tolerance: float
+
+    def late(self, now: float | None = None) -> bool:
+        """True when a request leaving at ``now`` (default: now) would be more than ``tolerance`` after
+        the slot."""
+        if self.slot is None:
+            return False
+        return (time.monotonic() if now is None else now) > self.slot + self.tolerance
+
+
+_NO_PERMIT = Permit(None, 0.0, math.inf)
 
 
 class _ClockMap:
@@ -219,7 +260,7 @@ class _Queue:
 class _Group:
     """Waiters sharing one limit set, and the pump that books for them."""
 
-    __slots__ = ("args", "horizons_us", "keys", "limits", "nap_priority", "queue", "task", "wake")
+    __slots__ = ("args", "horizons_us", "keys", "limits", "nap_priority", "queue", "task", "tolerance", "wake")
 
     def __init__(
         self, limits: tuple[Limit, ...], keys: Keys, reserve_ahead_s: float, has_global: bool
@@ -231,13 +272,16 @@ class _Group:
             round(reserve_horizon(p, fastest, reserve_ahead_s) * _US) for p in PRIORITY_LEVELS
         ]
         args: list[int] = []
+        tolerances: list[float] = []
         for i, lim in enumerate(limits):
             interval = math.ceil(_US / (lim.rate * _PACING))
+            tolerances.append((math.floor(lim.rate) + 1) * interval / _US - 1 - _CLOCK_MARGIN_S)
             # Extra limits (campaigns) are nested under the global one: a gap in a campaign's schedule
             # caused by the global limit is capacity no other call of that campaign could have used.
             gap = round(_GLOBAL_MAX_GAP_INTERVALS * interval) if has_global and i == 0 else -1
             args += [interval, (lim.burst - 1) * interval, gap]
         self.args = args
+        self.tolerance = min(max(min(tolerances), 0.0), _MAX_TOLERANCE_S)
         self.queue = _Queue()
         self.wake = asyncio.Event()
         self.nap_priority = 0  # while the pump naps: a waiter with a better priority wakes it
@@ -254,6 +298,7 @@ class RateLimiter:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._keys = Keys(settings.key_prefix)
         self._script = redis.register_script(_SCRIPT)
+        self._pipe = AutoPipeline.of(redis)
         self._global = (
             Limit("global", settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
         )
@@ -274,13 +319,21 @@ class RateLimiter:
         for it, that one slot goes unused (the schedule is not rewound; another process may already
         have booked behind it).
         """
+        return (await self.permit(priority, extra, order)).waited
+
+    async def permit(
+        self, priority: int, extra: Sequence[Limit] = (), order: float = 0.0, wait_s: float | None = None
+    ) -> Permit:
+        """:meth:`acquire`, returning the :class:`Permit` (its send slot, and how late the request may
+        leave after it). ``wait_s`` bounds the wait: ``TimeoutError`` (a slot booked meanwhile goes
+        unused). Without any limit to take a permit from, it returns at once, with no timer."""
         if priority not in PRIORITY_LEVELS:
             raise ValueError(f"priority: must be 1..9, got {priority!r}")
         if self._closed:
             raise RuntimeError("RateLimiter is closed")
         limits = self._limit_set(extra)
         if not limits:
-            return 0.0
+            return _NO_PERMIT
         started = time.monotonic()
         group = self._groups.get(limits)
         if group is None:
@@ -291,17 +344,18 @@ class RateLimiter:
         group.queue.push(waiter)
         if priority < group.nap_priority:
             group.wake.set()
-        try:
-            send_at = await waiter.future
-        except asyncio.CancelledError:
-            group.queue.discard(waiter)
-            if not group.queue.live:
-                group.wake.set()  # let the pump exit now rather than after its nap
-            raise
-        delay = send_at - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return time.monotonic() - started
+        async with asyncio.timeout(wait_s):
+            try:
+                send_at = await waiter.future
+            except asyncio.CancelledError:
+                group.queue.discard(waiter)
+                if not group.queue.live:
+                    group.wake.set()  # let the pump exit now rather than after its nap
+                raise
+            delay = send_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return Permit(send_at, time.monotonic() - started, group.tolerance)
 
     async def close(self) -> None:
         """Stop every pump. Callers still queued get ``CancelledError``; booked ones keep their slot."""
@@ -336,7 +390,7 @@ class RateLimiter:
                 args = [len(batch), *(group.horizons_us[w.priority - 1] for w in batch), *group.args]
                 sent = time.monotonic()
                 try:
-                    reply = await self._script(keys=group.keys, args=args)
+                    reply = await self._pipe.eval(self._script, group.keys, args)
                 except _TRANSIENT as exc:
                     # Waiters keep waiting (their job's own timeout bounds that); retry with backoff.
                     log.warning(

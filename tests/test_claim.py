@@ -1,0 +1,259 @@
+"""The worker's batched claim (queues._Worker.start_jobs + dispatch/claim.lua) against a real Redis: one
+script per poll claims due jobs, skips running and deferred ones, writes the arq job the producer no
+longer writes, gives unused slots back, and still dead-letters poisoned queue entries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from arq.connections import ArqRedis
+from arq.worker import func
+
+from tests.conftest import Sim
+from worker.dispatch import codec, queues
+from worker.dispatch.keys import DIAL_FUNCTION, Keys, in_progress_key_prefix, retry_key_prefix
+from worker.dispatch.ledger import Ledger, State
+from worker.dispatch.producer import Producer
+from worker.dispatch.queues import DialerProcess, _Worker, open_pool
+from worker.settings import Settings
+
+QUEUE = 5
+
+
+def body(called: str, priority: int = QUEUE) -> dict[str, Any]:
+    return {"called": called, "playList": [{"voiceId": "100001"}], "priority": str(priority)}
+
+
+class Runs:
+    """A real arq job function that records each run: which job, by which worker, and its arq job as the
+    run saw it (bytes and TTL)."""
+
+    def __init__(self, hold_s: float = 0.0) -> None:
+        self.hold_s = hold_s
+        self.runs: list[tuple[str, str]] = []
+        self.arq_jobs: dict[str, tuple[bytes | None, int]] = {}
+
+    def function(self, name: str, pool: ArqRedis) -> Any:
+        async def dial(ctx: dict[str, Any], *_a: Any, **_k: Any) -> None:
+            job_id = ctx["job_id"]
+            key = Keys("").arq_job(job_id)
+            self.arq_jobs[job_id] = (await pool.get(key), await pool.pttl(key))
+            self.runs.append((job_id, name))
+            if self.hold_s:
+                await asyncio.sleep(self.hold_s)
+
+        return func(dial, name=DIAL_FUNCTION)
+
+
+@pytest.fixture
+async def pools(settings: Settings) -> AsyncIterator[list[ArqRedis]]:
+    made = [await open_pool(settings) for _ in range(2)]
+    yield made
+    for p in made:
+        await p.aclose()
+
+
+def make_worker(pool: ArqRedis, settings: Settings, runs: Runs, name: str = "w", *, max_jobs: int = 50,
+                job_ttl_s: float = 3600, burst: bool = True) -> _Worker:
+    return _Worker(
+        functions=[runs.function(name, pool)], queue_name=Keys(settings.key_prefix).queue(QUEUE), redis_pool=pool,
+        burst=burst, handle_signals=False, max_jobs=max_jobs, poll_delay=0.01, keep_result=0,
+        job_serializer=codec.dumps, job_deserializer=codec.loads_job, log_results=False, job_ttl_s=job_ttl_s,
+    )
+
+
+async def enqueue(settings: Settings, client: aioredis.Redis, n: int, **kw: Any) -> list[str]:
+    res = await Producer(client, settings).enqueue_many([body(f"8613{i:07d}") for i in range(n)], **kw)
+    assert all(r.status == "accepted" for r in res)
+    return [str(r.job_id) for r in res]
+
+
+async def queue_ids(client: aioredis.Redis, settings: Settings) -> list[bytes]:
+    return list(await client.zrange(Keys(settings.key_prefix).queue(QUEUE), 0, -1))
+
+
+async def finish(w: _Worker) -> None:
+    await asyncio.gather(*w.tasks.values())
+
+
+def slots_free(w: _Worker) -> bool:
+    """Every place under max_jobs is back: the counter and the semaphore arq keeps in step (arq sizes it
+    max_jobs + 1)."""
+    return w.job_counter == 0 and w.sem._value == w.max_jobs + 1  # arq keeps no public view
+
+
+async def test_claim_writes_the_arq_job_and_the_job_runs(
+    settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
+) -> None:
+    [job_id] = await enqueue(settings, redis_client, 1)
+    key = Keys("").arq_job(job_id)
+    assert await redis_client.exists(key) == 0  # the producer writes none
+    runs = Runs()
+    w = make_worker(pools[0], settings, runs, job_ttl_s=600)
+    t0 = int(time.time() * 1000)
+    await w.start_jobs(await queue_ids(redis_client, settings))
+    await finish(w)
+    assert runs.runs == [(job_id, "w")]
+    raw, ttl = runs.arq_jobs[job_id]
+    # Byte for byte arq's JSON job as codec.dumps writes it, stamped with the claim time, living job_ttl_s.
+    assert raw is not None and raw.startswith(codec.DIAL_JOB_HEAD)
+    et = codec.loads(raw)["et"]
+    assert t0 - 5 <= et <= int(time.time() * 1000) + 5
+    assert raw == codec.dumps({"t": 1, "f": "dial", "a": [], "k": {}, "et": et})
+    assert 590_000 < ttl <= 600_000
+    # arq's own end of a run: the job left its queue, its arq keys are gone.
+    assert await queue_ids(redis_client, settings) == []
+    assert await redis_client.exists(key, in_progress_key_prefix + job_id, retry_key_prefix + job_id) == 0
+    assert slots_free(w)
+
+
+async def test_an_existing_arq_job_is_kept(
+    settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
+) -> None:
+    # A deferred job keeps the arq job of its first claim (and arq's try counter that goes with it).
+    [job_id] = await enqueue(settings, redis_client, 1)
+    mine = codec.dumps({"t": 1, "f": "dial", "a": [], "k": {}, "et": 123})
+    await redis_client.set(Keys("").arq_job(job_id), mine, px=50_000)
+    runs = Runs()
+    w = make_worker(pools[0], settings, runs)
+    await w.start_jobs(await queue_ids(redis_client, settings))
+    await finish(w)
+    raw, ttl = runs.arq_jobs[job_id]
+    assert raw == mine and 0 < ttl <= 50_000
+
+
+async def test_two_workers_racing_for_the_same_ids_never_both_run_one(
+    settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
+) -> None:
+    ids = await enqueue(settings, redis_client, 40)
+    runs = Runs(hold_s=0.05)
+    a = make_worker(pools[0], settings, runs, "a")
+    b = make_worker(pools[1], settings, runs, "b")
+    polled = await queue_ids(redis_client, settings)
+    # Both saw the same ids in the same poll; each claim is one atomic script, so one of them gets each.
+    await asyncio.gather(a.start_jobs(polled), b.start_jobs(list(reversed(polled))))
+    await asyncio.gather(finish(a), finish(b))
+    ran = Counter(job for job, _ in runs.runs)
+    assert set(ran) == set(ids) and set(ran.values()) == {1}
+    assert slots_free(a) and slots_free(b)
+
+    # And two whole burst workers polling one queue (arq's loop, our claim): every job exactly once.
+    ids = await enqueue(settings, redis_client, 300, campaign="race")
+    runs = Runs(hold_s=0.01)
+    a = make_worker(pools[0], settings, runs, "a", max_jobs=20)
+    b = make_worker(pools[1], settings, runs, "b", max_jobs=20)
+    await asyncio.wait_for(asyncio.gather(a.async_run(), b.async_run()), 60)
+    ran = Counter(job for job, _ in runs.runs)
+    assert set(ran) == set(ids) and set(ran.values()) == {1}, ran.most_common(3)
+    assert {name for _, name in runs.runs} == {"a", "b"}  # both took part
+    await a.close()
+    await b.close()
+
+
+async def test_deferred_and_running_jobs_are_not_claimed(
+    settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
+) -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    [deferred] = await Producer(redis_client, settings).enqueue_many([body("861")], not_before=later)
+    [running, due] = await enqueue(settings, redis_client, 2)
+    await redis_client.set(in_progress_key_prefix + running, b"1", px=60_000)
+    runs = Runs()
+    w = make_worker(pools[0], settings, runs)
+    # arq polls only due ids; the deferred one stands for a job re-scored into the future meanwhile.
+    await w.start_jobs([str(deferred.job_id).encode(), running.encode(), due.encode()])
+    await finish(w)
+    assert runs.runs == [(due, "w")]
+    assert await redis_client.exists(Keys("").arq_job(str(deferred.job_id)), Keys("").arq_job(running)) == 0
+    assert await redis_client.exists(in_progress_key_prefix + str(deferred.job_id)) == 0
+    assert 50_000 < await redis_client.pttl(in_progress_key_prefix + running) <= 60_000  # left alone
+    assert slots_free(w)
+    # Ids that are no longer queued (finished, cancelled) are skipped too.
+    await w.start_jobs([due.encode(), b"never-enqueued"])
+    assert all(t.done() for t in w.tasks.values()) and slots_free(w)
+    await finish(w)
+    assert len(runs.runs) == 1
+
+
+async def test_claims_only_free_slots_in_queue_order_and_gives_the_rest_back(
+    settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
+) -> None:
+    await enqueue(settings, redis_client, 5)
+    polled = await queue_ids(redis_client, settings)
+    ids = [p.decode() for p in polled]  # queue order (one millisecond's jobs sort by id)
+    runs = Runs(hold_s=0.2)
+    w = make_worker(pools[0], settings, runs, max_jobs=3)
+    await w.start_jobs(polled)
+    assert list(w.tasks) == ids[:3] and w.job_counter == 3  # started in claim order
+    assert await redis_client.exists(*[in_progress_key_prefix + j for j in ids[3:]]) == 0
+    assert await redis_client.exists(*[Keys("").arq_job(j) for j in ids[3:]]) == 0
+    await w.start_jobs(polled)  # full: nothing more starts, nothing is taken
+    assert w.job_counter == 3
+    await finish(w)
+    assert slots_free(w)
+    await w.start_jobs(await queue_ids(redis_client, settings))
+    assert list(w.tasks)[3:] == ids[3:]
+    await finish(w)
+    assert sorted(j for j, _ in runs.runs) == sorted(ids) and len(runs.runs) == 5 and slots_free(w)
+
+
+async def test_a_redis_error_mid_claim_gives_the_slots_back_and_the_next_poll_retries(
+    settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
+) -> None:
+    ids = await enqueue(settings, redis_client, 3)
+    polled = await queue_ids(redis_client, settings)
+    queue = Keys(settings.key_prefix).queue(QUEUE)
+    members = await redis_client.zrange(queue, 0, -1, withscores=True)
+    await redis_client.rename(queue, "elsewhere")
+    await redis_client.set(queue, b"a string where the queue belongs")  # the claim script fails (WRONGTYPE)
+    runs = Runs()
+    w = make_worker(pools[0], settings, runs)
+    await w.start_jobs(polled)
+    assert runs.runs == [] and not w.tasks and slots_free(w)
+    await redis_client.delete(queue)
+    await redis_client.zadd(queue, dict(members))
+    await w.start_jobs(polled)
+    await finish(w)
+    assert sorted(j for j, _ in runs.runs) == sorted(ids) and slots_free(w)
+
+
+async def test_poisoned_queue_entries_are_dead_lettered_and_good_jobs_still_run(
+    sim: Sim, sim_settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    keys = Keys(sim_settings.key_prefix)
+    now = int(time.time() * 1000)
+    good = await enqueue(sim_settings, redis_client, 2)
+    # No ledger record and no arq job: the claim writes the arq job, the run finds no record.
+    await redis_client.zadd(keys.queue(QUEUE), {"bare": now})
+    # Queue entries arq itself would crash on, and an arq job of the wrong type.
+    await redis_client.zadd(keys.queue(QUEUE), {b"\xff\xfe not utf-8": now, "minus-infinity": float("-inf")})
+    [hashed] = await enqueue(sim_settings, redis_client, 1, campaign="h")
+    await redis_client.hset(keys.arq_job(hashed), "a hash", "where a string belongs")  # type: ignore[misc]
+    proc = DialerProcess(sim_settings, [QUEUE], burst=True)
+    await asyncio.wait_for(proc.run(), 60)
+    assert await redis_client.zcard(keys.queue(QUEUE)) == 0
+    ledger = Ledger(redis_client, sim_settings)
+    for job in good:
+        rec = await ledger.get(job)
+        assert rec is not None and rec.state == State.SENT
+    reasons = {
+        "bare": "no ledger record",
+        "minus-infinity": "score is -inf",
+        "\\xff\\xfe not utf-8": "not UTF-8",
+        hashed: "corrupt",
+    }
+    for job, reason in reasons.items():
+        state, err = await redis_client.hmget(keys.job(job), ["state", "err"])  # type: ignore[misc]
+        assert state == b"dead" and reason in err.decode(), (job, state, err)
+        assert await redis_client.zscore(keys.dead, job) is not None
+
+
+def test_the_arq_cli_entry_point_is_gone() -> None:
+    # A plain arq Worker (arq's CLI) would find no arq job for our queued jobs: only _Worker claims them.
+    assert not hasattr(queues, "WorkerSettings")
