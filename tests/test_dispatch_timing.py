@@ -217,10 +217,9 @@ async def test_the_permit_for_the_resend_after_a_401_stays_within_the_budget(sim
     assert len(await created(sim)) == 2  # the warm-up's and this one's: nobody called twice
 
 
-async def test_a_run_is_ended_before_arqs_timeout_whatever_it_waits_for(sim: Sim, sim_settings: Settings) -> None:
-    # The token wait after a 401 happens inside the provider client, where the dispatcher cannot tell it
-    # from the request: _dial's backstop ends the run at 8 s, the job is recorded unknown (as a run cut
-    # mid-request is), arq gets a Retry instead of dropping it, and the next run does not dial again.
+async def test_the_token_wait_after_a_401_stays_within_the_budget(sim: Sim, sim_settings: Settings) -> None:
+    # 401, and the refresh of the token stalls (another worker holds the lock for 30 s): nothing is out,
+    # so the run ends with its budget (0.5 s), the attempt counted, and the job goes back on its queue.
     settings = sim_settings.model_copy(update={**SHORT, "rate_limit": 0})
     keys = Keys(settings.key_prefix)
     async with dispatcher(settings) as (d, _limiter, pool):
@@ -229,16 +228,36 @@ async def test_a_run_is_ended_before_arqs_timeout_whatever_it_waits_for(sim: Sim
         await pool.set(keys.token_lock, "another-worker", px=30_000)  # the refresh after the 401 stalls
         job = await enqueue(pool, settings, "cut-1")
         started = time.monotonic()
-        with pytest.raises(Retry):
+        with pytest.raises(Retry) as retry:
             await _dial(arq_ctx(d, pool, job))
-        assert 7.5 < time.monotonic() - started < 9.5  # before arq's 10 s
+        assert time.monotonic() - started < 4  # the run's budget, not the 30 s lock nor arq's 10 s
+        assert retry.value.defer_score == 0
         record = await d.ledger.get(job)
-        assert record is not None and record.state == State.UNKNOWN
+        assert record is not None and record.state == State.QUEUED
+        assert record.attempts == 1 and record.last_error is not None and "401" in record.last_error
         assert await pool.zcard(keys.in_flight) == 0
         await pool.delete(keys.token_lock)
-        assert await _dial(arq_ctx(d, pool, job)) == "skipped"
-    requests = [r for r in await sim.requests() if r["status"] != 401]
-    assert len(requests) == 1  # the warm-up's: the job that was cut was never created
+        assert await _dial(arq_ctx(d, pool, job)) == State.SENT
+    assert len(await created(sim)) == 2  # the warm-up's and this one's, once
+
+
+async def test_a_run_is_ended_before_arqs_timeout_whatever_it_waits_for(sim: Sim, sim_settings: Settings) -> None:
+    # Redis stalls (CLIENT PAUSE) while the run reads its ledger record: no wait of the dispatcher's own
+    # is involved, so only _dial's backstop can end the run, at 8 s, before arq's 10-s timeout would
+    # drop the job. The job stays queued and the next run sends it, once.
+    settings = sim_settings.model_copy(update={**SHORT, "rate_limit": 0})
+    async with dispatcher(settings) as (d, _limiter, pool):
+        job = await enqueue(pool, settings, "stall-1")
+        await pool.execute_command("CLIENT", "PAUSE", 9_000, "ALL")
+        started = time.monotonic()
+        with pytest.raises(Retry):
+            await _dial(arq_ctx(d, pool, job))
+        elapsed = time.monotonic() - started
+        assert 7.5 < elapsed < 9.8, elapsed  # ended by the backstop (then its own writes wait for Redis)
+        record = await d.ledger.get(job)
+        assert record is not None and record.state == State.QUEUED and record.attempts == 0
+        assert await _dial(arq_ctx(d, pool, job)) == State.SENT
+    assert len(await created(sim)) == 1
 
 
 async def test_the_fleet_in_flight_cap_holds_with_the_lease_in_begin_send(sim: Sim, sim_settings: Settings) -> None:

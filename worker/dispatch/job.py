@@ -121,12 +121,13 @@ class _Unsent(Exception):
 class _Attempt:
     """What one provider attempt has done so far, for a cancellation to know what to record."""
 
-    __slots__ = ("begun", "out", "sends")
+    __slots__ = ("begun", "out", "refused", "sends")
 
     def __init__(self) -> None:
         self.sends = 0  # requests the client asked to send (a second one after a 401)
         self.begun = False  # begin_send was called: the ledger may say `sending`
         self.out = False  # a request may be on its way or awaiting its answer
+        self.refused = False  # the first request was answered 401/403 (the attempt was made)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +376,7 @@ class Dispatcher:
                             permit = await self.limiter.permit(record.priority, plan.extra, order)
                 except TimeoutError:
                     raise _OutOfTime("HTTP 401/403; no time left in this run to re-send") from None
+                waits.reschedule(None)
                 attempt.out = True
                 return
             while True:
@@ -419,13 +421,25 @@ class Dispatcher:
             waits.reschedule(None)
             attempt.out = True
 
+        async def on_refused() -> None:
+            # The first request was answered 401/403: nothing is out until the re-send, and the wait
+            # for a fresh token before it is bounded by the run's budget again, like the first one.
+            attempt.out = False
+            attempt.refused = True
+            waits.reschedule(loop.time() + max(run_deadline - self.clock(), 0.001))
+
         try:
             async with waits:
                 with metrics.track_in_flight():
-                    return await self.client.create_voice_notification(request, before_send=before_send)
+                    return await self.client.create_voice_notification(
+                        request, before_send=before_send, on_refused=on_refused
+                    )
         except TimeoutError:
             if not waits.expired():
                 raise
+            if attempt.refused and not attempt.out:
+                # Refused with a 401/403 and the budget ran out before the re-send: nothing was created.
+                raise _OutOfTime("HTTP 401/403; no time left in this run to re-send") from None
             # The budget ran out while waiting (for the token, most likely): no request left.
             if attempt.begun:
                 raise _Unsent("no time left in this run before the request could leave") from None

@@ -237,12 +237,14 @@ class ProviderClient:
     # --- createVoiceNotification --------------------------------------------------------------------
 
     async def create_voice_notification(
-        self, request: CallRequest, *, before_send: BeforeSend | None = None
+        self, request: CallRequest, *, before_send: BeforeSend | None = None, on_refused: BeforeSend | None = None
     ) -> Accepted:
         """One logical attempt: one HTTP request, plus one more with a fresh token after a 401/403.
 
         ``before_send`` is awaited immediately before each HTTP request (the dispatcher takes its
-        rate permit and in-flight slot there). Raises a :class:`ProviderError` subclass on failure.
+        rate permit and in-flight slot there); ``on_refused`` as soon as the first one is answered
+        401/403, before the wait for a fresh token (from then on no request is out until the re-send).
+        Raises a :class:`ProviderError` subclass on failure.
         """
         tokens = self.tokens
         if tokens is None:
@@ -257,6 +259,8 @@ class ProviderClient:
             latency = time.monotonic() - started
             if status not in (401, 403):
                 return self._classify(status, raw, latency)
+            if auth_try == 1 and on_refused is not None:
+                await on_refused()
             await tokens.invalidate(token)
             if auth_try == 2:
                 raise AuthError(f"HTTP {status} even with a fresh access token", status=status)
