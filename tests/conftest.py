@@ -6,7 +6,9 @@ Never touches the Redis on 6379: the session starts its own server and every tes
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -22,6 +24,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from worker.logs import JsonFormatter, TextFormatter
 from worker.settings import Settings, load_settings
 
 
@@ -195,3 +198,21 @@ async def sim(settings: Settings) -> AsyncIterator[Sim]:
 def sim_settings(settings: Settings, sim: Sim) -> Settings:
     """Settings pointing at the running simulator."""
     return settings.model_copy(update={"api_base_url": sim.url})
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """Everything logged while the test runs, formatted as JSON lines and as text."""
+    json_out, text_out = io.StringIO(), io.StringIO()
+    handlers = [logging.StreamHandler(json_out), logging.StreamHandler(text_out)]
+    handlers[0].setFormatter(JsonFormatter())
+    handlers[1].setFormatter(TextFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    for h in handlers:
+        root.addHandler(h)
+    yield json_out, text_out
+    for h in handlers:
+        root.removeHandler(h)
+    root.setLevel(old_level)

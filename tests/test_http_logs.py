@@ -5,37 +5,17 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from worker.http import create_app
-from worker.logs import JsonFormatter, TextFormatter, job_fields
+from worker.logs import job_fields
 from worker.settings import Settings
 
 KEY = "log-test-api-key-0123456789"
-
-
-@pytest.fixture
-def captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
-    """Everything logged, formatted both ways."""
-    json_out, text_out = io.StringIO(), io.StringIO()
-    handlers = [logging.StreamHandler(json_out), logging.StreamHandler(text_out)]
-    handlers[0].setFormatter(JsonFormatter())
-    handlers[1].setFormatter(TextFormatter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.setLevel(logging.DEBUG)
-    for h in handlers:
-        root.addHandler(h)
-    yield json_out, text_out
-    for h in handlers:
-        root.removeHandler(h)
-    root.setLevel(old_level)
 
 
 def lines(out: io.StringIO) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,6 @@ from worker.errors import SettingsError
 from worker.http import DEFAULT_MODULES, Access, Reply, Route, create_app
 from worker.http.auth import COOKIE, key_id
 from worker.http.openapi import OPENAPI_DOC
-from worker.logs import JsonFormatter, TextFormatter
 from worker.settings import Settings, load_settings
 
 KEY = "throttle-test-key-0123456789"
@@ -328,24 +327,6 @@ async def test_dialer_serve_refuses_a_bad_throttle_setting(redis_url: str) -> No
 
 
 # --- secrets and outages ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
-    """Everything logged while the test runs, formatted as JSON lines and as text."""
-    json_out, text_out = io.StringIO(), io.StringIO()
-    handlers = [logging.StreamHandler(json_out), logging.StreamHandler(text_out)]
-    handlers[0].setFormatter(JsonFormatter())
-    handlers[1].setFormatter(TextFormatter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.setLevel(logging.DEBUG)
-    for h in handlers:
-        root.addHandler(h)
-    yield json_out, text_out
-    for h in handlers:
-        root.removeHandler(h)
-    root.setLevel(old_level)
 
 
 async def test_no_key_material_in_the_429_or_the_logs(
