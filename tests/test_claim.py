@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from arq import Retry
 from arq.connections import ArqRedis
 from arq.worker import func
 
@@ -129,6 +130,61 @@ async def test_an_existing_arq_job_is_kept(
     assert raw == mine and 0 < ttl <= 50_000
 
 
+async def test_a_run_sees_its_try_count_and_a_deferral_moves_it_and_keeps_its_arq_job(
+    settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
+) -> None:
+    # The claim does what arq's run_job pipeline did (count the try), and the finish script what arq's
+    # finish_job did: move a deferred job's score, and now also keep its arq job alive past the wait.
+    [job_id] = await enqueue(settings, redis_client, 1)
+    queue = Keys(settings.key_prefix).queue(QUEUE)
+    seen: list[tuple[int, str]] = []
+
+    async def dial(ctx: dict[str, Any], *_a: Any, **_k: Any) -> None:
+        seen.append((ctx["job_try"], ctx["job_id"]))
+        if len(seen) == 1:
+            raise Retry(defer=30)
+
+    w = _Worker(functions=[func(dial, name=DIAL_FUNCTION)], queue_name=queue, redis_pool=pools[0], burst=True,
+                handle_signals=False, max_jobs=5, poll_delay=0.01, keep_result=0, job_serializer=codec.dumps,
+                job_deserializer=codec.loads_job, log_results=False, job_ttl_s=600)
+    before = int(time.time() * 1000)  # arq counts whole ms
+    await w.start_jobs(await queue_ids(redis_client, settings))
+    await finish(w)
+    assert seen == [(1, job_id)] and slots_free(w)
+    score = await redis_client.zscore(queue, job_id)
+    assert score is not None and before + 30_000 <= score <= time.time() * 1000 + 30_001  # arq rounds
+    assert 629_000 < await redis_client.pttl(Keys("").arq_job(job_id)) <= 630_000
+    assert await redis_client.exists(in_progress_key_prefix + job_id) == 0
+    assert await redis_client.get(retry_key_prefix + job_id) == b"1"
+    await redis_client.zadd(queue, {job_id: int(time.time() * 1000) - 1})  # due again
+    await w.start_jobs(await queue_ids(redis_client, settings))
+    await finish(w)
+    assert seen == [(1, job_id), (2, job_id)] and slots_free(w)
+    assert await queue_ids(redis_client, settings) == []
+    assert await redis_client.exists(Keys("").arq_job(job_id), in_progress_key_prefix + job_id,
+                                     retry_key_prefix + job_id) == 0
+
+
+async def test_a_cancelled_run_stays_queued_to_run_again(
+    settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
+) -> None:
+    [job_id] = await enqueue(settings, redis_client, 1)
+    queue = Keys(settings.key_prefix).queue(QUEUE)
+    score = await redis_client.zscore(queue, job_id)
+    runs = Runs(hold_s=30)
+    w = make_worker(pools[0], settings, runs)
+    await w.start_jobs(await queue_ids(redis_client, settings))
+    await asyncio.sleep(0.1)
+    assert runs.runs == [(job_id, "w")] and await redis_client.exists(in_progress_key_prefix + job_id) == 1
+    w.tasks[job_id].cancel()  # as a drain that ran out of time does
+    await asyncio.gather(*w.tasks.values(), return_exceptions=True)
+    await asyncio.sleep(0.05)  # the shielded finish outlives the cancelled task
+    assert await redis_client.zscore(queue, job_id) == score  # same place, due now
+    assert await redis_client.exists(in_progress_key_prefix + job_id) == 0
+    assert await redis_client.exists(Keys("").arq_job(job_id)) == 1
+    assert slots_free(w)
+
+
 async def test_two_workers_racing_for_the_same_ids_never_both_run_one(
     settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
 ) -> None:
@@ -235,6 +291,8 @@ async def test_poisoned_queue_entries_are_dead_lettered_and_good_jobs_still_run(
     await redis_client.zadd(keys.queue(QUEUE), {b"\xff\xfe not utf-8": now, "minus-infinity": float("-inf")})
     [hashed] = await enqueue(sim_settings, redis_client, 1, campaign="h")
     await redis_client.hset(keys.arq_job(hashed), "a hash", "where a string belongs")  # type: ignore[misc]
+    [counted] = await enqueue(sim_settings, redis_client, 1, campaign="c")
+    await redis_client.hset(retry_key_prefix + counted, "a hash", "where a counter belongs")  # type: ignore[misc]
     proc = DialerProcess(sim_settings, [QUEUE], burst=True)
     await asyncio.wait_for(proc.run(), 60)
     assert await redis_client.zcard(keys.queue(QUEUE)) == 0
@@ -246,7 +304,8 @@ async def test_poisoned_queue_entries_are_dead_lettered_and_good_jobs_still_run(
         "bare": "no ledger record",
         "minus-infinity": "score is -inf",
         "\\xff\\xfe not utf-8": "not UTF-8",
-        hashed: "corrupt",
+        hashed: "corrupt (its arq job is not a string)",
+        counted: "corrupt (its try counter is not an integer)",
     }
     for job, reason in reasons.items():
         state, err = await redis_client.hmget(keys.job(job), ["state", "err"])  # type: ignore[misc]
