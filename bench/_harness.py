@@ -48,6 +48,15 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 
+SIM_NICENESS = -10
+"""The simulator's scheduling priority (see ``_start_sim``)."""
+
+
+def sim_priority() -> str:
+    """How the simulator's priority was set, for the benchmark blocks."""
+    return f"nice {SIM_NICENESS}" if os.geteuid() == 0 else "normal priority (not root)"
+
+
 def free_port() -> int:
     while True:
         with socket.socket() as s:
@@ -334,6 +343,12 @@ async def _start_sim(children: Children, session: aiohttp.ClientSession, sim_arg
     proc = children.spawn(
         "simulator", [sys.executable, "-m", "worker.cli", "simulator", "--port", str(port), *sim_args], env
     )
+    # The simulator is the instrument: it stands for a provider on hosts of its own, and its request log
+    # stamps the times P1-P3 and P7 judge. Sharing 2 cores with the workers it measures, a stall of its
+    # event loop stamps punctual requests late and in a bunch; ahead of them in the CPU queue, it stamps
+    # them when they arrive. (Raising priority needs root; elsewhere it runs at normal priority.)
+    with contextlib.suppress(PermissionError):
+        os.setpriority(os.PRIO_PROCESS, proc.pid, SIM_NICENESS)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 15
     while True:

@@ -8,7 +8,16 @@ import time
 from typing import Any
 
 from bench import _dialer
-from bench._harness import APP_KEY, CREATE_PATH, Run, body, environment, max_window_count, wait_until
+from bench._harness import (
+    APP_KEY,
+    CREATE_PATH,
+    Run,
+    body,
+    environment,
+    max_window_count,
+    sim_priority,
+    wait_until,
+)
 from bench._report import Config, Result
 from worker.dispatch.keys import Keys
 
@@ -93,7 +102,7 @@ async def p2(cfg: Config) -> Result:
         f"requests with a timestamp in [first, first + {duration:g} s) / {duration:g} s; max 1-s window = most "
         "requests in any [t, t + 1 s) over the whole run (drain included). Control: the bench process alone "
         "sends on an exact schedule at 99% of the limit (the dialer's pacing) to the same simulator, for the same "
-        "time: what the measurement itself adds.",
+        f"time: what the measurement itself adds. The simulator runs at {sim_priority()} (bench/_harness.py).",
         sizes=f"{duration:g} s window{', QUICK' if cfg.quick else ''}",
     )
     achieved: list[float] = []
