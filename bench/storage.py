@@ -64,7 +64,8 @@ async def p4(cfg: Config) -> Result:
 
 # --- P5 --------------------------------------------------------------------------------------------
 
-_LISTPACK_VALUE = 512  # bytes; above the largest seed body we expect (~400 B with 5 play items)
+_LISTPACK_VALUE = 512  # bytes; compose's setting, above the largest seed body we expect (~400 B with 5 play items)
+_PIECE = 64  # enqueue.lua stores the body in pieces of at most this many bytes (Redis' default listpack value)
 _PIPELINE = 1000
 
 
@@ -90,17 +91,33 @@ class _Layout:
     arq_job: bool = False  # an arq job string per queued job (written at enqueue, as before claim.lua)
     short_arq: bool = False  # arq job {"f":"dial","et":ms}: codec.loads_job fills t, a and k
     body_in_arq: bool = False  # the body rides in the arq job ("b"), not in the ledger hash
+    pieces: bool = True  # the body in pieces of <= _PIECE bytes (body, b1, b2 ...) as enqueue.lua writes it
 
     def arq_payload(self, now: int, body_json: str) -> str:
         head = ('{"f":"dial","et":' if self.short_arq else '{"t":1,"f":"dial","a":[],"k":{},"et":') + str(now)
         return head + (',"b":' + body_json if self.body_in_arq else "") + "}"
 
 
+def _body_fields(body_json: bytes, pieces: bool) -> dict[bytes, bytes]:
+    """A body's ledger fields: whole in ``body``, or in pieces as enqueue.lua cuts an ASCII body (the bench's
+    bodies are: json.dumps escapes the rest), every ``_PIECE`` bytes."""
+    if not pieces or len(body_json) <= _PIECE:
+        return {b"body": body_json}
+    assert body_json.isascii()
+    cuts = range(0, len(body_json), _PIECE)
+    return {b"b%d" % k if k else b"body": body_json[i : i + _PIECE] for k, i in enumerate(cuts)}
+
+
+def _is_body_field(name: bytes) -> bool:
+    return name == b"body" or (name[:1] == b"b" and name[1:].isdigit())
+
+
 async def _write_layout(run: Run, layout: _Layout, fields: dict[bytes, bytes], n: int) -> None:
     client = run.redis.client
     now = int(time.time() * 1000)
-    drop = {*layout.drop, *(("body",) if layout.body_in_arq else ())}
-    kept = {k: v for k, v in fields.items() if k.decode() not in drop}
+    with_body = not layout.body_in_arq and "body" not in layout.drop
+    # `fields` is a record enqueue_ours wrote; its body fields are rewritten per job below.
+    kept = {k: v for k, v in fields.items() if k.decode() not in layout.drop and not _is_body_field(k)}
     for start in range(0, n, _PIPELINE):
         async with client.pipeline(transaction=False) as pipe:
             for i in range(start, min(start + _PIPELINE, n)):
@@ -109,8 +126,8 @@ async def _write_layout(run: Run, layout: _Layout, fields: dict[bytes, bytes], n
                 if layout.ledger:
                     key = layout.ledger_prefix + job_id
                     record = dict(kept)
-                    if b"body" in record:
-                        record[b"body"] = body_json.encode()
+                    if with_body:
+                        record.update(_body_fields(body_json.encode(), layout.pieces))
                     if b"called" in record:
                         record[b"called"] = body(i)["called"].encode()
                     pipe.hset(key, mapping=record)
@@ -148,8 +165,9 @@ async def p5(cfg: Config) -> Result:
         "P5", "Redis memory per queued job",
         f"`INFO memory` used_memory after - before enqueueing {n} jobs into an empty redis-server (default config "
         f"unless said), divided by {n}. Body: the seed's shape, {size} bytes as compact JSON. Ours: "
-        "`Producer.enqueue_many` (16-character random job ids; a queued job is its ledger hash and its queue "
-        "entry: the worker writes the arq job when it claims the job). Baseline: arq "
+        "`Producer.enqueue_many` (16-character random job ids; a queued job is its ledger hash, the body in pieces "
+        f"of at most {_PIECE} bytes so the hash stays listpack-encoded at Redis' default hash-max-listpack-value "
+        "64, and its queue entry: the worker writes the arq job when it claims the job). Baseline: arq "
         "`enqueue_job('dial', **body)` with arq's default pickle serializer. Breakdown: `MEMORY USAGE <key> "
         "SAMPLES 0` of one job's keys; the rest is Redis' per-key bookkeeping outside MEMORY USAGE (the "
         "ledger hash's expires-dict entry, hash-table buckets). Variants after the first three rows are "
@@ -192,11 +210,14 @@ async def p5(cfg: Config) -> Result:
     for name, values in variant_values.items():
         res.add(name, values, "bytes/job")
     total = sum(parts.values())
+    if encoding.startswith("listpack"):
+        why = f"the {size}-byte body is stored in pieces of at most {_PIECE} bytes, within hash-max-listpack-value 64"
+    else:
+        why = "a value is over hash-max-listpack-value 64, so the hash is a real hash table"
     res.notes.append(
-        f"default config, one job (MEMORY USAGE): ledger hash {parts['ledger hash']:.0f} B ({encoding} encoding: the "
-        f"{size}-byte body is over hash-max-listpack-value 64, so the hash is a real hash table), queue entry "
-        f"{parts['queue entry']:.0f} B{_arq_note(parts)}; sum {total:.0f} B, the remaining {f_o.median - total:.0f} B "
-        f"is per-key bookkeeping (expires entry, dict buckets)"
+        f"default config, one job (MEMORY USAGE): ledger hash {parts['ledger hash']:.0f} B ({encoding} encoding: "
+        f"{why}), queue entry {parts['queue entry']:.0f} B{_arq_note(parts)}; sum {total:.0f} B, the remaining "
+        f"{f_o.median - total:.0f} B is per-key bookkeeping (expires entry, dict buckets)"
     )
     lp_total = sum(lp_parts.values())
     res.notes.append(
@@ -204,12 +225,13 @@ async def p5(cfg: Config) -> Result:
         f"queue entry {lp_parts['queue entry']:.0f} B{_arq_note(lp_parts)}; sum {lp_total:.0f} B, the remaining "
         f"{f_lp.median - lp_total:.0f} B is per-key bookkeeping"
     )
-    res.check("≤ 600 bytes/job (default redis config)", f"{f_o.fmt()} B", f_o.median <= 600)
-    res.check(f"≤ 600 bytes/job (hash-max-listpack-value {_LISTPACK_VALUE})", f"{f_lp.fmt()} B", f_lp.median <= 600)
-    res.summary_ours = f"{f_o.fmt()} B/job ({f_lp.fmt()} B with listpack {_LISTPACK_VALUE})"
+    res.check("≤ 600 bytes/job (Redis' default config)", f"{f_o.fmt()} B", f_o.median <= 600)
+    res.check(f"≤ 600 bytes/job (compose's hash-max-listpack-value {_LISTPACK_VALUE})", f"{f_lp.fmt()} B",
+              f_lp.median <= 600)
+    res.summary_ours = f"{f_o.fmt()} B/job at the default config ({f_lp.fmt()} B with listpack {_LISTPACK_VALUE})"
     res.summary_baseline = f"{f_a.fmt()} B/job (arq pickle)"
     res.summary_ratio = f"{ratio(f_o.median, f_a.median):.2f}x ({ratio(f_lp.median, f_a.median):.2f}x)"
-    res.summary_target = "≤ 600 B"
+    res.summary_target = "≤ 600 B at the default config"
     return res
 
 
@@ -229,14 +251,18 @@ async def _first_ledger_key(run: Run, bodies: list[dict[str, Any]]) -> str:
 
 def _variants() -> list[_Layout]:
     same = _Layout("written directly, same layout as ours (default config; check of the method)", listpack=False)
-    before = _Layout("default config, the layout before: + arq job string at enqueue, 32-hex uuid4 ids",
-                     listpack=False, arq_job=True, id_chars=32)
+    whole = _Layout("default config, ours with the body in one field (before pieces: a real hash table)",
+                    listpack=False, pieces=False)
+    first = _Layout("default config, the first layout: body in one field, + arq job string at enqueue, "
+                    "32-hex uuid4 ids", listpack=False, pieces=False, arq_job=True, id_chars=32)
     one_key = _Layout("default config, one key per queued job (arq job with the body; ledger hash from claim on)",
                       listpack=False, body_in_arq=True, short_arq=True, ledger=False)
+    no_dup = _Layout("default config, ours without `called` and `prio` (both are in the body)",
+                     listpack=False, drop=("called", "prio"))
+    no_ttl = _Layout("… and no TTL on the ledger hash while queued", listpack=False, drop=no_dup.drop,
+                     ledger_ttl=False)
     lp_same = _Layout(f"written directly, same layout as ours (listpack {_LISTPACK_VALUE}; check of the method)")
-    lp_before = _Layout(f"listpack {_LISTPACK_VALUE}, the layout before: + arq job string at enqueue, 32-hex uuid4 ids",
-                        arq_job=True, id_chars=32)
-    no_dup = _Layout(f"listpack {_LISTPACK_VALUE}, ours without `called` and `prio` (both are in the body)",
-                     drop=("called", "prio"))
-    no_ttl = _Layout("… and no TTL on the ledger hash while queued", drop=no_dup.drop, ledger_ttl=False)
-    return [same, before, one_key, lp_same, lp_before, no_dup, no_ttl]
+    lp_whole = _Layout(f"listpack {_LISTPACK_VALUE}, ours with the body in one field (before pieces)", pieces=False)
+    lp_first = _Layout(f"listpack {_LISTPACK_VALUE}, the first layout: body in one field, + arq job string at "
+                       "enqueue, 32-hex uuid4 ids", pieces=False, arq_job=True, id_chars=32)
+    return [same, whole, first, one_key, no_dup, no_ttl, lp_same, lp_whole, lp_first]

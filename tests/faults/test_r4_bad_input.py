@@ -422,6 +422,8 @@ async def test_r4_poisoned_job_keys_and_queues_are_refused_and_the_worker_keeps_
     await redis_client.hset(keys.job(tampered["unknown state"]), "state", "weird")  # type: ignore[misc]  # redis-py's union
     await redis_client.hset(keys.job(tampered["invalid stored body"]), "body",  # type: ignore[misc]  # redis-py's union
                             json.dumps({"called": "1;reboot", "playList": []}))
+    # The whole body replaced: its continuation pieces (a body over 64 bytes, see enqueue.lua) go too.
+    await redis_client.hdel(keys.job(tampered["invalid stored body"]), "b1", "b2", "b3")  # type: ignore[misc]  # redis-py's union
     await redis_client.hdel(keys.job(tampered["no body"]), "body", "called")  # type: ignore[misc]  # redis-py's union
     await redis_client.delete(keys.job(tampered["ledger key is a string"]))
     await redis_client.set(keys.job(tampered["ledger key is a string"]), "a string where a hash belongs")

@@ -4,7 +4,8 @@ The arq job only says "run job <id>"; the body, state and history live here, at 
 
     state     queued | sending | sent | failed | dead | unknown | cancelled | expired | suppressed
     prio      "1".."9"                 called    the number dialled
-    campaign  (only when set)          body      compact JSON of CallRequest.body()
+    campaign  (only when set)          body      compact JSON of CallRequest.body() (its first piece)
+    b1, b2 .. the rest of a body of more than 64 bytes, in pieces of at most 64 bytes (see ``_body``)
     created   ms                       updated   ms of the last transition (absent: = created)
     attempts  provider tries (absent: 0)  err    last error text (when any)
     serial    callSerialNo (when sent) sent      ms (when sent)
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,6 +79,8 @@ _RESERVED_FIELDS = frozenset(
     {"state", "prio", "called", "campaign", "body", "created", "updated", "attempts", "err", "serial", "sent",
      "nb", "dl", "cm", "tz", "first", "pk", "outcome", "reason", "q", "rof", "rn", "rdl"}
 )
+_BODY_PIECE = re.compile(r"b[0-9]+")
+"""Names of the body's continuation fields (``b1``, ``b2``, ...), reserved as well."""
 
 
 class State(StrEnum):
@@ -121,6 +125,24 @@ def _hash(raw: dict[Any, Any] | list[Any]) -> dict[str, str]:
         return {_str(k): _str(v) for k, v in raw.items()}
     it = iter(raw)
     return {_str(k): _str(v) for k, v in zip(it, it, strict=True)}
+
+
+def _body(h: dict[str, str]) -> str:
+    """The stored body: ``body`` followed by its continuation pieces ``b1``, ``b2``, ... if any.
+
+    enqueue.lua stores a body of more than 64 bytes in pieces of at most 64 bytes, each ending on a UTF-8
+    character boundary, so that the hash stays listpack-encoded at Redis' default
+    ``hash-max-listpack-value`` (64): a single longer value makes it a hash table, ~400 bytes more.
+    """
+    text = h["body"]
+    if "b1" not in h:
+        return text
+    parts = [text]
+    k = 1
+    while (piece := h.get(f"b{k}")) is not None:
+        parts.append(piece)
+        k += 1
+    return "".join(parts)
 
 
 def _int_or_none(v: str | None) -> int | None:
@@ -179,7 +201,7 @@ class JobRecord:
             priority=int(h["prio"]),
             called=h["called"],
             campaign=h.get("campaign") or None,
-            body=json.loads(h["body"]),
+            body=json.loads(_body(h)),
             attempts=int(h.get("attempts") or 0),
             last_error=h.get("err") or None,
             call_serial_no=h.get("serial") or None,
@@ -476,7 +498,7 @@ class Ledger:
             raise ValueError(f"outcome: must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
         pairs: list[str] = []
         for key, value in (extra or {}).items():
-            if key in _RESERVED_FIELDS or not key:
+            if key in _RESERVED_FIELDS or not key or _BODY_PIECE.fullmatch(key):
                 raise ValueError(f"extra: field {key!r} is reserved by the ledger")
             pairs += [key, value]
         raw = await self._outcome(
