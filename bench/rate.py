@@ -48,7 +48,7 @@ async def _sleep_until_wall(t: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def _fleet(run: Run, n: int, workers: int = _WORKERS, **settings: object) -> list[Any]:
+async def _fleet(run: Run, n: int, settings: dict[str, object], workers: int = _WORKERS) -> list[Any]:
     """Start the worker processes, let them finish starting, then enqueue ``n`` calls.
 
     Python start-up of 4 processes saturates both cores for ~2 s; a fleet is normally running before
@@ -117,7 +117,7 @@ async def p2(cfg: Config) -> Result:
 
     async def fleet_run(workers: int) -> tuple[float, int, int]:
         await run.reset()
-        procs = await _fleet(run, int(limit * (duration + 6)), workers, rate_limit=limit, rate_burst=burst)
+        procs = await _fleet(run, int(limit * (duration + 6)), {"rate_limit": limit, "rate_burst": burst}, workers)
         t0 = await _first_request_ts(run)
         await _sleep_until_wall(t0 + duration + 0.5)
         for p in procs:
@@ -167,7 +167,7 @@ async def _token_run(run: Run, duration: float, rate: float, **settings: object)
     """(tokenByAkSk calls, tokens issued, 401 answers, create requests) from worker start to first + duration."""
     await run.reset()
     await run.sim.revoke()  # no token from a previous run may be valid
-    procs = await _fleet(run, int(rate * (duration + 10)), rate_limit=rate, **settings)
+    procs = await _fleet(run, int(rate * (duration + 10)), {"rate_limit": rate, **settings})
     t0 = await _first_request_ts(run)
     await _sleep_until_wall(t0 + duration)
     log = await run.sim.log()
