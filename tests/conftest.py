@@ -24,6 +24,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from worker.dispatch.keys import Keys
+from worker.dispatch.ledger import Ledger
+from worker.dispatch.producer import Producer
 from worker.logs import JsonFormatter, TextFormatter
 from worker.settings import Settings, load_settings
 
@@ -112,6 +115,21 @@ def settings(redis_url: str) -> Settings:
         request_timeout_s=2.0,
         rate_limit=0,
     )
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.key_prefix)
+
+
+@pytest.fixture
+def ledger(redis_client: aioredis.Redis, settings: Settings) -> Ledger:
+    return Ledger(redis_client, settings)
+
+
+@pytest.fixture
+def producer(redis_client: aioredis.Redis, settings: Settings) -> Producer:
+    return Producer(redis_client, settings)
 
 
 class Proc:

@@ -22,14 +22,6 @@ BODY: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix)
-
-
-@pytest.fixture
-def ledger(redis_client: aioredis.Redis, settings: Settings) -> Ledger:
-    return Ledger(redis_client, settings)
 
 
 async def new_job(redis_client: aioredis.Redis, settings: Settings, job_id: str = "job-1") -> str:

@@ -96,19 +96,7 @@ def pieces(raw: dict[bytes, bytes]) -> list[bytes]:
     return [raw[b"body"], *(raw[n] for n in names)]
 
 
-@pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix)
 
-
-@pytest.fixture
-def ledger(redis_client: aioredis.Redis, settings: Settings) -> Ledger:
-    return Ledger(redis_client, settings)
-
-
-@pytest.fixture
-def producer(redis_client: aioredis.Redis, settings: Settings) -> Producer:
-    return Producer(redis_client, settings)
 
 
 @pytest.mark.parametrize("name", list(BODIES))

@@ -23,19 +23,7 @@ def body(called: str = "8613800000001", **extra: Any) -> dict[str, Any]:
     return {"called": called, "playList": [{"voiceId": "100001"}], **extra}
 
 
-@pytest.fixture
-def keys(settings: Settings) -> Keys:
-    return Keys(settings.key_prefix)
 
-
-@pytest.fixture
-def producer(redis_client: aioredis.Redis, settings: Settings) -> Producer:
-    return Producer(redis_client, settings)
-
-
-@pytest.fixture
-def ledger(redis_client: aioredis.Redis, settings: Settings) -> Ledger:
-    return Ledger(redis_client, settings)
 
 
 async def server_ms(r: aioredis.Redis) -> int:
