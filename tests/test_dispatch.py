@@ -363,3 +363,32 @@ async def test_cli_enqueue_json_lines_from_stdin_is_all_or_nothing_per_item(
     )
     out_b, _err_b = await proc.communicate(lines[0].encode())
     assert proc.returncode == 0 and out_b.decode().startswith("j-1\tduplicate")
+
+
+async def test_an_enqueued_job_wakes_an_idle_worker_instead_of_waiting_for_its_poll(
+    sim: Sim, sim_settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    # A poll every 5 s: only the wake-up (enqueue.lua publishes, the worker process listens) can start
+    # these jobs within a second of their enqueue.
+    settings = sim_settings.model_copy(update={"poll_delay_s": 5.0})
+
+    async def subscribed() -> bool:
+        counts = await redis_client.pubsub_numsub(Keys(settings.key_prefix).wake)
+        return bool(counts and counts[0][1] >= 1)
+
+    async def latency(called: str) -> float:
+        enqueued = time.time()
+        [job] = await enqueue(settings, [body(called, priority=2)])
+        await wait_for(lambda: all_final(settings, [job]), timeout=10)
+        [req] = [r for r in created(await sim.requests()) if r["called"] == called]
+        return float(req["ts"]) - enqueued
+
+    async with running(settings):
+        await wait_for(subscribed, timeout=10)
+        await asyncio.sleep(0.3)  # every queue has made its first poll and sleeps for 5 s
+        assert await latency("70000001") < 1.0
+        # The subscription survives its connection being killed (a Redis restart, a proxy timeout).
+        await redis_client.client_kill_filter(_type="pubsub")
+        await asyncio.sleep(0.2)
+        await wait_for(subscribed, timeout=10)
+        assert await latency("70000002") < 1.0

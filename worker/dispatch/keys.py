@@ -53,6 +53,12 @@ class Keys:
         return f"{self.prefix}serial:{call_serial_no}"
 
     @property
+    def wake(self) -> str:
+        """Pub/sub channel: enqueue.lua publishes a queue's key when it stores a job due now on it, and
+        that queue's workers poll at once instead of at their next poll."""
+        return f"{self.prefix}wake"
+
+    @property
     def seq(self) -> str:
         """Enqueue sequence counter: breaks ties between jobs enqueued in the same millisecond."""
         return f"{self.prefix}seq"
