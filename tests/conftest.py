@@ -234,3 +234,14 @@ def captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
     for h in handlers:
         root.removeHandler(h)
     root.setLevel(old_level)
+
+
+async def published(sub: Any, seconds: float = 1.0) -> list[bytes]:
+    """The messages a redis-py PubSub received within ``seconds`` (subscribe confirmations left out)."""
+    out: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        msg = await sub.get_message(ignore_subscribe_messages=True, timeout=left)
+        if msg is not None and msg["type"] == "message":
+            out.append(msg["data"])
+    return out

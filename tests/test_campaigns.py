@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import run_dialer, settings_env
+from tests.conftest import published, run_dialer, settings_env
 from worker.campaigns.control import STATUS_STATES, CampaignError, Campaigns, CampaignSpec
 from worker.campaigns.launch import LaunchError, LaunchOptions, LaunchReport, check_options, launch_file
 from worker.campaigns.outcomes import RedialPolicy, parse_duration
@@ -309,9 +309,14 @@ async def test_pause_parks_on_claim_and_resume_requeues_in_order(
     assert (await campaigns.status("camp"))["parked"] == 4
     # One of them is still finishing its arq run: resume waits for it.
     await redis_client.set(in_progress_key_prefix + ids[0], b"1", px=300)
+    sub = redis_client.pubsub()
+    await sub.subscribe(keys.wake)
     t0 = time.monotonic()
     res = await campaigns.resume("camp", wait_s=5)
     assert (res.moved, res.dropped, res.left) == (4, 0, 0)
+    # Due now: their queue's idle workers are woken rather than left to their next poll.
+    assert keys.queue(9).encode() in await published(sub, 0.5)
+    await sub.aclose()
     assert time.monotonic() - t0 >= 0.2
     order = [m.decode() for m in await redis_client.zrange(keys.queue(9), 0, -1)]
     assert order[:3] == ids[3:]  # never parked: kept their places

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from tests.conftest import published
 from worker.dispatch.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
 from worker.dispatch.ledger import Ledger, State
 from worker.dispatch.producer import CallJob, Producer, enqueue_call, enqueue_many, new_job_ids
@@ -285,7 +286,11 @@ async def test_requeue_from_dead(
     await redis_client.set(retry_key_prefix + "j1", b"3", ex=3600)
     await redis_client.set(keys.arq_job("j1"), b"left behind")
 
+    sub = redis_client.pubsub()
+    await sub.subscribe(keys.wake)
     assert await producer.requeue("j1") is True
+    assert await published(sub, 0.5) == [keys.queue(4).encode()]  # its queue's idle workers start it now
+    await sub.aclose()
     rec = await ledger.get("j1")
     assert rec is not None and rec.state == State.QUEUED and rec.attempts == 0
     assert await redis_client.zscore(keys.dead, "j1") is None
@@ -356,3 +361,16 @@ async def test_decoding_client(redis_url: str, settings: Settings) -> None:
         assert await producer.requeue_dead() == 1
     finally:
         await r.aclose()
+
+
+async def test_a_batch_wakes_each_queue_it_made_due_once_and_no_other(
+    redis_client: aioredis.Redis, producer: Producer, keys: Keys
+) -> None:
+    sub = redis_client.pubsub()
+    await sub.subscribe(keys.wake)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await producer.enqueue_many([body(priority="2"), body(priority="2", called="8613800000002"),
+                                 body(priority="7", called="8613800000003")])
+    await producer.enqueue_many([body(called="8613800000004")], not_before=later)  # due in an hour
+    assert sorted(await published(sub, 0.5)) == [keys.queue(2).encode(), keys.queue(7).encode()]
+    await sub.aclose()

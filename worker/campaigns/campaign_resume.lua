@@ -24,6 +24,7 @@ end
 local ledger_ttl = tonumber(ARGV[3])
 local moved, busy, dropped = 0, 0, 0
 local clocks = {}
+local due = {}  -- queues that got a job due now: their idle workers are woken (see enqueue.lua)
 for i = 1, #ids, 2 do
   local id, old = ids[i], tonumber(ids[i + 1])
   if redis.call('EXISTS', ARGV[5] .. id) == 1 then
@@ -50,6 +51,9 @@ for i = 1, #ids, 2 do
       -- A leftover arq job goes too: the claim writes a fresh one (as for a new job).
       redis.call('DEL', ARGV[4] .. id, ARGV[6] .. id, ARGV[7] .. id)
       redis.call('ZADD', P .. 'queue:' .. h[2], string.format('%.3f', score), id)
+      if score <= now then
+        due[P .. 'queue:' .. h[2]] = true
+      end
       if h[3] and h[4] then
         -- The pause does not count against the job's retry time budget.
         redis.call('HINCRBY', jk, 'first', now - tonumber(h[4]))
@@ -63,5 +67,8 @@ for i = 1, #ids, 2 do
 end
 for field, vt in pairs(clocks) do
   redis.call('HSET', KEYS[1], field, string.format('%.3f', vt))
+end
+for zkey in pairs(due) do
+  redis.call('PUBLISH', P .. 'wake', zkey)
 end
 return {moved, busy, dropped, redis.call('ZCARD', KEYS[2])}

@@ -33,4 +33,5 @@ count_move(ARGV[4], counted_campaign(h[3], h[4]), state, 'queued', tonumber(ARGV
 redis.call('DEL', KEYS[2], KEYS[5], KEYS[6])
 redis.call('ZADD', KEYS[3], snow, ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('PUBLISH', ARGV[4] .. 'wake', KEYS[3])  -- its queue's idle workers start it now (enqueue.lua)
 return 'requeued'
