@@ -6,7 +6,8 @@ optionally under py-spy. Never used for the figures of record.
     python -m bench.whatif                       # P1 "ours" with each stub set below, median of --runs
     python -m bench.whatif --profile /tmp/p1     # py-spy profiles (raw/collapsed), one per stub set;
                                                  # the CPU column is then py-spy's, not the worker's
-    python -m bench.whatif p2 [SECONDS]          # P2's fleet, probed: permit-to-request gap, loop lag
+    python -m bench.whatif p2 [SECONDS]          # P2's fleet, probed: permit-to-request gap, loop lag,
+                                                 # guard-to-socket gap
 
 A stub removes one Redis round trip per call (or the validation) from a worker process by
 monkeypatching it at start-up (``python -m bench.whatif worker --stub NAME ... -- dialer-args``);
@@ -106,16 +107,30 @@ def _probe() -> None:
         permits[id(asyncio.current_task())] = time.monotonic()
         return await send_once(self, *args, **kwargs)
 
+    # From the guard's last check (before_send returned) to the request's headers on the socket: the
+    # part of a request's lateness that no late-permit check can see.
+    posts: dict[int, float] = {}
+    post_gaps: list[float] = []
+
     async def probed_post(self: ProviderClient, *args: Any, **kwargs: Any) -> Any:
         t = permits.pop(id(asyncio.current_task()), None)
         if t is not None:
             gaps.append(time.monotonic() - t)
+        posts[id(asyncio.current_task())] = time.monotonic()
         return await post(self, *args, **kwargs)
+
+    async def headers_sent(*_a: Any) -> None:
+        t = posts.pop(id(asyncio.current_task()), None)
+        if t is not None:
+            post_gaps.append(time.monotonic() - t)
+
+    from worker.provider import client as _client
+    _client._SENT_TRACE.on_request_headers_sent.append(headers_sent)
 
     def dump() -> None:
         path = Path(os.environ.get("BENCH_PROBE_DIR", ".")) / f"{os.getpid()}.json"
         late = sum(getattr(d, "late_permits", 0) for d in dispatchers)
-        path.write_text(json.dumps({"gaps": gaps, "lags": lags, "late": late}))
+        path.write_text(json.dumps({"gaps": gaps, "lags": lags, "late": late, "post": post_gaps}))
 
     atexit.register(dump)
     Dispatcher._send_once = probed_send_once  # type: ignore[method-assign]
@@ -187,11 +202,13 @@ async def _p2_probe(seconds: float) -> None:
         gaps: list[float] = []
         lags: list[float] = []
         late = 0
+        post_all: list[float] = []
         for f in os.listdir(probe_dir):
             data = json.loads((probe_dir / f).read_text())
             gaps += data["gaps"]
             lags += data["lags"]
             late += data.get("late", 0)
+            post_all.extend(data.get("post", []))
     ms = [g * 1000 for g in gaps]
     lag_ms = [g * 1000 for g in lags]
     print(f"P2 fleet with probes, {seconds:g} s: max 1-s window {max_window_count(ts)}, {len(ts)} requests")
@@ -199,6 +216,9 @@ async def _p2_probe(seconds: float) -> None:
           f"max {max(ms):.2f} ms ({len(ms)} calls)")
     print(f"  event-loop lag (5-ms timer oversleep): p50 {percentile(lag_ms, 50):.2f} ms, "
           f"p99 {percentile(lag_ms, 99):.2f} ms, max {max(lag_ms):.2f} ms")
+    pm = [g * 1000 for g in post_all]
+    print(f"  guard passed -> headers written: p50 {percentile(pm, 50):.2f} ms, p99 {percentile(pm, 99):.2f} ms, "
+          f"max {max(pm):.2f} ms, over 5 ms: {sum(1 for g in pm if g > 5)}, over 15 ms: {sum(1 for g in pm if g > 15)}")
     print(f"  permits not used because the request would have left too late: {late} "
           f"({100 * late / max(len(ts) + late, 1):.2f}% of permits)")
 
