@@ -392,3 +392,25 @@ async def test_an_enqueued_job_wakes_an_idle_worker_instead_of_waiting_for_its_p
         await asyncio.sleep(0.2)
         await wait_for(subscribed, timeout=10)
         assert await latency("70000002") < 1.0
+
+
+async def test_worker_process_freezes_its_start_up_objects_out_of_the_collector(settings: Settings) -> None:
+    # A full collection walked the ~65k objects imports leave behind and stopped a worker's loop
+    # ~40 ms (BENCHMARKS.md, P1/P2); run_process moves them to the collector's permanent generation.
+    script = (
+        "import asyncio, gc\n"
+        "from worker.dispatch.queues import run_process\n"
+        "from worker.settings import Settings\n"
+        "before = gc.get_freeze_count()\n"
+        "asyncio.run(run_process(Settings(), [9], burst=True))\n"
+        "print(before, gc.get_freeze_count())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, env={**os.environ, **settings_env(settings)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    before, frozen = map(int, out.split())
+    assert before == 0
+    assert frozen > 10_000
