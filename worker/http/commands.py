@@ -11,6 +11,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from worker.errors import SettingsError
+from worker.runtime import freeze_start_up_objects
 from worker.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ async def run_server(settings: Settings, *, insecure_no_auth: bool = False) -> N
 
     redis = redis_client(settings)
     app = create_app(settings, redis, insecure_no_auth=insecure_no_auth)
+    freeze_start_up_objects()
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     stop = asyncio.Event()

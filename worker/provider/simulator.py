@@ -22,7 +22,6 @@ import base64
 import binascii
 import collections
 import dataclasses
-import gc
 import hmac
 import json
 import logging
@@ -37,6 +36,7 @@ from typing import Any
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from worker.provider.signature import SIGNATURE_MODES, SignatureMode, sign
+from worker.runtime import freeze_start_up_objects
 
 __all__ = ["SIM_STATE", "SimulatorConfig", "SimulatorState", "create_app", "run"]
 
@@ -596,10 +596,7 @@ def run(host: str, port: int, config: SimulatorConfig) -> None:
     """Serve the simulator until SIGINT/SIGTERM (``dialer simulator``); no access log, for speed."""
     logger.info("provider simulator listening on http://%s:%d", host, port)
     app = create_app(config)
-    # The ~65,000 objects that imports and the app leave behind live as long as the process; frozen,
-    # a full collection skips them instead of stopping the loop for 30-60 ms on a busy 2-core host
-    # and bunching the request stamps the benchmarks count (see SimulatorState on the log).
-    gc.freeze()
+    freeze_start_up_objects()
     web.run_app(
         app, host=host, port=port, access_log=None, print=None, backlog=1024,
         shutdown_timeout=2.0,
