@@ -33,47 +33,78 @@ class Settings(BaseSettings):
     )
 
     # --- Redis -------------------------------------------------------------------------------------
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding queues, ledger, token.")
-    key_prefix: str = Field("dialer:", min_length=1, description="Prefix of every Redis key we own.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis holding queues, ledger and token: redis://[[user]:password@]host[:port][/db], "
+        "rediss:// for TLS, or unix:///path/redis.sock. Every worker on every host must use the same Redis.",
+    )
+    key_prefix: str = Field(
+        "dialer:", min_length=1,
+        description="Prefix of every Redis key we own (two fleets may share one Redis with different prefixes).",
+    )
 
     # --- Provider ----------------------------------------------------------------------------------
     api_base_url: str = Field(
         "http://127.0.0.1:8090",
-        description="Base URL of the CEC API; the default is the built-in simulator (`dialer simulator`).",
+        description="Base URL of the CEC API; the default is the built-in simulator (`dialer simulator`), so "
+        "nothing real is dialled by accident.",
     )
-    token_url: str | None = Field(None, description="tokenByAkSk URL; default: base URL + " + TOKEN_PATH)
-    app_key: str = Field("sim-app-key", description="AK; sent as app_key and X-APP-Key.")
-    app_secret: SecretStr = Field(SecretStr("sim-app-secret"), description="SK; never logged.")
-    token_lifetime_s: int = Field(600, ge=1, le=3600, description="Requested lifetime (X-Token-Expire).")
+    token_url: str | None = Field(
+        None, description="tokenByAkSk URL (the auth module may sit on its own host/port, e.g. 28070); "
+        "unset = base URL + `" + TOKEN_PATH + "`.",
+    )
+    app_key: str = Field(
+        "sim-app-key", description="AK; sent as `app_key` and `X-APP-Key`. The default is the simulator's sandbox key."
+    )
+    app_secret: SecretStr = Field(
+        SecretStr("sim-app-secret"),
+        description="SK; a secret: never logged or shown. The default is the simulator's sandbox secret.",
+    )
+    token_lifetime_s: int = Field(
+        600, ge=1, le=3600, description="Requested token lifetime in seconds, sent as `X-Token-Expire` (1-3600)."
+    )
     token_refresh_margin_s: float = Field(
         60.0, ge=0, description="Refresh this long before the token expires (capped at a tenth of its lifetime)."
     )
     request_timeout_s: float = Field(10.0, gt=0, description="Total time allowed for one provider request.")
     connect_timeout_s: float = Field(3.0, gt=0, description="Time allowed to open a connection.")
-    callback_url_base64: bool = Field(False, description="Send callBackUrl Base64-encoded (cec_07_2802).")
+    callback_url_base64: bool = Field(
+        False, description="Send `callBackUrl` Base64-encoded (cec_07_2802); plain by default, as in the seed."
+    )
 
     # --- Retries -----------------------------------------------------------------------------------
-    retry_max_attempts: int = Field(6, ge=1, description="Provider attempts per job, first one included.")
-    retry_base_s: float = Field(0.5, gt=0, description="First backoff ceiling; doubles per attempt.")
+    retry_max_attempts: int = Field(6, ge=1, description="Provider attempts per job, the first one included.")
+    retry_base_s: float = Field(
+        0.5, gt=0, description="First backoff ceiling; doubles per attempt (full jitter: uniform 0..ceiling)."
+    )
     retry_max_backoff_s: float = Field(60.0, gt=0, description="Largest single backoff ceiling.")
-    retry_max_total_s: float = Field(900.0, gt=0, description="Give up once this long after the first try.")
+    retry_max_total_s: float = Field(
+        900.0, gt=0, description="Give up (dead-letter the job) this long after the first try."
+    )
     retry_inprocess_max_s: float = Field(
-        2.0, ge=0, description="Backoffs up to this are slept in the worker; longer ones defer the job."
+        2.0, ge=0, description="Backoffs up to this are slept in the worker; longer ones put the job back on its queue."
     )
 
     # --- Dispatch ----------------------------------------------------------------------------------
-    rate_limit: float = Field(10.0, ge=0, description="Provider calls/s across the fleet; 0 = no limit.")
+    rate_limit: float = Field(10.0, ge=0, description="Provider calls/s across the whole fleet; 0 = no limit.")
     rate_burst: int = Field(1, ge=1, description="Calls allowed back to back above the steady rate.")
     rate_reserve_ahead_s: float = Field(
         2.0, ge=0, description="How far ahead a priority-1 call may book a send slot; lower priorities "
-        "book proportionally less, so a backlog of them cannot hold the schedule against urgent calls.",
+        "book proportionally less (priority 9: about one interval), so a backlog of them cannot hold the "
+        "schedule against urgent calls.",
     )
-    max_in_flight: int = Field(50, ge=1, description="Concurrent provider requests across the fleet.")
+    max_in_flight: int = Field(50, ge=1, description="Concurrent provider requests across the whole fleet.")
     redial_ambiguous: bool = Field(
-        False, description="Redial jobs whose outcome is unknown (worker died or timed out mid-request)."
+        False, description="Redial jobs whose outcome is unknown (worker died or timed out mid-request): may call "
+        "a person twice.",
     )
     worker_concurrency: int = Field(100, ge=1, description="Jobs one worker process runs at once per queue.")
-    poll_delay_s: float = Field(0.05, gt=0, description="How often an idle worker polls its queues.")
+    poll_delay_s: float = Field(
+        0.05, gt=0, description="How often an idle worker polls its queues. A job enqueued due now (or requeued "
+        "from the dead letters, or resumed with its campaign) also wakes its queue's workers at once (Redis pub/sub "
+        "on `dialer:wake`), so this bounds idle latency only while that subscription is down, and for jobs that "
+        "become due later (deferrals, pacing).",
+    )
     job_timeout_s: float = Field(
         120.0, ge=10, description="Longest one run of a job may take (rate waits, in-process retries, the "
         "request). A killed worker's jobs run again this long + 10 s after it died.",
@@ -82,49 +113,78 @@ class Settings(BaseSettings):
         7 * 86400, ge=60,
         description="arq's job key, written when a worker claims the job, lives this long (extended on deferral).",
     )
-    ledger_ttl_s: int = Field(30 * 86400, ge=60, description="Ledger records (dedupe memory) live this long.")
-    drain_timeout_s: int = Field(30, ge=1, description="On SIGTERM, wait this long for in-flight calls.")
+    ledger_ttl_s: int = Field(
+        30 * 86400, ge=60, description="Ledger records, and so the dedupe memory, live this long."
+    )
+    drain_timeout_s: int = Field(
+        30, ge=1, description="On SIGTERM, let in-flight calls finish for this long. Keep it at least 10 s below "
+        "docker compose's DIALER_STOP_GRACE_PERIOD, or Docker kills workers mid-request.",
+    )
     number_cap_calls: int = Field(
         0, ge=0, description="Campaign calls allowed to one number per DIALER_NUMBER_CAP_DAYS, across campaigns; "
         "0 = no cap.",
     )
-    number_cap_days: float = Field(0.0, ge=0, description="Length of the per-number cap's sliding window, in days.")
+    number_cap_days: float = Field(
+        0.0, ge=0, description="Length of the per-number cap's sliding window, in days (may be fractional; "
+        "required when the cap is on).",
+    )
 
     # --- HTTP service (`dialer serve`) and metrics ------------------------------------------------
-    http_host: str = Field("127.0.0.1", min_length=1, description="Address `dialer serve` listens on.")
+    http_host: str = Field(
+        "127.0.0.1", min_length=1,
+        description="Address `dialer serve` (and a worker's metrics port) listens on; `0.0.0.0` in containers.",
+    )
     http_port: int = Field(8080, ge=0, le=65535, description="Port of `dialer serve` (0 = any free port).")
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="API keys accepted as `Authorization: Bearer <key>`; comma-separated or a JSON array.",
+        description="API keys accepted as `Authorization: Bearer <key>`, comma-separated or a JSON array, 16+ "
+        "characters each; secrets, never logged. `dialer serve` refuses to start without one (unless "
+        "`--insecure-no-auth`).",
     )
-    dashboard_key: SecretStr | None = Field(None, description="Optional read-only key: views the dashboard only.")
-    http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
-    http_max_batch: int = Field(1000, ge=1, le=100_000, description="Most items in one POST /v1/calls:batch.")
+    dashboard_key: SecretStr | None = Field(
+        None, description="Optional read-only key (a secret, 16+ characters): opens the dashboard, nothing else."
+    )
+    http_max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body `dialer serve` reads (413 above)."
+    )
+    http_max_batch: int = Field(
+        1000, ge=1, le=100_000, description="Most items in one `POST /v1/calls:batch` (422 above)."
+    )
     http_rate_limit: float = Field(
         50.0, ge=0, le=1_000_000, allow_inf_nan=False,
         description="Requests/s each API key (and the dashboard key) may make to `dialer serve`, across every "
-        "replica sharing the Redis; 0 = no throttle. Open routes are never throttled.",
+        "replica sharing the Redis (429 with `Retry-After` above); 0 = no throttle. `/healthz`, `/readyz`, "
+        "`/metrics`, `/openapi.json` and the provider callback are never throttled.",
     )
     http_rate_burst: int = Field(
         100, ge=1, le=100_000,
         description="Requests an idle key may make back to back before DIALER_HTTP_RATE_LIMIT paces it.",
     )
     public_url: str | None = Field(
-        None, description="Base URL the provider reaches `dialer serve` at; campaign calls get "
-        "`<public_url>/v1/callbacks/release` as their callBackUrl.",
+        None, description="Base URL at which the provider and clients reach `dialer serve` (listed in "
+        "`/openapi.json`); campaign calls get `<public url>/v1/callbacks/release` as their callBackUrl (needed "
+        "for outcomes and redials).",
     )
     callback_shared_key: SecretStr | None = Field(
-        None, description="Shared key of the provider's release-event signature; unset = callbacks are "
-        "accepted unsigned (anyone who can reach the route can record outcomes).",
+        None, description="Shared key of the provider's release-event signature; a secret. Unset: the callback "
+        "route accepts unsigned events from anyone who can reach it (who can then record outcomes); set it in "
+        "production.",
     )
     callback_signature_mode: Literal["sha256", "hmac-sha256"] = Field(
-        "sha256", description="Digest of the callback signature: plain SHA-256 or HMAC-SHA256 (unconfirmed).",
+        "sha256", description="Digest of that signature: `sha256` (SHA-256 of `key_timestamp_nonce_fields`) or "
+        "`hmac-sha256` (HMAC keyed with the shared key); which one the provider uses is unconfirmed.",
     )
-    metrics_port: int = Field(0, ge=0, le=65535, description="Worker processes serve /metrics here; 0 = off.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Each worker process serves `/metrics` and `/healthz` on this port; 0 = off."
+    )
 
     # --- Logging -----------------------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="`DEBUG`, `INFO`, `WARNING` or `ERROR`."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text` for terminals, `json` for one JSON object per line."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
