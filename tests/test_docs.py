@@ -1,6 +1,7 @@
 """The README names the commands CI runs; docs/settings.md and .env.example are generated from Settings."""
 
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -40,3 +41,13 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "    ./scripts/test\n" in readme
     assert "exec ./scripts/test" in ci
     assert "dialer demo" in readme
+
+
+def test_readme_stays_short_and_every_link_it_makes_resolves() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250, "README.md is the front page: the rest belongs in docs/"
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme)
+    assert {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")} <= set(links), "README links every docs/ page"
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
+            assert (doc.parent / target).exists(), f"{doc.name} links {target}, which does not exist"
