@@ -10,7 +10,7 @@ from typing import Any
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from bench._harness import Run
-from worker.dispatch.producer import Producer
+from worker.ledger.producer import Producer
 from worker.settings import Settings, load_settings
 
 _ARQ_ENQUEUE_CONCURRENCY = 50

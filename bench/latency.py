@@ -16,8 +16,8 @@ from bench import _dialer
 from bench._harness import Run, body, environment, percentile, wait_until
 from bench._report import Config, Result, ratio
 from bench.rate import _first_request_ts, _sleep_until_wall
-from worker.dispatch.keys import Keys
-from worker.dispatch.producer import Producer
+from worker.ledger.producer import Producer
+from worker.store.keys import Keys
 
 _P3_WORKERS = 2
 

@@ -20,7 +20,7 @@ from bench._harness import (
     wait_until,
 )
 from bench._report import Config, Result
-from worker.dispatch.keys import Keys
+from worker.store.keys import Keys
 
 _WORKERS = 4
 _SETTLE_S = 2.5

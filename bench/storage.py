@@ -12,8 +12,8 @@ from typing import Any
 from bench import _dialer
 from bench._harness import Run, body, environment
 from bench._report import Config, Result, ratio
-from worker.dispatch.keys import Keys
-from worker.dispatch.producer import Producer
+from worker.ledger.producer import Producer
+from worker.store.keys import Keys
 
 
 async def p4(cfg: Config) -> Result:

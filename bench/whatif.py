@@ -33,8 +33,8 @@ _OURS_MAX_IN_FLIGHT = 10_000
 
 def _stub_inflight() -> None:
     # The lease rides in begin_send's and mark_sent's scripts: without it they skip the in-flight set.
-    from worker.dispatch.inflight import Lease
-    from worker.dispatch.ledger import Ledger, SendGate
+    from worker.ledger.transitions import Ledger, SendGate
+    from worker.limits.inflight import Lease
 
     begin_send = Ledger.begin_send
 
@@ -45,8 +45,8 @@ def _stub_inflight() -> None:
 
 
 def _stub_begin_send() -> None:
-    from worker.dispatch.inflight import Lease
-    from worker.dispatch.ledger import Ledger, SendGate
+    from worker.ledger.transitions import Ledger, SendGate
+    from worker.limits.inflight import Lease
 
     async def begin_send(self: Ledger, job_id: str, lease: Lease | None = None, *, now: bool = False) -> SendGate:
         return SendGate(True, 1)
@@ -55,8 +55,8 @@ def _stub_begin_send() -> None:
 
 
 def _stub_mark_sent() -> None:
-    from worker.dispatch.inflight import Lease
-    from worker.dispatch.ledger import Ledger
+    from worker.ledger.transitions import Ledger
+    from worker.limits.inflight import Lease
 
     async def mark_sent(self: Ledger, job_id: str, call_serial_no: str, lease: Lease | None = None) -> None:
         return None
@@ -65,7 +65,7 @@ def _stub_mark_sent() -> None:
 
 
 def _stub_validate() -> None:
-    from worker.dispatch.ledger import JobRecord
+    from worker.ledger.transitions import JobRecord
     from worker.models import CallRequest
 
     def request(self: JobRecord) -> CallRequest:
@@ -81,7 +81,7 @@ def _probe() -> None:
     import json
     import os
 
-    from worker.dispatch.job import Dispatcher
+    from worker.dispatch.dispatcher import Dispatcher
     from worker.provider.client import ProviderClient
 
     permits: dict[int, float] = {}
@@ -142,7 +142,7 @@ def _pipe_stats() -> None:
     import atexit
     from collections import Counter
 
-    from worker.dispatch.pipelining import AutoPipeline
+    from worker.store.pipelining import AutoPipeline
 
     sizes: Counter[int] = Counter()
     send = AutoPipeline._send

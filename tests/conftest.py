@@ -24,11 +24,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import Ledger
-from worker.dispatch.producer import Producer
+from worker.ledger.producer import Producer
+from worker.ledger.transitions import Ledger
 from worker.logs import JsonFormatter, TextFormatter
 from worker.settings import Settings, load_settings
+from worker.store.keys import Keys
 
 
 def free_port() -> int:
@@ -202,7 +202,7 @@ class Sim:
 async def sim(settings: Settings) -> AsyncIterator[Sim]:
     from aiohttp.test_utils import TestServer
 
-    from worker.provider.simulator import SimulatorConfig, create_app
+    from worker.sandbox.simulator import SimulatorConfig, create_app
 
     app = create_app(SimulatorConfig(app_key=settings.app_key,
                                      app_secret=settings.app_secret.get_secret_value()))

@@ -21,8 +21,8 @@ from tests.test_campaigns import do_launch, numbers_csv
 from tests.test_dispatch import running, wait_for
 from worker.campaigns.control import Campaigns
 from worker.campaigns.outcomes import CALLBACK_PATH, outcome_of
-from worker.dispatch.ledger import Ledger
 from worker.http import create_app
+from worker.ledger.transitions import Ledger
 from worker.provider.signature import sign
 from worker.settings import Settings
 

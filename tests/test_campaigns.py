@@ -17,10 +17,10 @@ from worker.campaigns.control import STATUS_STATES, CampaignError, Campaigns, Ca
 from worker.campaigns.launch import LaunchError, LaunchOptions, LaunchReport, check_options, launch_file
 from worker.campaigns.outcomes import RedialPolicy, parse_duration
 from worker.campaigns.suppression import Suppression, normalize_number, read_numbers
-from worker.dispatch.keys import Keys, in_progress_key_prefix
-from worker.dispatch.ledger import OUTCOMES, Ledger, State
-from worker.dispatch.producer import Producer
+from worker.ledger.producer import Producer
+from worker.ledger.transitions import OUTCOMES, Ledger, State
 from worker.settings import Settings
+from worker.store.keys import Keys, in_progress_key_prefix
 
 
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:

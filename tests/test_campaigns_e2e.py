@@ -16,9 +16,9 @@ from tests.test_campaigns import do_launch, numbers_csv, write_csv
 from tests.test_dispatch import created, running, wait_for
 from worker.campaigns.control import Campaigns
 from worker.campaigns.suppression import Suppression
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import Ledger, State
+from worker.ledger.transitions import Ledger, State
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 
 async def sent_numbers(sim: Sim) -> list[str]:

@@ -19,16 +19,16 @@ from tests.conftest import Sim
 from tests.test_campaigns import do_launch, numbers_csv
 from tests.test_dispatch import created, wait_for
 from worker.campaigns.control import Campaigns
-from worker.campaigns.windows import Window, WindowError, parse_days, parse_hours
 from worker.dispatch import codec
-from worker.dispatch.inflight import InFlight
-from worker.dispatch.job import Dispatcher
-from worker.dispatch.keys import DIAL_FUNCTION, Keys
-from worker.dispatch.ledger import Ledger, State
-from worker.dispatch.queues import _dial, _Worker, open_pool
-from worker.dispatch.ratelimit import RateLimiter
+from worker.dispatch.dispatcher import Dispatcher
+from worker.dispatch.engine import _dial, _Worker, open_pool
+from worker.ledger.transitions import Ledger, State
+from worker.limits.inflight import InFlight
+from worker.limits.ratelimit import RateLimiter
 from worker.provider.client import ProviderClient
 from worker.settings import Settings
+from worker.store.keys import DIAL_FUNCTION, Keys
+from worker.windows import Window, WindowError, parse_days, parse_hours
 
 PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")

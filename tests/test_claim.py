@@ -1,4 +1,4 @@
-"""The worker's batched claim (queues._Worker.start_jobs + dispatch/claim.lua) against a real Redis: one
+"""The worker's batched claim (engine._Worker.start_jobs + dispatch/claim.lua) against a real Redis: one
 script per poll claims due jobs, skips running and deferred ones, writes the arq job the producer no
 longer writes, gives unused slots back, and still dead-letters poisoned queue entries."""
 
@@ -18,12 +18,12 @@ from arq.connections import ArqRedis
 from arq.worker import func
 
 from tests.conftest import Sim
-from worker.dispatch import codec, queues
-from worker.dispatch.keys import DIAL_FUNCTION, Keys, in_progress_key_prefix, retry_key_prefix
-from worker.dispatch.ledger import Ledger, State
-from worker.dispatch.producer import Producer
-from worker.dispatch.queues import DialerProcess, _Worker, open_pool
+from worker.dispatch import codec, engine
+from worker.dispatch.engine import DialerProcess, _Worker, open_pool
+from worker.ledger.producer import Producer
+from worker.ledger.transitions import Ledger, State
 from worker.settings import Settings
+from worker.store.keys import DIAL_FUNCTION, Keys, in_progress_key_prefix, retry_key_prefix
 
 QUEUE = 5
 
@@ -315,4 +315,4 @@ async def test_poisoned_queue_entries_are_dead_lettered_and_good_jobs_still_run(
 
 def test_the_arq_cli_entry_point_is_gone() -> None:
     # A plain arq Worker (arq's CLI) would find no arq job for our queued jobs: only _Worker claims them.
-    assert not hasattr(queues, "WorkerSettings")
+    assert not hasattr(engine, "WorkerSettings")

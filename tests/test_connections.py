@@ -1,4 +1,4 @@
-"""The worker's Redis pool (worker.dispatch.connections) against a real redis-server behind a TCP proxy
+"""The worker's Redis pool (worker.store.connections) against a real redis-server behind a TCP proxy
 that misbehaves the way a restarting Redis does: connections accepted and then reset during the
 handshake, or answered "-LOADING" while the dataset loads. redis-py retries neither; our pool does, so a
 job that meets it is not failed (and dropped) by arq."""
@@ -17,15 +17,15 @@ from arq.connections import create_pool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.conftest import RedisServer, Sim
-from worker.dispatch.connections import DialerConnectionPool
-from worker.dispatch.inflight import InFlight
-from worker.dispatch.job import Dispatcher
-from worker.dispatch.ledger import Ledger, State
-from worker.dispatch.producer import Producer
-from worker.dispatch.queues import open_pool, redis_settings
-from worker.dispatch.ratelimit import RateLimiter
+from worker.dispatch.dispatcher import Dispatcher
+from worker.dispatch.engine import open_pool, redis_settings
+from worker.ledger.producer import Producer
+from worker.ledger.transitions import Ledger, State
+from worker.limits.inflight import InFlight
+from worker.limits.ratelimit import RateLimiter
 from worker.provider.client import ProviderClient
 from worker.settings import Settings
+from worker.store.connections import DialerConnectionPool
 
 Mode = Literal["forward", "reset", "loading"]
 

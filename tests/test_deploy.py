@@ -35,9 +35,9 @@ import yaml  # type: ignore[import-untyped]  # no stubs needed to read one file
 from pydantic import SecretStr
 
 from tests.conftest import free_port
-from worker.dispatch.ledger import Ledger, State
-from worker.dispatch.producer import CallJob, Producer
-from worker.dispatch.queues import open_pool
+from worker.dispatch.engine import open_pool
+from worker.ledger.producer import CallJob, Producer
+from worker.ledger.transitions import Ledger, State
 from worker.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

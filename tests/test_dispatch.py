@@ -19,11 +19,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import RedisServer, Sim, run_dialer, settings_env, start_dialer
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import Ledger, State
-from worker.dispatch.producer import CallJob, Producer
-from worker.dispatch.queues import DialerProcess, open_pool
+from worker.dispatch.engine import DialerProcess, open_pool
+from worker.ledger.producer import CallJob, Producer
+from worker.ledger.transitions import Ledger, State
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 
 def body(called: str, priority: int = 9, **extra: Any) -> dict[str, Any]:
@@ -404,7 +404,7 @@ async def test_worker_process_freezes_its_start_up_objects_out_of_the_collector(
     # ~40 ms (BENCHMARKS.md, P1/P2); run_process moves them to the collector's permanent generation.
     script = (
         "import asyncio, gc\n"
-        "from worker.dispatch.queues import run_process\n"
+        "from worker.dispatch.engine import run_process\n"
         "from worker.settings import Settings\n"
         "before = gc.get_freeze_count()\n"
         "asyncio.run(run_process(Settings(), [9], burst=True))\n"

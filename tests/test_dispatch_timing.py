@@ -17,15 +17,15 @@ import redis.asyncio as aioredis
 from arq import Retry
 
 from tests.conftest import Sim
-from worker.dispatch.inflight import InFlight, Lease
-from worker.dispatch.job import Defer, Dispatcher
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import Ledger, SendGate, State
-from worker.dispatch.producer import Producer
-from worker.dispatch.queues import _dial, open_pool
-from worker.dispatch.ratelimit import Permit, RateLimiter
+from worker.dispatch.dispatcher import Defer, Dispatcher
+from worker.dispatch.engine import _dial, open_pool
+from worker.ledger.producer import Producer
+from worker.ledger.transitions import Ledger, SendGate, State
+from worker.limits.inflight import InFlight, Lease
+from worker.limits.ratelimit import Permit, RateLimiter
 from worker.provider.client import ProviderClient
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 BODY: dict[str, Any] = {"called": "13800000001", "playList": [{"templateId": "tpl-1"}], "priority": "5"}
 

@@ -16,12 +16,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from tests.conftest import free_port
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import Ledger
 from worker.http import DEFAULT_MODULES, Access, Reply, Route, create_app
 from worker.http.auth import COOKIE, Authenticator
 from worker.http.schemas import DashboardData
+from worker.ledger.transitions import Ledger
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 KEY = "test-api-key-0123456789"
 KEY2 = "second-api-key-9876543210"

@@ -15,9 +15,9 @@ from pydantic import SecretStr
 
 from tests.conftest import run_dialer, settings_env
 from worker.campaigns.control import Campaigns
-from worker.dispatch.ledger import Ledger, State
 from worker.http import create_app
 from worker.http.openapi import OPENAPI_DOC
+from worker.ledger.transitions import Ledger, State
 from worker.settings import Settings
 
 KEY = "campaigns-api-key-0123456789"

@@ -25,9 +25,9 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from worker.dispatch.ledger import Ledger
 from worker.errors import RetryableError
 from worker.http import create_app
+from worker.ledger.transitions import Ledger
 from worker.metrics import SendStats, error_kind
 from worker.settings import Settings
 

@@ -24,14 +24,14 @@ def lines(out: io.StringIO) -> list[dict[str, Any]]:
 
 def test_a_job_event_is_one_json_line_with_its_fields(captured: tuple[io.StringIO, io.StringIO]) -> None:
     json_out, text_out = captured
-    log = logging.getLogger("worker.dispatch.job")
+    log = logging.getLogger("worker.dispatch.dispatcher")
     log.info(
         "job %s -> %s", "spring:8899", "sent",
         extra={**job_fields("spring:8899", campaign="spring", priority="3", attempt=2, outcome="sent",
                             latency_s=0.0412, status=200, ret_code="0"),
                "authorization": "Bearer tok-SECRET", "token": SecretStr("tok-SECRET")},
     )
-    [line] = [x for x in lines(json_out) if x["logger"] == "worker.dispatch.job"]
+    [line] = [x for x in lines(json_out) if x["logger"] == "worker.dispatch.dispatcher"]
     assert line["msg"] == "job spring:8899 -> sent"
     assert line["level"] == "info" and line["ts"].endswith("Z")
     assert {k: line[k] for k in ("job_id", "campaign", "priority", "attempt", "outcome", "latency_ms")} == {

@@ -28,13 +28,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from tests.conftest import free_port, run_dialer
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import Ledger
 from worker.errors import SettingsError
 from worker.http import DEFAULT_MODULES, Access, Reply, Route, create_app
 from worker.http.auth import COOKIE, key_id
 from worker.http.openapi import OPENAPI_DOC
+from worker.ledger.transitions import Ledger
 from worker.settings import Settings, load_settings
+from worker.store.keys import Keys
 
 KEY = "throttle-test-key-0123456789"
 KEY2 = "throttle-other-key-9876543210"

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from worker.dispatch.inflight import InFlight
-from worker.dispatch.keys import Keys
+from worker.limits.inflight import InFlight
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 MakeInFlight = Callable[..., Awaitable[InFlight]]
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import FINAL_STATES, STALE_ERROR, JobRecord, Ledger, State
-from worker.dispatch.producer import Producer
+from worker.ledger.producer import Producer
+from worker.ledger.transitions import FINAL_STATES, STALE_ERROR, JobRecord, Ledger, State
 from worker.models import CallRequest
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 BODY: dict[str, Any] = {
     "called": "+8613800000001",

@@ -13,12 +13,12 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import Ledger, State
-from worker.dispatch.producer import CallJob, Producer
 from worker.http import create_app
+from worker.ledger.producer import CallJob, Producer
+from worker.ledger.transitions import Ledger, State
 from worker.models import CallRequest
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 PIECE = 64
 KEY = "test-api-key-0123456789"

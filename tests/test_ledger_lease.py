@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from worker.dispatch.inflight import InFlight
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import Ledger, State
-from worker.dispatch.producer import Producer
+from worker.ledger.producer import Producer
+from worker.ledger.transitions import Ledger, State
+from worker.limits.inflight import InFlight
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 BODY: dict[str, Any] = {"called": "+8613800000001", "playList": [{"templateId": "tpl-1"}], "priority": "2"}
 

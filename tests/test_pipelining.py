@@ -15,10 +15,10 @@ from redis.asyncio import ConnectionPool
 from redis.exceptions import ResponseError
 
 from tests.conftest import RedisServer
-from worker.dispatch.connections import DialerConnectionPool
-from worker.dispatch.pipelining import AutoPipeline
-from worker.dispatch.queues import open_pool
+from worker.dispatch.engine import open_pool
 from worker.settings import Settings
+from worker.store.connections import DialerConnectionPool
+from worker.store.pipelining import AutoPipeline
 
 ECHO = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
 FAIL_IF_X = "if ARGV[1] == 'x' then return redis.error_reply('refused x') end return ARGV[1]"

@@ -12,12 +12,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from tests.conftest import published
-from worker.dispatch.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
-from worker.dispatch.ledger import Ledger, State
-from worker.dispatch.producer import CallJob, Producer, enqueue_call, enqueue_many, new_job_ids
 from worker.errors import InvalidRequest
+from worker.ledger.producer import CallJob, Producer, enqueue_call, enqueue_many, new_job_ids
+from worker.ledger.transitions import Ledger, State
 from worker.models import CallRequest
 from worker.settings import Settings
+from worker.store.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
 
 
 def body(called: str = "8613800000001", **extra: Any) -> dict[str, Any]:

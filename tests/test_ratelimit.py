@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import pytest
 import redis.asyncio as aioredis
 
-from worker.dispatch.keys import Keys
-from worker.dispatch.ratelimit import Limit, RateLimiter, reserve_horizon
+from worker.limits.ratelimit import Limit, RateLimiter, reserve_horizon
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 MakeLimiter = Callable[..., Awaitable[RateLimiter]]
 

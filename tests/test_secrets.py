@@ -16,12 +16,12 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from worker.dispatch.keys import Keys
 from worker.errors import ProviderError
 from worker.models import CallRequest
 from worker.provider.client import ProviderClient
-from worker.provider.simulator import SIM_STATE
+from worker.sandbox.simulator import SIM_STATE
 from worker.settings import TOKEN_PATH, Settings
+from worker.store.keys import Keys
 
 if TYPE_CHECKING:
     from conftest import Sim

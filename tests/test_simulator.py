@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from worker.provider.signature import SignatureMode, verify
-from worker.provider.simulator import SIM_STATE, SimulatorConfig, SimulatorState, create_app
+from worker.sandbox.simulator import SIM_STATE, SimulatorConfig, SimulatorState, create_app
 
 TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"
 CREATE_PATH = "/apiaccess/rest/voiceNotification/v2/createVoiceNotification"

@@ -18,12 +18,12 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from worker.dispatch.keys import Keys
 from worker.errors import RetryableError
 from worker.provider.client import ProviderClient
-from worker.provider.simulator import SIM_STATE
 from worker.provider.token import Token, TokenManager
+from worker.sandbox.simulator import SIM_STATE
 from worker.settings import TOKEN_PATH, Settings
+from worker.store.keys import Keys
 
 if TYPE_CHECKING:
     from conftest import Sim

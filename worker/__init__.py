@@ -5,8 +5,6 @@ The public API::
     from worker import enqueue_call, enqueue_many, CallRequest
 """
 
-from worker.dispatch.ledger import JobRecord, State
-from worker.dispatch.producer import CallJob, EnqueueResult, Producer, enqueue_call, enqueue_many
 from worker.errors import (
     AmbiguousError,
     AuthError,
@@ -19,6 +17,8 @@ from worker.errors import (
     RetryableError,
     SettingsError,
 )
+from worker.ledger.producer import CallJob, EnqueueResult, Producer, enqueue_call, enqueue_many
+from worker.ledger.transitions import JobRecord, State
 from worker.models import CallRequest, PlayItem, ReleaseEvent
 from worker.settings import Settings, load_settings
 

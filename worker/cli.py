@@ -50,7 +50,7 @@ def main() -> None:
 @click.option("--check", is_flag=True, help="Health check: exit 0 if workers of these queues are alive.")
 def worker(queues: str, burst: bool, concurrency: int | None, check: bool) -> None:
     """Run a worker process: one arq Worker per served priority queue."""
-    from worker.dispatch.queues import check_health, parse_queues, run_process
+    from worker.dispatch.engine import check_health, parse_queues, run_process
 
     try:
         levels = parse_queues(queues)
@@ -113,8 +113,8 @@ def enqueue(called: str | None, voice_id: str | None, voice_file_name: str | Non
             play_times: int | None, callback_url: str | None, job_id: str | None, campaign: str | None,
             json_file: TextIO | None) -> None:
     """Enqueue calls. Prints one line per job: its id and whether it was new."""
-    from worker.dispatch.producer import CallJob, Producer
-    from worker.dispatch.queues import open_pool
+    from worker.dispatch.engine import open_pool
+    from worker.ledger.producer import CallJob, Producer
 
     jobs: list[CallJob] = []
     problems: list[str] = []
@@ -186,8 +186,8 @@ def enqueue(called: str | None, voice_id: str | None, voice_file_name: str | Non
 @click.argument("job_id")
 def job(job_id: str) -> None:
     """Show one job's ledger record as JSON."""
-    from worker.dispatch.ledger import Ledger
-    from worker.dispatch.queues import open_pool
+    from worker.dispatch.engine import open_pool
+    from worker.ledger.transitions import Ledger
 
     async def go(settings: Settings) -> dict[str, Any] | None:
         pool = await open_pool(settings)
@@ -213,8 +213,8 @@ def dead_letter() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def dead_list(limit: int, as_json: bool) -> None:
     """List dead-lettered jobs with their last error."""
-    from worker.dispatch.ledger import Ledger
-    from worker.dispatch.queues import open_pool
+    from worker.dispatch.engine import open_pool
+    from worker.ledger.transitions import Ledger
 
     async def go(settings: Settings) -> list[dict[str, Any]]:
         pool = await open_pool(settings)
@@ -235,8 +235,8 @@ def dead_list(limit: int, as_json: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Requeue every dead-lettered job.")
 def dead_requeue(job_ids: tuple[str, ...], all_: bool) -> None:
     """Put dead-lettered jobs back on their queues (attempts start again)."""
-    from worker.dispatch.producer import Producer
-    from worker.dispatch.queues import open_pool
+    from worker.dispatch.engine import open_pool
+    from worker.ledger.producer import Producer
 
     if not job_ids and not all_:
         raise click.UsageError("give JOB_ID(s) or --all")
@@ -280,7 +280,7 @@ def simulator(host: str, port: int, latency_ms: float, jitter_ms: float, fail_50
               callbacks: bool, app_key: str | None) -> None:
     """Run the provider simulator (a sandbox CEC) for demos, tests and benchmarks."""
     from worker import logs
-    from worker.provider.simulator import SimulatorConfig, run
+    from worker.sandbox.simulator import SimulatorConfig, run
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)

@@ -26,10 +26,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import free_port
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import FINAL_STATES, JobRecord, State, _hash
-from worker.dispatch.producer import Producer
+from worker.ledger.producer import Producer
+from worker.ledger.transitions import FINAL_STATES, JobRecord, State, _hash
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 FULL = os.environ.get("DIALER_FAULTS", "").strip().lower() == "full"
 """Full sizes (``DIALER_FAULTS=full``); otherwise the short versions the normal test run uses."""

@@ -36,7 +36,7 @@ from tests.faults.conftest import (
 )
 from worker.campaigns import Campaigns
 from worker.campaigns.launch import LaunchOptions, launch_file
-from worker.dispatch.ledger import State
+from worker.ledger.transitions import State
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(600 if FULL else 180)]

@@ -42,7 +42,7 @@ from tests.faults.conftest import (
     scale,
     wait_final,
 )
-from worker.dispatch.ledger import State
+from worker.ledger.transitions import State
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(600 if FULL else 240)]

@@ -49,13 +49,13 @@ from tests.faults.conftest import (
 )
 from worker.campaigns.control import CampaignError
 from worker.campaigns.launch import LaunchError, LaunchOptions, launch_file
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import State
-from worker.dispatch.producer import CallJob, Producer
 from worker.errors import InvalidRequest
 from worker.http import create_app
+from worker.ledger.producer import CallJob, Producer
+from worker.ledger.transitions import State
 from worker.models import CallRequest
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 pytestmark = [pytest.mark.faults]
 

@@ -26,12 +26,12 @@ from pydantic import SecretStr
 
 from tests.conftest import free_port, settings_env
 from tests.faults.conftest import FULL, Procs, SimProcess, body, fault_settings, report, snapshot, wait_until
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import FINAL_STATES
+from worker.ledger.transitions import FINAL_STATES
 from worker.provider.client import ProviderClient
 from worker.provider.signature import sign
-from worker.provider.simulator import SimulatorConfig
+from worker.sandbox.simulator import SimulatorConfig
 from worker.settings import Settings, load_settings
+from worker.store.keys import Keys
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(300 if FULL else 150)]
 

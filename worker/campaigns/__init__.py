@@ -22,7 +22,7 @@ from worker.campaigns.launch import (
 )
 from worker.campaigns.outcomes import Outcomes, RedialPolicy
 from worker.campaigns.suppression import Suppression, normalize_number
-from worker.campaigns.windows import Window, WindowError
+from worker.windows import Window, WindowError
 
 __all__ = [
     "CampaignError",

@@ -1,4 +1,4 @@
--- Cancel one slice of a campaign's job list (ledger_lib.lua is prepended): every job still queued
+-- Cancel one slice of a campaign's job list (lib.lua is prepended): every job still queued
 -- (parked or not) becomes "cancelled" and leaves its queue; jobs sending or final are left alone (a
 -- request in flight finishes and is recorded as sent: the call exists).
 -- KEYS[1] campaign job list  KEYS[2] campaign parked set

@@ -1,4 +1,4 @@
--- Create a campaign, or confirm that it exists with the same settings (ledger_lib.lua is prepended).
+-- Create a campaign, or confirm that it exists with the same settings (lib.lua is prepended).
 -- KEYS[1] campaign hash  KEYS[2] campaign index (sorted set)
 -- ARGV[1] name  ARGV[2] canonical spec JSON  ARGV[3] ledger TTL ms  ARGV[4..] field, value pairs
 -- Returns {"created", "active"}, {"exists", status}, {"different", stored spec} or {"cancelled", spec}.

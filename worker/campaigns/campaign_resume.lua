@@ -1,5 +1,5 @@
 -- Move up to ARGV[2] parked jobs of an active campaign back onto their queues, first in line first
--- (ledger_lib.lua is prepended). Like enqueue.lua it writes no arq job: the worker's claim does.
+-- (lib.lua is prepended). Like enqueue.lua it writes no arq job: the worker's claim does.
 -- KEYS[1] campaign hash  KEYS[2] its parked set
 -- ARGV[1] key prefix  ARGV[2] how many  ARGV[3] ledger TTL ms
 -- ARGV[4..7] arq key prefixes: job, in-progress, retry, result

@@ -1,4 +1,4 @@
--- Pause, resume or cancel a campaign (ledger_lib.lua is prepended). KEYS[1] campaign hash.
+-- Pause, resume or cancel a campaign (lib.lua is prepended). KEYS[1] campaign hash.
 -- ARGV[1] "pause" (active -> paused), "resume" (paused -> active) or "cancel" (any -> cancelled).
 -- Returns the status before, or "missing". A cancelled campaign stays cancelled.
 local st = redis.call('HGET', KEYS[1], 'status')

@@ -231,7 +231,7 @@ def cancel_cmd(name: str) -> None:
 def jobs_cmd(name: str, limit: int, state: str | None) -> None:
     """Job ids of NAME with their state, in enqueue order (drill-down)."""
     from worker.campaigns.control import Campaigns
-    from worker.dispatch.ledger import Ledger
+    from worker.ledger.transitions import Ledger
 
     async def go(redis: Redis, settings: Settings) -> list[tuple[str, str]]:
         campaigns, ledger = Campaigns(redis, settings), Ledger(redis, settings)

@@ -39,11 +39,11 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from worker.dispatch.keys import Keys, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
-from worker.dispatch.ledger import OUTCOMES, State, _hash, _str, lua_with_lib
-from worker.dispatch.producer import _CAMPAIGN_RE
 from worker.errors import DialerError
+from worker.ledger.producer import _CAMPAIGN_RE
+from worker.ledger.transitions import OUTCOMES, State, _hash, _str, lua_with_lib
 from worker.settings import Settings
+from worker.store.keys import Keys, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
 __all__ = [
     "STATUS_STATES", "CampaignError", "CampaignSpec", "Campaigns", "ResumeResult", "UnknownCampaign", "valid_name",
@@ -77,7 +77,7 @@ class CampaignSpec:
     ``priority``: default for rows without one. ``defaults``: request fields for rows that leave them
     out (``voiceId``/``templateId``/``voiceFileName``/``templateParams``/``callerPresent``/``playTimes``).
     ``rate``: calls/s for this campaign (under the fleet-wide limit). ``window``/``days``/``timezone``:
-    calling window (see :mod:`worker.campaigns.windows`). ``deadline_ms``: jobs not sent by then expire.
+    calling window (see :mod:`worker.windows`). ``deadline_ms``: jobs not sent by then expire.
     ``callback_url``: the callBackUrl filled into rows without one (``DIALER_PUBLIC_URL`` +
     ``/v1/callbacks/release``). ``redial``: ``{"max": N, "after_s": S}``, see :mod:`worker.campaigns.outcomes`.
     """

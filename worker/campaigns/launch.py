@@ -59,11 +59,11 @@ from redis.asyncio import Redis
 from worker.campaigns.control import CampaignError, Campaigns, CampaignSpec, valid_name
 from worker.campaigns.outcomes import RedialPolicy, callback_url
 from worker.campaigns.suppression import Suppression, normalize_number
-from worker.campaigns.windows import WindowError, parse_days, parse_hours
-from worker.dispatch.producer import _JOB_ID_RE, CallJob, Producer, valid_timezone
 from worker.errors import FieldError
+from worker.ledger.producer import _JOB_ID_RE, CallJob, Producer, valid_timezone
 from worker.models import CallRequest, PlayItem, field_errors
 from worker.settings import Settings
+from worker.windows import WindowError, parse_days, parse_hours
 
 __all__ = [
     "LaunchError", "LaunchOptions", "LaunchReport", "RowError", "check_options", "launch_file", "launch_rows",

@@ -44,12 +44,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from worker.campaigns.control import CampaignSpec
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import JobRecord, Ledger, _str
-from worker.dispatch.producer import _JOB_ID_RE, Producer
 from worker.errors import InvalidRequest
+from worker.ledger.producer import _JOB_ID_RE, Producer
+from worker.ledger.transitions import JobRecord, Ledger, _str
 from worker.models import ReleaseEvent
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 __all__ = [
     "CALLBACK_PATH",

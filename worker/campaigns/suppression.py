@@ -27,8 +27,8 @@ from typing import TextIO
 
 from redis.asyncio import Redis
 
-from worker.dispatch.keys import Keys
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 __all__ = ["Suppression", "normalize_number", "read_numbers"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from worker.dispatch.keys import DIAL_FUNCTION
+from worker.store.keys import DIAL_FUNCTION
 
 
 def dumps(data: dict[str, Any]) -> bytes:

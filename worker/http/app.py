@@ -23,9 +23,6 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from worker import metrics
-from worker.dispatch.inflight import InFlight
-from worker.dispatch.ledger import Ledger
-from worker.dispatch.producer import Producer
 from worker.http import callbacks, calls, campaigns, dashboard, health, openapi
 from worker.http.auth import Authenticator, Identity
 from worker.http.common import (
@@ -44,6 +41,9 @@ from worker.http.common import (
 from worker.http.errors import error_middleware
 from worker.http.routing import Access, Handler, Route, RouteModule
 from worker.http.throttle import Throttle, throttled
+from worker.ledger.producer import Producer
+from worker.ledger.transitions import Ledger
+from worker.limits.inflight import InFlight
 from worker.metrics import SendStats
 from worker.provider.client import ProviderClient
 from worker.settings import Settings

@@ -8,7 +8,7 @@
     # 202 {"id":"order-4711","status":"accepted","state":"queued","job":{...}}; again: 200 "duplicate"
 
 A repeated key with a *different* call is refused with 409 (``idempotency_conflict``); nothing is stored.
-Everything is validated and stored by :class:`~worker.dispatch.producer.Producer`, one atomic script
+Everything is validated and stored by :class:`~worker.ledger.producer.Producer`, one atomic script
 per job, so an item is never stored in part.
 """
 
@@ -20,9 +20,6 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from worker.dispatch.keys import Keys
-from worker.dispatch.ledger import JobRecord
-from worker.dispatch.producer import CallJob, EnqueueResult
 from worker.errors import FieldError, InvalidRequest
 from worker.http.common import LEDGER, PRODUCER, REDIS, SETTINGS, read_json
 from worker.http.errors import ApiError, rename_fields
@@ -38,9 +35,12 @@ from worker.http.schemas import (
     FieldErrorView,
     JobView,
 )
+from worker.ledger.producer import CallJob, EnqueueResult
+from worker.ledger.transitions import JobRecord
 from worker.metrics import observe_enqueued
 from worker.models import CallRequest, field_errors
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 # The producer names options as Python does; the API uses the seed's camelCase.
 _SINGLE_RENAME = {"not_before": "notBefore", "id": "Idempotency-Key"}

@@ -10,12 +10,12 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from worker.dispatch.inflight import InFlight
-from worker.dispatch.ledger import Ledger
-from worker.dispatch.producer import Producer
 from worker.http.auth import Authenticator, Identity
 from worker.http.errors import ApiError
 from worker.http.throttle import Throttle
+from worker.ledger.producer import Producer
+from worker.ledger.transitions import Ledger
+from worker.limits.inflight import InFlight
 from worker.metrics import SendStats
 from worker.provider.client import ProviderClient
 from worker.settings import Settings

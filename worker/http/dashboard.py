@@ -30,7 +30,6 @@ from typing import Any
 
 from aiohttp import web
 
-from worker.dispatch.keys import Keys
 from worker.http.auth import COOKIE, Identity, Role
 from worker.http.common import AUTH, CAMPAIGNS_FEED, IDENTITY, LEDGER, REDIS, SETTINGS, STATS
 from worker.http.errors import ApiError
@@ -45,6 +44,7 @@ from worker.http.schemas import (
     TokenView,
 )
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 RATE_WINDOW_S = 300
 ERROR_WINDOW_S = 900

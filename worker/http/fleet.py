@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from worker.dispatch.keys import PRIORITY_LEVELS, Keys
-from worker.dispatch.ledger import Ledger
+from worker.ledger.transitions import Ledger
+from worker.store.keys import PRIORITY_LEVELS, Keys
 
 _HEALTH_SUFFIX = ":health-check"  # arq's heartbeat key: <queue name>:health-check
 _KIND_RE = re.compile(r"\b(retryable-exhausted|retryable|auth|permanent|ambiguous)\b")

@@ -12,13 +12,13 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from worker import metrics
-from worker.dispatch.keys import Keys
 from worker.errors import ProviderError
 from worker.http.common import PROVIDER, REDIS, SETTINGS
 from worker.http.fleet import snapshot
 from worker.http.routing import Access, Reply, Route
 from worker.http.schemas import Health, Ready
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
 

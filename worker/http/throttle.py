@@ -12,7 +12,7 @@ counts against the key that logged in. Open routes (``/healthz``, ``/readyz``, `
 never throttled, nor are requests refused by authentication (they never get a ``key_id``).
 
 How: GCRA with ``rate`` requests/s and ``burst`` requests back to back, booked by the fleet's own
-``worker/dispatch/gcra.lua`` (the script the call rate limit uses, on the Redis server's clock, one key
+``worker/limits/gcra.lua`` (the script the call rate limit uses, on the Redis server's clock, one key
 ``<prefix>rl:http:<key_id>`` per key that expires once idle). It is asked for one slot with a booking
 horizon of 0: a request conforms only if its slot is *now*, and then the slot is booked; otherwise
 nothing is written and the script says how long until the next slot, which becomes ``Retry-After``.
@@ -32,11 +32,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker import metrics
-from worker.dispatch.keys import Keys
 from worker.http.auth import Identity
 from worker.http.errors import ApiError
 from worker.http.routing import Access, Route
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 __all__ = ["RETRY_AFTER_DOC", "Throttle", "throttled"]
 
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # calling convention (KEYS = limits; ARGV = n, n horizons, then interval/tau/max-gap per key; reply =
 # retry, Redis now, delays) is documented at the top of the script; tests/test_http_throttle.py pins
 # the behaviour this module relies on.
-_SCRIPT = resources.files("worker.dispatch").joinpath("gcra.lua").read_text(encoding="utf-8")
+_SCRIPT = resources.files("worker.limits").joinpath("gcra.lua").read_text(encoding="utf-8")
 _US = 1_000_000
 _WARN_EVERY_S = 60.0
 

@@ -36,9 +36,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker import metrics
-from worker.dispatch.keys import Keys
 from worker.errors import AuthError, ProviderError, RetryableError
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
 

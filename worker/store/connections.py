@@ -13,7 +13,7 @@ installs it on the arq pool it creates).
    handshake that follows (``HELLO``/``AUTH``/``CLIENT SETINFO``/``SELECT``) nor the pool's readiness
    check: during a Redis restart a connection can be accepted and then reset, and that error reached
    the caller, which for a job meant arq failing (and dropping) it. Here the whole check-out is
-   retried with the connection's own ``Retry`` (``queues.redis_settings``: forever, capped backoff), as
+   retried with the connection's own ``Retry`` (``engine.redis_settings``: forever, capped backoff), as
    a command would be. A refused password is not retried.
 """
 

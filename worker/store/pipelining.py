@@ -20,7 +20,7 @@ Semantics are those of calling each command on its own:
 * replies and errors are per call (a failing script fails only its own caller);
 * scripts go as EVALSHA; a NOSCRIPT reply (Redis restarted and lost its script cache) loads the
   script and runs that call again, which is safe because NOSCRIPT means it did not run;
-* a dropped connection is retried by the client's ``Retry`` settings (``queues.redis_settings``), as a
+* a dropped connection is retried by the client's ``Retry`` settings (``engine.redis_settings``), as a
   single command is: a call may then run twice, exactly as a retried single command may;
 * a caller cancelled before its batch leaves is dropped from it; once sent, the command runs anyway
   (as a single command whose reply is lost would).

@@ -1,6 +1,6 @@
 -- Helpers shared by the ledger, producer and campaign scripts; ledger.lua_source() puts this file in
 -- front of each script that needs it (Redis has no `require`). P is the key prefix (settings.key_prefix);
--- the key formats match worker/dispatch/keys.py.
+-- the key formats match worker/store/keys.py.
 
 local function now_ms()
   local t = redis.call('TIME')

@@ -37,11 +37,11 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from worker.dispatch.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
-from worker.dispatch.ledger import _lua_lib, _str
 from worker.errors import FieldError, InvalidRequest
+from worker.ledger.transitions import _lua_lib, _str
 from worker.models import CallRequest, field_errors
 from worker.settings import Settings, load_settings
+from worker.store.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
 
 __all__ = ["CallJob", "EnqueueResult", "Producer", "enqueue_call", "enqueue_many", "new_job_ids"]
 

@@ -1,7 +1,7 @@
--- queued -> sending, attempts + 1, just before a request leaves (ledger_lib.lua is prepended): the last
+-- queued -> sending, attempts + 1, just before a request leaves (lib.lua is prepended): the last
 -- gate before a call, so it repeats the campaign checks of the claim (status, do-not-call, number cap)
 -- for whatever changed while the job waited for its rate permit, and books the number cap.
--- With KEYS[2] it also takes the job's fleet-wide in-flight lease (see lease_free in ledger_lib.lua),
+-- With KEYS[2] it also takes the job's fleet-wide in-flight lease (see lease_free in lib.lua),
 -- so that the lease costs no round trip of its own.
 -- KEYS[1] ledger hash  KEYS[2] (optional) in-flight sorted set
 -- ARGV[1] ledger TTL ms  ARGV[2] key prefix  ARGV[3] job id  ARGV[4] number cap: calls (0 = off)

@@ -1,5 +1,5 @@
 -- Enqueue dial jobs, each all or nothing: ledger record + queue entry, or nothing when the job id is
--- already known (idempotency). Server time (TIME) stamps everything. (ledger_lib.lua is prepended.)
+-- already known (idempotency). Server time (TIME) stamps everything. (lib.lua is prepended.)
 -- No arq job (`arq:job:<id>`) is written: the worker's claim (claim.lua) materializes it when it starts
 -- the job, so a queued job costs its ledger hash and its queue entry only.
 -- One call takes a batch of jobs: the per-call cost of a script (and of packing its arguments) is paid

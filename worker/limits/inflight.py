@@ -43,9 +43,9 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from worker.dispatch.keys import Keys
-from worker.dispatch.pipelining import AutoPipeline
 from worker.settings import Settings
+from worker.store.keys import Keys
+from worker.store.pipelining import AutoPipeline
 
 __all__ = ["LEASE_GRACE_S", "InFlight", "Lease"]
 

@@ -1,5 +1,5 @@
 -- A queued job waits for a later time (calling window closed, number cap reached) without using any of
--- its retry budget (ledger_lib.lua is prepended). Times are ms of the caller's clock (the dispatcher's,
+-- its retry budget (lib.lua is prepended). Times are ms of the caller's clock (the dispatcher's,
 -- which tests may shift); only differences reach Redis TTLs.
 -- KEYS[1] ledger hash
 -- ARGV[1] ledger TTL ms  ARGV[2] key prefix  ARGV[3] now ms  ARGV[4] run at, ms

@@ -1,5 +1,5 @@
 -- Put a dead, failed or unknown job back on its queue with a fresh attempt budget.
--- (ledger_lib.lua is prepended.)
+-- (lib.lua is prepended.)
 --
 -- KEYS[1] ledger hash  KEYS[2] arq job key  KEYS[3] arq queue  KEYS[4] dead-letter set
 -- KEYS[5] arq retry key  KEYS[6] arq result key  KEYS[7] arq in-progress key

@@ -2,7 +2,7 @@
 
 One worker process runs one arq ``Worker`` per served priority queue (arq reads exactly one queue per
 ``Worker``), all in one event loop, sharing one Redis pool, one aiohttp session, one token manager,
-one rate limiter and one in-flight cap (see :class:`worker.dispatch.job.Dispatcher`).
+one rate limiter and one in-flight cap (see :class:`worker.dispatch.dispatcher.Dispatcher`).
 
 Each is an arq ``Worker`` with its own claim step (:class:`_Worker`), which also writes the arq job of
 each job it starts: the producer stores only the ledger record and the queue entry. So ``dialer worker``
@@ -33,9 +33,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import logs, metrics
 from worker.dispatch import codec
-from worker.dispatch.inflight import InFlight
-from worker.dispatch.job import Defer, Dispatcher
-from worker.dispatch.keys import (
+from worker.dispatch.dispatcher import Defer, Dispatcher
+from worker.ledger.transitions import Ledger
+from worker.limits.inflight import InFlight
+from worker.limits.ratelimit import RateLimiter
+from worker.provider.client import ProviderClient
+from worker.runtime import freeze_start_up_objects
+from worker.settings import Settings
+from worker.store.keys import (
     DIAL_FUNCTION,
     PRIORITY_LEVELS,
     Keys,
@@ -43,12 +48,7 @@ from worker.dispatch.keys import (
     job_key_prefix,
     retry_key_prefix,
 )
-from worker.dispatch.ledger import Ledger
-from worker.dispatch.pipelining import AutoPipeline
-from worker.dispatch.ratelimit import RateLimiter
-from worker.provider.client import ProviderClient
-from worker.runtime import freeze_start_up_objects
-from worker.settings import Settings
+from worker.store.pipelining import AutoPipeline
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,9 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 async def open_pool(settings: Settings) -> ArqRedis:
-    """The process's Redis client (arq's, with our codec) on a :class:`~worker.dispatch.connections.
+    """The process's Redis client (arq's, with our codec) on a :class:`~worker.store.connections.
     DialerConnectionPool`: no lock convoy on check-out, and a handshake retried during a restart."""
-    from worker.dispatch import connections
+    from worker.store import connections
 
     pool: ArqRedis = await create_pool(
         redis_settings(settings), job_serializer=codec.dumps, job_deserializer=codec.loads_job
@@ -108,7 +108,7 @@ async def _dial(ctx: dict[str, Any], *_args: Any, **_kwargs: Any) -> str:
     dispatcher's own waits end well before that; this is the backstop for whatever else a run may wait
     for. A run cut while its request was out ends ``unknown`` (see ``Dispatcher``), never redialled.
     """
-    from worker.dispatch.job import END_BEFORE_JOB_TIMEOUT_S
+    from worker.dispatch.dispatcher import END_BEFORE_JOB_TIMEOUT_S
 
     dispatcher: Dispatcher = ctx["dispatcher"]
     job_id: str = ctx["job_id"]

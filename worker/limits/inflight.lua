@@ -1,7 +1,7 @@
 -- Take one fleet-wide in-flight lease if fewer than `cap` unexpired leases are held.
 --
 -- KEYS[1]  sorted set of leases: member = lease id, score = expiry in ms on the Redis clock
--- ARGV[1]  lease id (unique per request, or the job id: see ledger_sending.lua); one already held is
+-- ARGV[1]  lease id (unique per request, or the job id: see sending.lua); one already held is
 --          extended, whatever the cap
 -- ARGV[2]  cap (settings.max_in_flight)
 -- ARGV[3]  lease TTL in ms: a worker killed mid-request gets its slots back after this long

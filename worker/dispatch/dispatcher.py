@@ -1,7 +1,7 @@
 """What happens to one call job inside a worker: the ledger, the limits, the provider, the outcome.
 
 This module knows nothing about arq: a run ends by returning an outcome, or by raising :class:`Defer`
-to be put back on its queue for later (``queues.py`` turns that into arq's ``Retry``).
+to be put back on its queue for later (``engine.py`` turns that into arq's ``Retry``).
 
 Delivery semantics (see README, "What happens when things go wrong"):
 
@@ -23,7 +23,7 @@ Timing (what keeps the rate limit and arq's job timeout honest):
   and lease of the re-send after a 401) ends with the run's time budget: the job goes back on its
   queue (``Defer``), ``sending`` put back to ``queued`` if no request left. The token wait between a
   401 and its re-send happens inside the provider client, where it cannot be told from the request:
-  the token manager bounds it, and ``queues._dial`` ends any run 2 s before arq's job timeout. A run
+  the token manager bounds it, and ``engine._dial`` ends any run 2 s before arq's job timeout. A run
   cancelled while its request may be out ends ``unknown``.
 
 Campaign jobs (see :mod:`worker.campaigns`) also pass, at claim and again right before the request
@@ -44,10 +44,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from worker import metrics
-from worker.campaigns.windows import Window, WindowError, cached_window
-from worker.dispatch.inflight import InFlight, Lease
-from worker.dispatch.ledger import Claim, JobRecord, Ledger, State
-from worker.dispatch.ratelimit import Limit, Permit, RateLimiter
 from worker.errors import (
     AmbiguousError,
     AuthError,
@@ -56,10 +52,14 @@ from worker.errors import (
     ProviderError,
     RetryableError,
 )
+from worker.ledger.transitions import Claim, JobRecord, Ledger, State
+from worker.limits.inflight import InFlight, Lease
+from worker.limits.ratelimit import Limit, Permit, RateLimiter
 from worker.models import CallRequest
 from worker.provider.client import Accepted, ProviderClient
 from worker.provider.retry import backoff_delay
 from worker.settings import Settings
+from worker.windows import Window, WindowError, cached_window
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 _RUN_SLACK_S = 5.0
 END_BEFORE_JOB_TIMEOUT_S = 2.0
 """The queue engine's seam ends every run this long before its job timeout, whatever the run waits for,
-and puts the job back on its queue (``queues._dial``); the waits of :class:`Dispatcher` end earlier."""
+and puts the job back on its queue (``engine._dial``); the waits of :class:`Dispatcher` end earlier."""
 
 
 class Defer(Exception):

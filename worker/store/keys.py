@@ -5,7 +5,7 @@ All keys start with ``settings.key_prefix`` (default ``dialer:``), except arq's 
 
 The ledger scripts derive a job's campaign keys, queue and suppression keys from the prefix and the
 job's record (a campaign's counters are found from the job alone, e.g. by the callback receiver), so
-they assume one Redis instance, as arq does; the formats here and in ``dispatch/*.lua`` and
+they assume one Redis instance, as arq does; the formats here and in ``ledger/*.lua`` and
 ``campaigns/*.lua`` must stay in step (``tests/test_campaigns.py`` checks them).
 """
 

@@ -1,4 +1,4 @@
--- Record a call's outcome from its result callback (ledger_lib.lua is prepended). Idempotent: the same
+-- Record a call's outcome from its result callback (lib.lua is prepended). Idempotent: the same
 -- callback delivered twice counts once; a different outcome for the same job replaces the first one in
 -- the campaign's counters as well, so counters always equal what the job records say.
 -- KEYS[1] ledger hash

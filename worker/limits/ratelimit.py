@@ -58,9 +58,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.dispatch.keys import PRIORITY_LEVELS, Keys
-from worker.dispatch.pipelining import AutoPipeline
 from worker.settings import Settings
+from worker.store.keys import PRIORITY_LEVELS, Keys
+from worker.store.pipelining import AutoPipeline
 
 __all__ = ["Limit", "Permit", "RateLimiter", "reserve_horizon"]
 

@@ -30,12 +30,12 @@ with the Redis server's clock and refreshes the record's TTL (``settings.ledger_
     queued -> cancelled | suppressed (campaign checks at claim and again right before sending)
 
 The hot transitions (``claim_run``, ``begin_send``, ``mark_*``) go through the Redis client's
-:class:`~worker.dispatch.pipelining.AutoPipeline`: those of a worker's concurrent jobs share round trips.
+:class:`~worker.store.pipelining.AutoPipeline`: those of a worker's concurrent jobs share round trips.
 ``begin_send`` can also take the job's fleet-wide in-flight lease, and ``mark_sent`` / ``mark_retry`` /
 ``mark_final`` / ``dead_letter`` give it back, in the same script (``lease=``; see ``inflight.py``).
 
 Campaign jobs (``cm``) are also counted per state in ``Keys.campaign_counts``: every script that moves a
-job moves its count in the same atomic step (``ledger_lib.lua``), so a campaign's status is exact and O(1).
+job moves its count in the same atomic step (``lib.lua``), so a campaign's status is exact and O(1).
 
 A worker uses it like this::
 
@@ -61,11 +61,11 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from worker.dispatch.inflight import Lease
-from worker.dispatch.keys import Keys
-from worker.dispatch.pipelining import AutoPipeline
+from worker.limits.inflight import Lease
 from worker.models import CallRequest, parse_request
 from worker.settings import Settings
+from worker.store.keys import Keys
+from worker.store.pipelining import AutoPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +106,8 @@ def _lua(name: str) -> str:
 
 
 def lua_with_lib(path: Path) -> str:
-    """A script's source with ``ledger_lib.lua`` (counters, campaign checks, parking) in front of it."""
-    return _lua("ledger_lib.lua") + "\n" + path.read_text(encoding="utf-8")
+    """A script's source with ``lib.lua`` (counters, campaign checks, parking) in front of it."""
+    return _lua("lib.lua") + "\n" + path.read_text(encoding="utf-8")
 
 
 @cache
@@ -294,7 +294,7 @@ class Ledger:
     """Reads and transitions ledger records. Cheap to create; share one per process.
 
     ``redis`` may decode responses or not. Every ``mark_*`` is one atomic script that refuses to move a
-    job out of a final state, except ``mark_sent`` (a created call is a fact; see ledger_sent.lua).
+    job out of a final state, except ``mark_sent`` (a created call is a fact; see sent.lua).
     """
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
@@ -305,15 +305,15 @@ class Ledger:
         self._prefix = settings.key_prefix
         self._pipe = AutoPipeline.of(redis)
         self._cap = (str(settings.number_cap_calls), str(round(settings.number_cap_days * 86_400_000)))
-        self._claim: AsyncScript = redis.register_script(_lua_lib("ledger_claim.lua"))
-        self._sending: AsyncScript = redis.register_script(_lua_lib("ledger_sending.lua"))
-        self._sent: AsyncScript = redis.register_script(_lua_lib("ledger_sent.lua"))
-        self._retry: AsyncScript = redis.register_script(_lua_lib("ledger_retry.lua"))
-        self._final: AsyncScript = redis.register_script(_lua_lib("ledger_final.lua"))
-        self._reject: AsyncScript = redis.register_script(_lua_lib("ledger_reject.lua"))
-        self._outcome: AsyncScript = redis.register_script(_lua_lib("ledger_outcome.lua"))
-        self._postpone: AsyncScript = redis.register_script(_lua_lib("ledger_postpone.lua"))
-        self._link: AsyncScript = redis.register_script(_lua_lib("ledger_link.lua"))
+        self._claim: AsyncScript = redis.register_script(_lua_lib("claim.lua"))
+        self._sending: AsyncScript = redis.register_script(_lua_lib("sending.lua"))
+        self._sent: AsyncScript = redis.register_script(_lua_lib("sent.lua"))
+        self._retry: AsyncScript = redis.register_script(_lua_lib("retry.lua"))
+        self._final: AsyncScript = redis.register_script(_lua_lib("final.lua"))
+        self._reject: AsyncScript = redis.register_script(_lua_lib("reject.lua"))
+        self._outcome: AsyncScript = redis.register_script(_lua_lib("outcome.lua"))
+        self._postpone: AsyncScript = redis.register_script(_lua_lib("postpone.lua"))
+        self._link: AsyncScript = redis.register_script(_lua_lib("link.lua"))
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self._keys.job(job_id))  # type: ignore[misc]  # redis-py's union

@@ -1,4 +1,4 @@
--- Finish a job that is still queued or sending (ledger_lib.lua is prepended). The first final state
+-- Finish a job that is still queued or sending (lib.lua is prepended). The first final state
 -- wins: a job already final (sent above all) is left as it is.
 -- KEYS[1] ledger hash  KEYS[2] dead-letter set (used when ARGV[1] is "dead")
 -- KEYS[3] (optional) in-flight sorted set: the lease ARGV[6] is given back (whatever the state)

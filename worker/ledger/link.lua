@@ -1,4 +1,4 @@
--- Link a redial to the first job of its number (ledger_lib.lua is prepended). Idempotent: a second call
+-- Link a redial to the first job of its number (lib.lua is prepended). Idempotent: a second call
 -- (a duplicate callback) changes nothing.
 -- KEYS[1] the first job's record  KEYS[2] the redial's record
 -- ARGV[1] key prefix  ARGV[2] first job id  ARGV[3] redial job id  ARGV[4] redial number (1, 2, ...)

@@ -1,4 +1,4 @@
--- Start of one job run (ledger_lib.lua is prepended). KEYS[1] ledger hash.
+-- Start of one job run (lib.lua is prepended). KEYS[1] ledger hash.
 -- ARGV[1] ledger TTL ms  ARGV[2] "1" to redial a stale (sending) job, else "0"  ARGV[3] stale error text
 -- ARGV[4] key prefix  ARGV[5] job id  ARGV[6] number cap: calls (0 = off)  ARGV[7] number cap: window ms
 -- Returns {verdict, HGETALL, campaign HGETALL (empty unless counted in a campaign), extra}:

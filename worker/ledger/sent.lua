@@ -1,4 +1,4 @@
--- A call was created (ledger_lib.lua is prepended).
+-- A call was created (lib.lua is prepended).
 -- KEYS[1] ledger hash  KEYS[2] serial index key (callSerialNo -> job id)
 -- KEYS[3] (optional) in-flight sorted set: the lease ARGV[5] is given back (whatever the state)
 -- ARGV[1] callSerialNo  ARGV[2] ledger TTL ms  ARGV[3] job id  ARGV[4] key prefix

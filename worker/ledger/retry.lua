@@ -1,4 +1,4 @@
--- sending -> queued with the error; attempts kept (ledger_lib.lua is prepended), or taken back by one
+-- sending -> queued with the error; attempts kept (lib.lua is prepended), or taken back by one
 -- when the request never left (ARGV[4] = "1": the attempt that begin_send counted did not happen).
 -- KEYS[1] ledger hash
 -- ARGV[1] error ("": keep the last one)  ARGV[2] ledger TTL ms  ARGV[3] key prefix  ARGV[4] "1" or "0"
