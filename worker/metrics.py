@@ -29,7 +29,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +39,7 @@ from redis.exceptions import RedisError
 
 from worker.errors import ProviderError
 from worker.settings import Settings
+from worker.store import scripts
 
 __all__ = [
     "CALLS",
@@ -240,8 +240,6 @@ def render(accept: str | None = None) -> tuple[bytes, str]:
 
 # --- per-second send counter in Redis ---------------------------------------------------------------
 
-_RECORD = Path(__file__).with_name("stats_record.lua").read_text(encoding="utf-8")
-_READ = Path(__file__).with_name("stats_read.lua").read_text(encoding="utf-8")
 _STATS_TTL_S = 2 * 3600
 
 
@@ -280,8 +278,8 @@ class SendStats:
 
     def __init__(self, redis: Redis, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self._prefix = settings.key_prefix + "stats:"
-        self._record = redis.register_script(_RECORD)
-        self._read = redis.register_script(_READ)
+        self._record = scripts.register(redis, "stats_record.lua")
+        self._read = scripts.register(redis, "stats_read.lua")
         self._clock = clock
         self._seconds: dict[int, list[int]] = {}
         self._errors: dict[tuple[int, str], int] = {}

@@ -1,10 +1,13 @@
--- Cancel one slice of a campaign's job list (lib.lua is prepended): every job still queued
+-- Cancel one slice of a campaign's job list: every job still queued
 -- (parked or not) becomes "cancelled" and leaves its queue; jobs sending or final are left alone (a
 -- request in flight finishes and is recorded as sent: the call exists).
 -- KEYS[1] campaign job list  KEYS[2] campaign parked set
 -- ARGV[1] key prefix  ARGV[2] campaign name  ARGV[3] first index  ARGV[4] how many  ARGV[5] ledger TTL ms
 -- ARGV[6] arq job key prefix  ARGV[7] arq in-progress key prefix
 -- Returns {cancelled, ids read}.
+-- @include store/clock.lua
+-- @include ledger/counts.lua
+-- @include ledger/park.lua
 local P, name, ttl = ARGV[1], ARGV[2], tonumber(ARGV[5])
 local first = tonumber(ARGV[3])
 local ids = redis.call('LRANGE', KEYS[1], first, first + tonumber(ARGV[4]) - 1)

@@ -1,7 +1,8 @@
--- Create a campaign, or confirm that it exists with the same settings (lib.lua is prepended).
+-- Create a campaign, or confirm that it exists with the same settings.
 -- KEYS[1] campaign hash  KEYS[2] campaign index (sorted set)
 -- ARGV[1] name  ARGV[2] canonical spec JSON  ARGV[3] ledger TTL ms  ARGV[4..] field, value pairs
 -- Returns {"created", "active"}, {"exists", status}, {"different", stored spec} or {"cancelled", spec}.
+-- @include store/clock.lua
 local cur = redis.call('HMGET', KEYS[1], 'status', 'spec')
 if cur[1] then
   if cur[1] == 'cancelled' then

@@ -1,5 +1,5 @@
--- Move up to ARGV[2] parked jobs of an active campaign back onto their queues, first in line first
--- (lib.lua is prepended). Like enqueue.lua it writes no arq job: the worker's claim does.
+-- Move up to ARGV[2] parked jobs of an active campaign back onto their queues, first in line first.
+-- Like enqueue.lua it writes no arq job: the worker's claim does.
 -- KEYS[1] campaign hash  KEYS[2] its parked set
 -- ARGV[1] key prefix  ARGV[2] how many  ARGV[3] ledger TTL ms
 -- ARGV[4..7] arq key prefixes: job, in-progress, retry, result
@@ -11,6 +11,7 @@
 -- is left for the next call: arq's clean-up would delete the requeued job.
 -- Returns {moved, busy, dropped (no longer queued), left in the parked set}; {0, 0, 0, -1} when the
 -- campaign is not active (paused again, or cancelled).
+-- @include store/clock.lua
 local P = ARGV[1]
 if redis.call('HGET', KEYS[1], 'status') ~= 'active' then
   return {0, 0, 0, -1}

@@ -1,6 +1,7 @@
--- Pause, resume or cancel a campaign (lib.lua is prepended). KEYS[1] campaign hash.
+-- Pause, resume or cancel a campaign. KEYS[1] campaign hash.
 -- ARGV[1] "pause" (active -> paused), "resume" (paused -> active) or "cancel" (any -> cancelled).
 -- Returns the status before, or "missing". A cancelled campaign stays cancelled.
+-- @include store/clock.lua
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then
   return 'missing'

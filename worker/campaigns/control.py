@@ -41,8 +41,9 @@ from redis.commands.core import AsyncScript
 
 from worker.errors import DialerError
 from worker.ledger.producer import _CAMPAIGN_RE
-from worker.ledger.transitions import OUTCOMES, State, _hash, _str, lua_with_lib
+from worker.ledger.transitions import OUTCOMES, State, _hash, _str
 from worker.settings import Settings
+from worker.store import scripts
 from worker.store.keys import Keys, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
 __all__ = [
@@ -136,7 +137,7 @@ def _iso(ms: float | None) -> str | None:
 
 
 def _script(redis: Redis, name: str) -> AsyncScript:
-    return redis.register_script(lua_with_lib(_SCRIPTS / name))
+    return scripts.register(redis, f"campaigns/{name}")
 
 
 class Campaigns:

@@ -17,7 +17,6 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from arq import Retry
@@ -40,6 +39,7 @@ from worker.limits.ratelimit import RateLimiter
 from worker.provider.client import ProviderClient
 from worker.runtime import freeze_start_up_objects
 from worker.settings import Settings
+from worker.store import scripts
 from worker.store.keys import (
     DIAL_FUNCTION,
     PRIORITY_LEVELS,
@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 # bounded by the ledger instead, so arq's is set out of reach.
 _ARQ_MAX_TRIES = 1_000_000
 _HEALTH_CHECK_INTERVAL_S = 5
-_CLAIM_LUA = (Path(__file__).parent / "claim.lua").read_text()
-_FINISH_LUA = (Path(__file__).parent / "finish.lua").read_text()
 
 
 def parse_queues(spec: str) -> list[int]:
@@ -202,7 +200,7 @@ class _Worker(Worker):
         if not taken:
             return
         if self._claim is None:
-            self._claim = self.pool.register_script(_CLAIM_LUA)
+            self._claim = scripts.register(self.pool, "dispatch/claim.lua")
         try:
             claimed, bad, corrupt = await self._claim(
                 keys=[self.queue_name],
@@ -285,7 +283,7 @@ class _Worker(Worker):
 
     async def _finish(self, job_id: str, outcome: str, ttl_ms: str = "") -> None:
         if self._finish_script is None:
-            self._finish_script = self.pool.register_script(_FINISH_LUA)
+            self._finish_script = scripts.register(self.pool, "dispatch/finish.lua")
         keys = [self.queue_name, in_progress_key_prefix + job_id, retry_key_prefix + job_id,
                 job_key_prefix + job_id]
         await AutoPipeline.of(self.pool).eval(self._finish_script, keys=keys, args=[job_id, outcome, ttl_ms])

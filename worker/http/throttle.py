@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from importlib import resources
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -36,6 +35,7 @@ from worker.http.auth import Identity
 from worker.http.errors import ApiError
 from worker.http.routing import Access, Route
 from worker.settings import Settings
+from worker.store import scripts
 from worker.store.keys import Keys
 
 __all__ = ["RETRY_AFTER_DOC", "Throttle", "throttled"]
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 # calling convention (KEYS = limits; ARGV = n, n horizons, then interval/tau/max-gap per key; reply =
 # retry, Redis now, delays) is documented at the top of the script; tests/test_http_throttle.py pins
 # the behaviour this module relies on.
-_SCRIPT = resources.files("worker.limits").joinpath("gcra.lua").read_text(encoding="utf-8")
 _US = 1_000_000
 _WARN_EVERY_S = 60.0
 
@@ -67,7 +66,7 @@ class Throttle:
         self.burst = settings.http_rate_burst
         self.enabled = self.rate > 0
         self._keys = Keys(settings.key_prefix)
-        self._script = redis.register_script(_SCRIPT)
+        self._script = scripts.register(redis, "limits/gcra.lua")
         interval = math.ceil(_US / self.rate) if self.enabled else 0
         # One slot wanted, horizon 0 (book only a slot that is due now); interval, tau, no gap cap.
         self._args = [1, 0, interval, (self.burst - 1) * interval, -1]

@@ -1,4 +1,4 @@
--- Start of one job run (lib.lua is prepended). KEYS[1] ledger hash.
+-- Start of one job run. KEYS[1] ledger hash.
 -- ARGV[1] ledger TTL ms  ARGV[2] "1" to redial a stale (sending) job, else "0"  ARGV[3] stale error text
 -- ARGV[4] key prefix  ARGV[5] job id  ARGV[6] number cap: calls (0 = off)  ARGV[7] number cap: window ms
 -- Returns {verdict, HGETALL, campaign HGETALL (empty unless counted in a campaign), extra}:
@@ -9,6 +9,11 @@
 --   "parked"  the campaign is paused: the job now waits in the campaign's parked set
 --   "cap"     the per-number cap is reached; extra = ms until a call to the number is allowed again
 --   {"missing"} no record
+-- @include store/clock.lua
+-- @include ledger/counts.lua
+-- @include ledger/keep_alive.lua
+-- @include ledger/gate.lua
+-- @include ledger/park.lua
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm', 'called', 'prio')
 local state = h[1]
 if not state then

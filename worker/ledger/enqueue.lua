@@ -1,5 +1,5 @@
 -- Enqueue dial jobs, each all or nothing: ledger record + queue entry, or nothing when the job id is
--- already known (idempotency). Server time (TIME) stamps everything. (lib.lua is prepended.)
+-- already known (idempotency). Server time (TIME) stamps everything.
 -- No arq job (`arq:job:<id>`) is written: the worker's claim (claim.lua) materializes it when it starts
 -- the job, so a queued job costs its ledger hash and its queue entry only.
 -- One call takes a batch of jobs: the per-call cost of a script (and of packing its arguments) is paid
@@ -27,6 +27,8 @@
 -- so concurrent campaigns of one priority interleave in the queue instead of the first one launched
 -- holding every worker until it is done (see README, "Fairness"). A paused campaign's new job goes
 -- straight to its parked set.
+-- @include store/clock.lua
+-- @include ledger/counts.lua
 local P = ARGV[1]
 local ledger_ttl0 = tonumber(ARGV[2])
 local now = now_ms()

@@ -1,10 +1,12 @@
--- Finish a job that is still queued or sending (lib.lua is prepended). The first final state
+-- Finish a job that is still queued or sending. The first final state
 -- wins: a job already final (sent above all) is left as it is.
 -- KEYS[1] ledger hash  KEYS[2] dead-letter set (used when ARGV[1] is "dead")
 -- KEYS[3] (optional) in-flight sorted set: the lease ARGV[6] is given back (whatever the state)
 -- ARGV[1] final state  ARGV[2] error or "" (keep the last one)  ARGV[3] ledger TTL ms  ARGV[4] job id
 -- ARGV[5] key prefix
 -- Returns the previous state ("missing" if none).
+-- @include store/clock.lua
+-- @include ledger/counts.lua
 if KEYS[3] then
   redis.call('ZREM', KEYS[3], ARGV[6])
 end

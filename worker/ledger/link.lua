@@ -1,8 +1,9 @@
--- Link a redial to the first job of its number (lib.lua is prepended). Idempotent: a second call
+-- Link a redial to the first job of its number. Idempotent: a second call
 -- (a duplicate callback) changes nothing.
 -- KEYS[1] the first job's record  KEYS[2] the redial's record
 -- ARGV[1] key prefix  ARGV[2] first job id  ARGV[3] redial job id  ARGV[4] redial number (1, 2, ...)
 -- Returns 1 when linked now, 0 when it was linked already, -1 when the redial has no record.
+-- @include ledger/counts.lua
 local r = redis.call('HMGET', KEYS[2], 'state', 'rof', 'campaign', 'cm')
 if not r[1] then
   return -1

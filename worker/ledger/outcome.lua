@@ -1,10 +1,12 @@
--- Record a call's outcome from its result callback (lib.lua is prepended). Idempotent: the same
+-- Record a call's outcome from its result callback. Idempotent: the same
 -- callback delivered twice counts once; a different outcome for the same job replaces the first one in
 -- the campaign's counters as well, so counters always equal what the job records say.
 -- KEYS[1] ledger hash
 -- ARGV[1] ledger TTL ms  ARGV[2] key prefix  ARGV[3] outcome  ARGV[4] release reason
 -- ARGV[5..] extra field, value pairs stored on the record
 -- Returns {HGETALL} after the write, or {} when there is no record.
+-- @include ledger/counts.lua
+-- @include ledger/keep_alive.lua
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm', 'outcome')
 if not h[1] then
   return {}

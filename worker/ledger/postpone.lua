@@ -1,5 +1,5 @@
 -- A queued job waits for a later time (calling window closed, number cap reached) without using any of
--- its retry budget (lib.lua is prepended). Times are ms of the caller's clock (the dispatcher's,
+-- its retry budget. Times are ms of the caller's clock (the dispatcher's,
 -- which tests may shift); only differences reach Redis TTLs.
 -- KEYS[1] ledger hash
 -- ARGV[1] ledger TTL ms  ARGV[2] key prefix  ARGV[3] now ms  ARGV[4] run at, ms
@@ -8,6 +8,9 @@
 -- order they were deferred, instead of all falling due at the opening's millisecond: order and pacing
 -- survive the night, and a big campaign cannot flood the queue ahead of the others at the opening.
 -- Returns {1, run at ms} or {0, state} when the job is no longer queued.
+-- @include store/clock.lua
+-- @include ledger/counts.lua
+-- @include ledger/keep_alive.lua
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm', 'first')
 if h[1] ~= 'queued' then
   return {0, h[1] or 'missing'}

@@ -38,9 +38,10 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from worker.errors import FieldError, InvalidRequest
-from worker.ledger.transitions import _lua_lib, _str
+from worker.ledger.transitions import _str
 from worker.models import CallRequest, field_errors
 from worker.settings import Settings, load_settings
+from worker.store import scripts
 from worker.store.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
 
 __all__ = ["CallJob", "EnqueueResult", "Producer", "enqueue_call", "enqueue_many", "new_job_ids"]
@@ -207,8 +208,8 @@ class Producer:
         self._ledger_ttl_ms = settings.ledger_ttl_s * 1000
         self._consts = (settings.key_prefix.encode(), str(self._ledger_ttl_ms).encode())
         self._prefix = settings.key_prefix
-        self._enqueue: AsyncScript = redis.register_script(_lua_lib("enqueue.lua"))
-        self._requeue: AsyncScript = redis.register_script(_lua_lib("requeue.lua"))
+        self._enqueue: AsyncScript = scripts.register(redis, "ledger/enqueue.lua")
+        self._requeue: AsyncScript = scripts.register(redis, "ledger/requeue.lua")
 
     async def enqueue(
         self,

@@ -1,10 +1,12 @@
 -- Dead-letter a job that cannot run as stored (malformed payload, no ledger record, corrupt record).
 -- Unlike final.lua it also works without a record: it writes a minimal one, so the operator
 -- sees the job and the reason in `dialer dead-letter list` instead of it vanishing.
--- (lib.lua is prepended.)
+--
 -- KEYS[1] ledger hash  KEYS[2] dead-letter set
 -- ARGV[1] reason  ARGV[2] ledger TTL ms  ARGV[3] job id  ARGV[4] key prefix
 -- Returns the previous state, or "missing".
+-- @include store/clock.lua
+-- @include ledger/counts.lua
 local snow = ms(now_ms())
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm')
 local state = h[1]

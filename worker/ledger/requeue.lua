@@ -1,5 +1,4 @@
 -- Put a dead, failed or unknown job back on its queue with a fresh attempt budget.
--- (lib.lua is prepended.)
 --
 -- KEYS[1] ledger hash  KEYS[2] arq job key  KEYS[3] arq queue  KEYS[4] dead-letter set
 -- KEYS[5] arq retry key  KEYS[6] arq result key  KEYS[7] arq in-progress key
@@ -7,6 +6,8 @@
 -- ARGV[4] key prefix
 -- Returns "requeued", "missing", "moved" (priority differs from ARGV[3]), "busy" (an arq run of this
 -- job has not finished yet), or the current state when it is not requeueable.
+-- @include store/clock.lua
+-- @include ledger/counts.lua
 local h = redis.call('HMGET', KEYS[1], 'state', 'prio', 'campaign', 'cm')
 local state = h[1]
 if not state then

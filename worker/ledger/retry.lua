@@ -1,9 +1,11 @@
--- sending -> queued with the error; attempts kept (lib.lua is prepended), or taken back by one
+-- sending -> queued with the error; attempts kept, or taken back by one
 -- when the request never left (ARGV[4] = "1": the attempt that begin_send counted did not happen).
 -- KEYS[1] ledger hash
 -- ARGV[1] error ("": keep the last one)  ARGV[2] ledger TTL ms  ARGV[3] key prefix  ARGV[4] "1" or "0"
 -- KEYS[2] (optional) in-flight sorted set: the lease ARGV[5] is given back (whatever the state)
 -- Returns the previous state ("missing" if none); only "sending" and "queued" are changed.
+-- @include store/clock.lua
+-- @include ledger/counts.lua
 if KEYS[2] then
   redis.call('ZREM', KEYS[2], ARGV[5])
 end

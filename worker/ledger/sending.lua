@@ -1,7 +1,7 @@
--- queued -> sending, attempts + 1, just before a request leaves (lib.lua is prepended): the last
+-- queued -> sending, attempts + 1, just before a request leaves: the last
 -- gate before a call, so it repeats the campaign checks of the claim (status, do-not-call, number cap)
 -- for whatever changed while the job waited for its rate permit, and books the number cap.
--- With KEYS[2] it also takes the job's fleet-wide in-flight lease (see lease_free in lib.lua),
+-- With KEYS[2] it also takes the job's fleet-wide in-flight lease (see limits/lease.lua),
 -- so that the lease costs no round trip of its own.
 -- KEYS[1] ledger hash  KEYS[2] (optional) in-flight sorted set
 -- ARGV[1] ledger TTL ms  ARGV[2] key prefix  ARGV[3] job id  ARGV[4] number cap: calls (0 = off)
@@ -10,6 +10,11 @@
 -- queued; the caller must not send), "busy" (the in-flight cap is reached: nothing changed, no lease),
 -- "parked" (campaign paused), "cancelled", "suppressed" (both now final), or "cap" with the ms until
 -- the number may be called again.
+-- @include store/clock.lua
+-- @include ledger/counts.lua
+-- @include ledger/gate.lua
+-- @include ledger/park.lua
+-- @include limits/lease.lua
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm', 'called', 'prio', 'first')
 if h[1] ~= 'queued' then
   return {0, 'state'}

@@ -1,4 +1,4 @@
--- A call was created (lib.lua is prepended).
+-- A call was created.
 -- KEYS[1] ledger hash  KEYS[2] serial index key (callSerialNo -> job id)
 -- KEYS[3] (optional) in-flight sorted set: the lease ARGV[5] is given back (whatever the state)
 -- ARGV[1] callSerialNo  ARGV[2] ledger TTL ms  ARGV[3] job id  ARGV[4] key prefix
@@ -6,6 +6,8 @@
 -- was in flight), so any state becomes "sent". A job already sent keeps its first serial; a second
 -- serial (two calls for one job) is still indexed so its callback finds the job.
 -- Returns the previous state, or "missing" (nothing written).
+-- @include store/clock.lua
+-- @include ledger/counts.lua
 if KEYS[3] then
   redis.call('ZREM', KEYS[3], ARGV[5])
 end

@@ -35,7 +35,7 @@ The hot transitions (``claim_run``, ``begin_send``, ``mark_*``) go through the R
 ``mark_final`` / ``dead_letter`` give it back, in the same script (``lease=``; see ``inflight.py``).
 
 Campaign jobs (``cm``) are also counted per state in ``Keys.campaign_counts``: every script that moves a
-job moves its count in the same atomic step (``lib.lua``), so a campaign's status is exact and O(1).
+job moves its count in the same atomic step (``ledger/counts.lua``), so a campaign's status is exact and O(1).
 
 A worker uses it like this::
 
@@ -54,8 +54,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cache
-from pathlib import Path
 from typing import Any, Literal
 
 from redis.asyncio import Redis
@@ -64,6 +62,7 @@ from redis.commands.core import AsyncScript
 from worker.limits.inflight import Lease
 from worker.models import CallRequest, parse_request
 from worker.settings import Settings
+from worker.store import scripts
 from worker.store.keys import Keys
 from worker.store.pipelining import AutoPipeline
 
@@ -98,21 +97,6 @@ class State(StrEnum):
 FINAL_STATES: frozenset[State] = frozenset(State) - {State.QUEUED, State.SENDING}
 # mark_final's targets; "sent" and "dead" have their own methods because they write more than a state.
 _MARK_FINAL_STATES = FINAL_STATES - {State.SENT, State.DEAD}
-
-
-@cache
-def _lua(name: str) -> str:
-    return Path(__file__).with_name(name).read_text(encoding="utf-8")
-
-
-def lua_with_lib(path: Path) -> str:
-    """A script's source with ``lib.lua`` (counters, campaign checks, parking) in front of it."""
-    return _lua("lib.lua") + "\n" + path.read_text(encoding="utf-8")
-
-
-@cache
-def _lua_lib(name: str) -> str:
-    return lua_with_lib(Path(__file__).with_name(name))
 
 
 def _str(v: bytes | str) -> str:
@@ -305,15 +289,15 @@ class Ledger:
         self._prefix = settings.key_prefix
         self._pipe = AutoPipeline.of(redis)
         self._cap = (str(settings.number_cap_calls), str(round(settings.number_cap_days * 86_400_000)))
-        self._claim: AsyncScript = redis.register_script(_lua_lib("claim.lua"))
-        self._sending: AsyncScript = redis.register_script(_lua_lib("sending.lua"))
-        self._sent: AsyncScript = redis.register_script(_lua_lib("sent.lua"))
-        self._retry: AsyncScript = redis.register_script(_lua_lib("retry.lua"))
-        self._final: AsyncScript = redis.register_script(_lua_lib("final.lua"))
-        self._reject: AsyncScript = redis.register_script(_lua_lib("reject.lua"))
-        self._outcome: AsyncScript = redis.register_script(_lua_lib("outcome.lua"))
-        self._postpone: AsyncScript = redis.register_script(_lua_lib("postpone.lua"))
-        self._link: AsyncScript = redis.register_script(_lua_lib("link.lua"))
+        self._claim: AsyncScript = scripts.register(redis, "ledger/claim.lua")
+        self._sending: AsyncScript = scripts.register(redis, "ledger/sending.lua")
+        self._sent: AsyncScript = scripts.register(redis, "ledger/sent.lua")
+        self._retry: AsyncScript = scripts.register(redis, "ledger/retry.lua")
+        self._final: AsyncScript = scripts.register(redis, "ledger/final.lua")
+        self._reject: AsyncScript = scripts.register(redis, "ledger/reject.lua")
+        self._outcome: AsyncScript = scripts.register(redis, "ledger/outcome.lua")
+        self._postpone: AsyncScript = scripts.register(redis, "ledger/postpone.lua")
+        self._link: AsyncScript = scripts.register(redis, "ledger/link.lua")
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self._keys.job(job_id))  # type: ignore[misc]  # redis-py's union

@@ -38,12 +38,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker.settings import Settings
+from worker.store import scripts
 from worker.store.keys import Keys
 from worker.store.pipelining import AutoPipeline
 
@@ -51,7 +51,6 @@ __all__ = ["LEASE_GRACE_S", "InFlight", "Lease"]
 
 log = logging.getLogger(__name__)
 
-_SCRIPT = Path(__file__).with_name("inflight.lua").read_text(encoding="utf-8")
 
 LEASE_GRACE_S = 5.0
 """A lease outlives the longest possible request by this much before it counts as abandoned."""
@@ -83,7 +82,7 @@ class InFlight:
         self._cap = settings.max_in_flight
         lease_s = settings.request_timeout_s + settings.connect_timeout_s + LEASE_GRACE_S
         self._ttl_ms = math.ceil(lease_s * 1000)
-        self._script = redis.register_script(_SCRIPT)
+        self._script = scripts.register(redis, "limits/inflight.lua")
         self._pipe = AutoPipeline.of(redis)
         self._local = asyncio.Semaphore(settings.max_in_flight)
         self._poller = asyncio.Lock()

@@ -52,13 +52,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.settings import Settings
+from worker.store import scripts
 from worker.store.keys import PRIORITY_LEVELS, Keys
 from worker.store.pipelining import AutoPipeline
 
@@ -66,7 +66,6 @@ __all__ = ["Limit", "Permit", "RateLimiter", "reserve_horizon"]
 
 log = logging.getLogger(__name__)
 
-_SCRIPT = Path(__file__).with_name("gcra.lua").read_text(encoding="utf-8")
 
 _LOWEST_HORIZON_INTERVALS = 1.5
 _LOWEST_HORIZON_MIN_S = 0.01
@@ -297,7 +296,7 @@ class RateLimiter:
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._keys = Keys(settings.key_prefix)
-        self._script = redis.register_script(_SCRIPT)
+        self._script = scripts.register(redis, "limits/gcra.lua")
         self._pipe = AutoPipeline.of(redis)
         self._global = (
             Limit("global", settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None

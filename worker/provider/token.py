@@ -28,7 +28,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -38,6 +37,7 @@ from redis.exceptions import RedisError
 from worker import metrics
 from worker.errors import AuthError, ProviderError, RetryableError
 from worker.settings import Settings
+from worker.store import scripts
 from worker.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,6 @@ _RECHECK_FAILED_S = 1.0
 # Invalidated token values remembered so a racing read cannot bring one back into the cache.
 _REVOKED_MEMORY = 8
 
-
-def _script(name: str) -> str:
-    return Path(__file__).with_name(name).read_text(encoding="utf-8")
 
 
 # Largest share of a token's life spent refreshing it early (see Settings.refresh_margin_s).
@@ -130,9 +127,9 @@ class TokenManager:
         self._settings = settings
         self._fetch = fetch
         self._keys = Keys(settings.key_prefix)
-        self._get_or_lock = redis.register_script(_script("token_get_or_lock.lua"))
-        self._release = redis.register_script(_script("token_release.lua"))
-        self._invalidate = redis.register_script(_script("token_invalidate.lua"))
+        self._get_or_lock = scripts.register(redis, "provider/token_get_or_lock.lua")
+        self._release = scripts.register(redis, "provider/token_release.lua")
+        self._invalidate = scripts.register(redis, "provider/token_invalidate.lua")
         self._lock_ttl_ms = int((settings.request_timeout_s + _LOCK_SLACK_S) * 1000)
         self._cached: _Cached | None = None
         self._inflight: asyncio.Future[Token] | None = None

@@ -1,0 +1,46 @@
+-- The checks made before a campaign job is dialled: campaign status, do-not-call list, per-number cap.
+-- @include store/clock.lua
+-- @include ledger/counts.lua
+
+-- The do-not-call and per-number-cap key of a number: `called` without its leading '+' (the same rule
+-- as worker.campaigns.suppression.normalize_number for a valid `called`).
+local function number_key(called)
+  local n = string.gsub(called, '^%+', '')
+  return n
+end
+
+-- The checks made before a campaign job is dialled, at claim (book = false) and again at
+-- queued -> sending (book = true: the call is counted against the number's cap). Jobs without a
+-- campaign (one-off, transactional calls) are not subject to the do-not-call list or the cap.
+-- Returns 'ok', 'cancelled', 'paused', 'suppressed', or 'cap' and the ms until the cap allows a call.
+local function gate(P, job_id, tag, counted, called, now, cap_calls, cap_window, book)
+  if counted then
+    local st = redis.call('HGET', campaign_key(P, counted, ''), 'status')
+    if st == 'cancelled' or st == 'paused' then
+      return st
+    end
+  end
+  if not tag then
+    return 'ok'
+  end
+  local num = number_key(called)
+  if redis.call('SISMEMBER', P .. 'suppress', num) == 1 then
+    return 'suppressed'
+  end
+  if cap_calls > 0 then
+    local k = P .. 'calls:' .. num
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', ms(now - cap_window))
+    -- A job counts once however many attempts it takes.
+    if not redis.call('ZSCORE', k, job_id) then
+      if redis.call('ZCARD', k) >= cap_calls then
+        local oldest = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+        return 'cap', math.max(tonumber(oldest[2]) + cap_window - now, 1)
+      end
+      if book then
+        redis.call('ZADD', k, ms(now), job_id)
+        redis.call('PEXPIRE', k, ms(cap_window))
+      end
+    end
+  end
+  return 'ok'
+end
