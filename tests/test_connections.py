@@ -13,18 +13,18 @@ from typing import Literal
 
 import pytest
 import redis.asyncio as aioredis
-from arq.connections import create_pool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.conftest import RedisServer, Sim
+from tests.helpers import RedisServer, Sim
 from worker.dispatch.dispatcher import Dispatcher
-from worker.dispatch.engine import open_pool, redis_settings
+from worker.dispatch.engine import open_pool
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import Ledger, State
 from worker.limits.inflight import InFlight
 from worker.limits.ratelimit import RateLimiter
 from worker.provider.client import ProviderClient
 from worker.settings import Settings
+from worker.store.client import worker_retry
 from worker.store.connections import DialerConnectionPool
 
 Mode = Literal["forward", "reset", "loading"]
@@ -128,9 +128,9 @@ async def test_the_handshake_after_a_reconnect_is_retried(proxy: FlakyProxy, set
 
 
 async def test_redis_py_alone_fails_that_command(proxy: FlakyProxy, settings: Settings) -> None:
-    # The same situation with the pool arq builds (same retry settings, no DialerConnectionPool): the
+    # The same situation with redis-py's own pool (same retry settings, no DialerConnectionPool): the
     # error reaches the caller. This is what a job met before.
-    pool = await create_pool(redis_settings(settings.model_copy(update={"redis_url": proxy.url})))
+    pool = aioredis.Redis.from_url(proxy.url, **worker_retry())
     try:
         await pool.set("k", "before")
         await drop_connections(pool)

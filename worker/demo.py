@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from worker.campaigns.control import Campaigns
 from worker.campaigns.launch import LaunchOptions, launch_file
 from worker.settings import Settings
+from worker.store.client import cli_client
 
 _ENV_REDIS = "DIALER_REDIS_URL"
 _CALLBACK_GRACE_S = 20.0
@@ -164,7 +164,7 @@ async def _configure_simulator(url: str, options: DemoOptions, shared_key: str) 
 
 
 async def _drive(console: Console, settings: Settings, options: DemoOptions, workdir: Path) -> int:
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = cli_client(settings)
     try:
         name = f"demo-{int(time.time())}"
         csv_path = workdir / "demo.csv"

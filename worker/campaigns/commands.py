@@ -26,11 +26,11 @@ _MAX_REJECTS_SHOWN = 50
 def _with_redis(fn: Callable[[Redis, Settings], Awaitable[T]], usage: tuple[type[Exception], ...] = ()) -> T:
     """Run ``fn(redis, settings)`` with a connection of its own; DialerErrors become click errors
     (``usage`` ones exit 2, as a bad option does)."""
-    from redis.asyncio import Redis
 
     from worker import logs
     from worker.errors import DialerError
     from worker.settings import load_settings
+    from worker.store.client import cli_client
 
     try:
         settings = load_settings()
@@ -39,7 +39,7 @@ def _with_redis(fn: Callable[[Redis, Settings], Awaitable[T]], usage: tuple[type
     logs.configure(settings.log_level, settings.log_format)
 
     async def go() -> T:
-        redis = Redis.from_url(settings.redis_url)
+        redis = cli_client(settings)
         try:
             return await fn(redis, settings)
         finally:

@@ -20,15 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from arq import Retry
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import RetryJob, Worker, func
-from redis.asyncio.retry import Retry as RedisRetry
-from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import logs, metrics
 from worker.dispatch import codec
@@ -39,7 +35,7 @@ from worker.limits.ratelimit import RateLimiter
 from worker.provider.client import ProviderClient
 from worker.runtime import freeze_start_up_objects
 from worker.settings import Settings
-from worker.store import scripts
+from worker.store import client, scripts
 from worker.store.keys import (
     DIAL_FUNCTION,
     PRIORITY_LEVELS,
@@ -76,25 +72,11 @@ def parse_queues(spec: str) -> list[int]:
     return sorted(out)
 
 
-def redis_settings(settings: Settings) -> RedisSettings:
-    """arq connection settings that ride out a Redis restart instead of exiting the worker."""
-    rs = RedisSettings.from_dsn(settings.redis_url)
-    rs.conn_retries = 30
-    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
-    # Retry forever with capped backoff: a worker should wait for Redis to come back, not die.
-    rs.retry = RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
-    return rs
-
-
 async def open_pool(settings: Settings) -> ArqRedis:
-    """The process's Redis client (arq's, with our codec) on a :class:`~worker.store.connections.
-    DialerConnectionPool`: no lock convoy on check-out, and a handshake retried during a restart."""
-    from worker.store import connections
-
-    pool: ArqRedis = await create_pool(
-        redis_settings(settings), job_serializer=codec.dumps, job_deserializer=codec.loads_job
-    )
-    connections.install(pool.connection_pool)
+    """The worker process's Redis client (:func:`worker.store.client.worker_client`, as arq's client class
+    with our codec): every command waits for Redis however long it is away."""
+    pool = client.worker_client(settings, ArqRedis, job_serializer=codec.dumps, job_deserializer=codec.loads_job)
+    await pool.ping()
     return pool
 
 
@@ -413,7 +395,7 @@ async def run_process(settings: Settings, queues: Sequence[int], *, burst: bool 
 
 async def check_health(settings: Settings, queues: Sequence[int]) -> bool:
     """True when a live worker recently recorded health for every given queue."""
-    pool = await open_pool(settings)
+    pool = client.cli_client(settings)
     try:
         keys = Keys(settings.key_prefix)
         found = await pool.exists(*[keys.queue(p) + ":health-check" for p in queues])

@@ -8,35 +8,22 @@ import signal
 
 import click
 from aiohttp import web
-from redis.asyncio import Redis
 
 from worker.errors import SettingsError
 from worker.runtime import freeze_start_up_objects
 from worker.settings import Settings, load_settings
+from worker.store.client import api_client
 
 log = logging.getLogger(__name__)
 
-_REDIS_SOCKET_TIMEOUT_S = 5.0
-_REDIS_CONNECT_TIMEOUT_S = 3.0
 _SHUTDOWN_TIMEOUT_S = 10.0
-
-
-def redis_client(settings: Settings) -> Redis:
-    """The service's Redis client: bounded timeouts, so a Redis outage answers 503 instead of hanging."""
-    client: Redis = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=_REDIS_SOCKET_TIMEOUT_S,
-        socket_connect_timeout=_REDIS_CONNECT_TIMEOUT_S,
-        health_check_interval=30,
-    )
-    return client
 
 
 async def run_server(settings: Settings, *, insecure_no_auth: bool = False) -> None:
     """Serve on ``settings.http_host:http_port`` until SIGTERM or SIGINT, then drain and close."""
     from worker.http.app import create_app
 
-    redis = redis_client(settings)
+    redis = api_client(settings)
     app = create_app(settings, redis, insecure_no_auth=insecure_no_auth)
     freeze_start_up_objects()
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)

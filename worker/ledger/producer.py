@@ -42,6 +42,7 @@ from worker.ledger.transitions import _str
 from worker.models import CallRequest, field_errors
 from worker.settings import Settings, load_settings
 from worker.store import scripts
+from worker.store.client import cli_client
 from worker.store.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
 
 __all__ = ["CallJob", "EnqueueResult", "Producer", "enqueue_call", "enqueue_many", "new_job_ids"]
@@ -416,7 +417,7 @@ async def enqueue_call(
 ) -> EnqueueResult:
     """:meth:`Producer.enqueue` on a connection of its own (``settings`` default: ``load_settings()``)."""
     settings = settings or load_settings()
-    redis = Redis.from_url(settings.redis_url)
+    redis = cli_client(settings)
     try:
         return await Producer(redis, settings).enqueue(
             request, job_id=job_id, campaign=campaign, not_before=not_before, deadline=deadline
@@ -435,7 +436,7 @@ async def enqueue_many(
 ) -> list[EnqueueResult]:
     """:meth:`Producer.enqueue_many` on a connection of its own (``settings``: ``load_settings()``)."""
     settings = settings or load_settings()
-    redis = Redis.from_url(settings.redis_url)
+    redis = cli_client(settings)
     try:
         return await Producer(redis, settings).enqueue_many(
             requests, campaign=campaign, not_before=not_before, deadline=deadline

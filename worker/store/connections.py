@@ -1,5 +1,5 @@
-"""The Redis connection pool of a dialer process: redis-py 5's pool with two changes (``open_pool``
-installs it on the arq pool it creates).
+"""The Redis connection pool of a worker process: redis-py 5's pool with two changes (built by
+:func:`worker.store.client.worker_client`).
 
 1. **No lock around a check-out.** redis-py takes an ``asyncio.Lock`` in ``get_connection`` around
    taking an idle connection and checking it, and the check yields to the event loop (with hiredis it
@@ -13,7 +13,7 @@ installs it on the arq pool it creates).
    handshake that follows (``HELLO``/``AUTH``/``CLIENT SETINFO``/``SELECT``) nor the pool's readiness
    check: during a Redis restart a connection can be accepted and then reset, and that error reached
    the caller, which for a job meant arq failing (and dropping) it. Here the whole check-out is
-   retried with the connection's own ``Retry`` (``engine.redis_settings``: forever, capped backoff), as
+   retried with the connection's own ``Retry`` (``client.worker_retry``: forever, capped backoff), as
    a command would be. A refused password is not retried.
 """
 
@@ -27,7 +27,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["DialerConnectionPool", "install"]
+__all__ = ["DialerConnectionPool"]
 
 
 class _Refused(Exception):
@@ -75,12 +75,3 @@ class DialerConnectionPool(ConnectionPool):
         except _Refused as refused:
             raise refused.error from None
 
-
-def install(pool: ConnectionPool) -> None:
-    """Make ``pool`` (a plain redis-py pool, as arq's ``create_pool`` builds) a :class:`DialerConnectionPool`.
-
-    The pool keeps its connections and settings; only its check-out changes. Other pool classes
-    (sentinel, blocking) are left as they are.
-    """
-    if type(pool) is ConnectionPool:
-        pool.__class__ = DialerConnectionPool

@@ -1,0 +1,74 @@
+"""The one Redis client factory (worker/store/client.py): each role meets an absent Redis its own way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tests.helpers import free_port
+from worker.settings import Settings
+from worker.store.client import CappedBackoff, api_client, cli_client, worker_client
+from worker.store.connections import DialerConnectionPool
+
+
+def test_the_backoff_of_retry_forever_never_overflows() -> None:
+    backoff = CappedBackoff(base=0.05, cap=2.0)
+    assert backoff.compute(0) == 0.05
+    assert backoff.compute(3) == 0.4
+    # redis-py's ExponentialBackoff raised OverflowError here, ending "retry forever" after ~34 min.
+    assert backoff.compute(1_024) == 2.0
+    assert backoff.compute(10**9) == 2.0
+
+
+async def test_a_worker_client_is_built_on_the_dialer_pool_and_works(settings: Settings) -> None:
+    redis = worker_client(settings)
+    try:
+        assert type(redis.connection_pool) is DialerConnectionPool
+        assert await redis.set("store-client", "1") and await redis.get("store-client") == b"1"
+    finally:
+        await redis.aclose()
+    # aclose() closed the client's own pool too: no connection is left open.
+    assert not redis.connection_pool._in_use_connections
+    assert all(c.is_connected is False for c in redis.connection_pool._available_connections)
+
+
+async def test_a_worker_client_waits_for_redis_instead_of_failing(settings: Settings) -> None:
+    port = free_port()
+    redis = worker_client(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"}))
+    try:
+        waiting = asyncio.ensure_future(redis.ping())
+        await asyncio.sleep(1.5)
+        assert not waiting.done()  # still retrying, not failed
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("make", [cli_client, api_client])
+async def test_cli_and_api_clients_fail_fast_when_redis_is_away(settings: Settings, make: object) -> None:
+    redis: Redis = make(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))  # type: ignore[operator]
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError):
+            await redis.ping()
+        assert time.monotonic() - started < 5
+        assert type(redis.connection_pool) is ConnectionPool
+    finally:
+        await redis.aclose()
+
+
+async def test_a_percent_encoded_password_reaches_redis(settings: Settings) -> None:
+    # redis-py decodes the URL's user info; arq's RedisSettings.from_dsn did not.
+    url = settings.redis_url.replace("redis://", "redis://default:p%40ss%3Aw%2Fo%23rd%25@")
+    for make in (worker_client, api_client, cli_client):
+        redis = make(settings.model_copy(update={"redis_url": url}))
+        try:
+            assert redis.connection_pool.connection_kwargs["password"] == "p@ss:w/o#rd%"
+        finally:
+            await redis.aclose()

@@ -1,0 +1,102 @@
+"""The only place a Redis client is made: one function per role, since each role must meet a Redis
+outage differently.
+
+* :func:`worker_client`: a worker process waits for Redis for as long as it takes (every command is
+  retried forever with capped backoff) and never dies of a restart; its pool is a
+  :class:`~worker.store.connections.DialerConnectionPool` (no check-out lock, retried handshake).
+* :func:`api_client`: ``dialer serve`` answers 503 rather than hang: bounded connect and read timeouts.
+* :func:`cli_client`: a command run by a person fails within seconds when Redis is away.
+
+All three take the URL from ``settings.redis_url`` (``redis://``, ``rediss://``, ``unix://``; a
+password percent-encoded as URLs require is decoded by redis-py).
+
+    redis = cli_client(settings)
+    try:
+        await redis.ping()
+    finally:
+        await redis.aclose()
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import AbstractBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.settings import Settings
+from worker.store.connections import DialerConnectionPool
+
+__all__ = ["api_client", "cli_client", "worker_client"]
+
+R = TypeVar("R", bound=Redis)
+
+# A worker opens its socket quickly or not at all (arq's default connect timeout); reads have no
+# timeout, as before: a command waits for its answer however long a busy Redis takes.
+_WORKER_CONNECT_TIMEOUT_S = 1.0
+_API_SOCKET_TIMEOUT_S = 5.0
+_API_CONNECT_TIMEOUT_S = 3.0
+_API_HEALTH_CHECK_S = 30
+_CLI_CONNECT_TIMEOUT_S = 3.0
+# One command of a person's CLI run (a batch of 100 enqueues, a page of a list) answers in
+# milliseconds; a Redis that takes this long is as good as away.
+_CLI_SOCKET_TIMEOUT_S = 10.0
+
+
+class CappedBackoff(AbstractBackoff):
+    """Exponential backoff with a ceiling, for any number of failures (redis-py's
+    ``ExponentialBackoff`` overflows a float at 2**1024, so "retry forever" ended after ~1,024 tries)."""
+
+    def __init__(self, base: float = 0.05, cap: float = 2.0) -> None:
+        self._base = base
+        self._cap = cap
+
+    def reset(self) -> None:
+        pass
+
+    def compute(self, failures: int) -> float:
+        return float(min(self._cap, self._base * 2 ** min(failures, 32)))
+
+
+def worker_retry() -> dict[str, Any]:
+    """The retry settings of a worker's connections: every command and every socket opening is
+    retried forever with capped backoff when Redis is unreachable, restarting or loading."""
+    return {
+        "retry": Retry(CappedBackoff(), retries=-1),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
+    }
+
+
+def worker_client(settings: Settings, redis_class: type[R] = Redis, **client_kwargs: Any) -> R:  # type: ignore[assignment]
+    """A worker process's Redis client. ``redis_class`` and ``client_kwargs`` let the queue engine's
+    seam make its own client class (arq's) on the same pool."""
+    pool = DialerConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=_WORKER_CONNECT_TIMEOUT_S, **worker_retry()
+    )
+    redis = redis_class(connection_pool=pool, **client_kwargs)
+    redis.auto_close_connection_pool = True  # the pool is the client's own: aclose() closes it
+    return redis
+
+
+def api_client(settings: Settings) -> Redis:
+    """The HTTP service's client: bounded timeouts, so a Redis outage answers 503 instead of hanging."""
+    client: Redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=_API_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=_API_CONNECT_TIMEOUT_S,
+        health_check_interval=_API_HEALTH_CHECK_S,
+    )
+    return client
+
+
+def cli_client(settings: Settings) -> Redis:
+    """A CLI command's client: no retries, a short connect timeout, so an absent Redis fails at once."""
+    client: Redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=_CLI_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=_CLI_CONNECT_TIMEOUT_S,
+    )
+    return client
