@@ -20,7 +20,6 @@ from worker.errors import (
     AuthError,
     PermanentError,
     ProviderError,
-    RetriesExhausted,
     RetryableError,
 )
 from worker.models import CallRequest, PlayItem
@@ -130,56 +129,30 @@ async def test_callback_url_plain_by_default(client: ProviderClient, sim: Sim) -
 # --- retryable ----------------------------------------------------------------------------------------
 
 
-async def test_500_then_success(client: ProviderClient, sim: Sim) -> None:
+async def test_500_is_retryable_and_the_next_attempt_succeeds(client: ProviderClient, sim: Sim) -> None:
+    # The dispatcher retries a RetryableError; the client itself sends each attempt once.
     await sim.configure(fail_500_rate=1.0)
+    hook = Counter()
+    with pytest.raises(RetryableError) as info:
+        await client.create_voice_notification(REQUEST, before_send=hook)
+    assert not isinstance(info.value, AmbiguousError)
+    assert info.value.status == 500 and info.value.ret_code == "500"
+    assert "http=500" in info.value.describe()
 
-    async def heal() -> None:
-        await sim.configure(fail_500_rate=0.0)
-
-    hook = Counter({2: heal})
-    accepted = await client.send_with_retries(REQUEST, before_send=hook)
+    await sim.configure(fail_500_rate=0.0)
+    accepted = await client.create_voice_notification(REQUEST, before_send=hook)
 
     statuses = [r["status"] for r in await sim.requests()]
     assert statuses == [500, 200]
-    assert accepted.attempts == 2 and hook.calls == 2
+    assert accepted.attempts == 1 and hook.calls == 2
 
 
-async def test_500_forever_exhausts_attempts(
-    sim: Sim, sim_settings: Settings, redis_client: aioredis.Redis
-) -> None:
-    await sim.configure(fail_500_rate=1.0)
-    settings = sim_settings.model_copy(update={"retry_max_attempts": 3})
-    async with ProviderClient.open(settings, redis_client) as client:
-        with pytest.raises(RetriesExhausted) as info:
-            await client.send_with_retries(REQUEST)
-    assert info.value.status == 500 and info.value.ret_code == "500"
-    assert isinstance(info.value, RetryableError)
-    assert len(await sim.requests()) == 3
-
-
-async def test_retcode_1_is_retried(sim: Sim, sim_settings: Settings, redis_client: aioredis.Redis) -> None:
+async def test_retcode_1_is_retryable(client: ProviderClient, sim: Sim) -> None:
     await sim.configure(retcode1_rate=1.0)
-    settings = sim_settings.model_copy(update={"retry_max_attempts": 2})
-    async with ProviderClient.open(settings, redis_client) as client:
-        with pytest.raises(RetryableError) as single:
-            await client.create_voice_notification(REQUEST)
-        with pytest.raises(RetriesExhausted) as info:
-            await client.send_with_retries(REQUEST)
-    assert single.value.status == 200 and single.value.ret_code == "1"
-    assert info.value.ret_code == "1" and info.value.ret_msg
-    assert len(await sim.requests()) == 3
-
-
-async def test_total_time_budget_stops_retries(
-    sim: Sim, sim_settings: Settings, redis_client: aioredis.Redis
-) -> None:
-    await sim.configure(fail_500_rate=1.0)
-    # The first request alone uses up the budget: no retry may start (or sleep) past it.
-    settings = sim_settings.model_copy(update={"retry_max_attempts": 50, "retry_max_total_s": 0.001})
-    async with ProviderClient.open(settings, redis_client) as client:
-        with pytest.raises(RetriesExhausted) as info:
-            await client.send_with_retries(REQUEST)
-    assert info.value.status == 500
+    with pytest.raises(RetryableError) as info:
+        await client.create_voice_notification(REQUEST)
+    assert not isinstance(info.value, AmbiguousError)
+    assert info.value.status == 200 and info.value.ret_code == "1" and info.value.ret_msg
     assert len(await sim.requests()) == 1
 
 
@@ -196,8 +169,6 @@ async def test_connection_refused_is_retryable(
         assert not isinstance(info.value, AmbiguousError)
         assert info.value.status is None
         assert hook.calls == 1
-        with pytest.raises(RetriesExhausted):
-            await client.send_with_retries(REQUEST)
     assert (await sim.log())["token_requests"] == 1
 
 
@@ -240,14 +211,14 @@ async def test_pool_wait_timeout_is_retryable_not_ambiguous(
 # --- ambiguous ----------------------------------------------------------------------------------------
 
 
-async def test_timeout_after_sending_is_ambiguous_and_not_retried(
+async def test_timeout_after_sending_is_ambiguous(
     sim: Sim, sim_settings: Settings, redis_client: aioredis.Redis
 ) -> None:
     await sim.configure(hang_rate=1.0, hang_s=3.0)
     settings = sim_settings.model_copy(update={"request_timeout_s": 0.5})
     async with ProviderClient.open(settings, redis_client) as client:
         with pytest.raises(AmbiguousError) as info:
-            await client.send_with_retries(REQUEST)
+            await client.create_voice_notification(REQUEST)
     assert not isinstance(info.value, RetryableError)
     assert info.value.status is None
     requests = await sim.requests()
@@ -261,7 +232,7 @@ async def test_non_zero_retcode_is_permanent(client: ProviderClient, sim: Sim) -
     # model_construct skips our validation so the provider's own check (retCode 12) is reached.
     bad = CallRequest.model_construct(called="8899", play_list=[PlayItem.model_construct()])
     with pytest.raises(PermanentError) as info:
-        await client.send_with_retries(bad)
+        await client.create_voice_notification(bad)
     assert info.value.status == 200 and info.value.ret_code == "12"
     assert info.value.ret_msg and "voiceId" in info.value.ret_msg
     assert "retCode=12" in info.value.describe()
@@ -271,7 +242,7 @@ async def test_non_zero_retcode_is_permanent(client: ProviderClient, sim: Sim) -
 async def test_http_400_is_permanent(client: ProviderClient, sim: Sim) -> None:
     bad = CallRequest.model_construct(called="8899", play_list=[PlayItem(voice_id="1")], priority="0")
     with pytest.raises(PermanentError) as info:
-        await client.send_with_retries(bad)
+        await client.create_voice_notification(bad)
     assert info.value.status == 400
     assert len(await sim.requests()) == 1
 
@@ -299,7 +270,7 @@ async def test_401_with_fresh_token_is_auth_error(client: ProviderClient, sim: S
 
     hook = Counter({1: revoke_now, 2: revoke_now})
     with pytest.raises(AuthError) as info:
-        await client.send_with_retries(REQUEST, before_send=hook)
+        await client.create_voice_notification(REQUEST, before_send=hook)
     assert info.value.status == 401
     log = await sim.log()
     assert [r["status"] for r in log["requests"]] == [401, 401]

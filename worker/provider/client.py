@@ -28,33 +28,22 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 from pydantic import SecretStr, ValidationError
 from redis.asyncio import Redis
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    RetryError,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-)
 
 from worker import metrics
 from worker.errors import (
     AmbiguousError,
     AuthError,
     PermanentError,
-    ProviderError,
-    RetriesExhausted,
     RetryableError,
 )
 from worker.models import CallRequest, CallResult
-from worker.provider.retry import backoff_delay
 from worker.provider.token import Token, TokenManager
 from worker.settings import Settings
 
@@ -79,7 +68,8 @@ class Accepted:
     """The provider created the call.
 
     ``latency_s`` is the duration of the HTTP request that succeeded; ``attempts`` counts logical
-    attempts (1 for :meth:`ProviderClient.create_voice_notification`).
+    attempts: always 1, since :meth:`ProviderClient.create_voice_notification` makes one and the
+    dispatcher does the retrying (with :func:`worker.provider.retry.backoff_delay`).
     """
 
     call_serial_no: str
@@ -268,43 +258,6 @@ class ProviderClient:
             token = await tokens.get()
         raise AssertionError("unreachable")
 
-    async def send_with_retries(
-        self, request: CallRequest, *, before_send: BeforeSend | None = None
-    ) -> Accepted:
-        """:meth:`create_voice_notification`, retrying :class:`RetryableError` with :func:`backoff_delay`.
-
-        Bounded by ``retry_max_attempts`` and ``retry_max_total_s`` (no sleep runs past the budget);
-        then raises :class:`RetriesExhausted` with the last error's status, retCode and retMsg.
-        Ambiguous, permanent and auth errors are raised at once.
-        """
-        s = self.settings
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(RetryableError),
-            stop=stop_after_attempt(s.retry_max_attempts) | stop_before_delay(s.retry_max_total_s),
-            wait=lambda state: backoff_delay(state.attempt_number, s),
-            before_sleep=_log_retry,
-        )
-        attempts = 0
-
-        async def attempt() -> Accepted:
-            nonlocal attempts
-            attempts += 1
-            return await self.create_voice_notification(request, before_send=before_send)
-
-        try:
-            accepted: Accepted = await retrying(attempt)
-        except RetryError as exc:
-            last = exc.last_attempt.exception()
-            if not isinstance(last, ProviderError):  # pragma: no cover - only RetryableError is retried
-                raise
-            raise RetriesExhausted(
-                f"gave up after {attempts} attempts; last: {last}",
-                status=last.status,
-                ret_code=last.ret_code,
-                ret_msg=last.ret_msg,
-            ) from last
-        return replace(accepted, attempts=attempts)
-
     def _encode_body(self, request: CallRequest) -> bytes:
         body = request.body()
         url = body.get("callBackUrl")
@@ -373,13 +326,3 @@ class ProviderClient:
             raise PermanentError("createVoiceNotification retCode 0 without a callSerialNo", **kwargs)
         raise PermanentError(text, **kwargs)
 
-
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome is not None else None
-    reason = exc.describe() if isinstance(exc, ProviderError) else repr(exc)
-    log.info(
-        "createVoiceNotification attempt %d failed (%s); retrying in %.2f s",
-        state.attempt_number,
-        reason,
-        state.upcoming_sleep,
-    )

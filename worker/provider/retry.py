@@ -1,5 +1,5 @@
-"""Backoff between provider attempts, shared by :meth:`ProviderClient.send_with_retries` and the
-dispatch loop so both space their retries the same way.
+"""Backoff between provider attempts: the dispatcher (worker/dispatch/dispatcher.py) waits
+:func:`backoff_delay` before it tries a failed job again.
 
 "Full jitter" (uniform between zero and an exponentially growing ceiling) spreads the retries of
 many workers that failed together, so they do not hit a recovering provider in lock step::
@@ -26,10 +26,6 @@ def backoff_ceiling(attempt: int, settings: Settings) -> float:
 
 
 def backoff_delay(attempt: int, settings: Settings) -> float:
-    """Seconds to wait after failed attempt number ``attempt``: uniform(0, ceiling).
-
-    Same formula as tenacity's ``wait_random_exponential(multiplier=retry_base_s,
-    max=retry_max_backoff_s)``, written out because that class needs a tenacity ``RetryCallState``
-    while the dispatch loop only has an attempt count.
-    """
+    """Seconds to wait after failed attempt number ``attempt``: uniform(0, ceiling), with the ceiling
+    ``retry_base_s * 2**(attempt - 1)`` capped at ``retry_max_backoff_s``."""
     return random.uniform(0.0, backoff_ceiling(attempt, settings))
