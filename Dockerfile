@@ -20,16 +20,15 @@ RUN groupadd --system --gid 10001 dialer \
 
 WORKDIR /app
 
-# Dependencies first, read from pyproject.toml alone: editing the code reuses this layer, only a change
-# of the dependency list rebuilds it.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+# Dependencies first, from the lock alone: every runtime package pinned with its hashes (the lock's header
+# says how to regenerate it), so each build installs the same files. Editing the code or pyproject.toml
+# reuses this layer; only a new lock rebuilds it.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
-# Then the package itself (pyproject names README.md as its readme, so it must be there to build).
-COPY README.md ./
+# Then the package itself, without resolving anything again (pyproject names README.md as its readme,
+# so it must be there to build).
+COPY pyproject.toml README.md ./
 COPY worker ./worker
 RUN pip install --no-deps . \
  && rm -rf build ./*.egg-info \

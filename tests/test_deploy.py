@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,13 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 import yaml  # type: ignore[import-untyped]  # no stubs needed to read one file
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from pydantic import SecretStr
 
-from tests.conftest import free_port
-from worker.dispatch.engine import open_pool
-from worker.ledger.producer import CallJob, Producer
-from worker.ledger.transitions import Ledger, State
+from tests.helpers import created, enqueue, free_port, records, wait_until
+from worker.ledger.producer import CallJob
+from worker.ledger.transitions import State
 from worker.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,21 +214,60 @@ def test_dockerfile_slim_non_root_one_image_with_the_worker_health_check() -> No
     [health] = [rest for w, rest in instr if w == "HEALTHCHECK"]
     assert json.loads(health.split(" CMD ", 1)[1]) == _health_test("worker")[1:]
     copies = [rest for w, rest in instr if w == "COPY"]
-    assert copies[0].startswith("pyproject.toml"), "dependencies first, from pyproject.toml alone"
+    assert copies[0].split() == ["requirements.lock", "./"], "dependencies first, from the lock alone"
     assert any(c.startswith("worker ") for c in copies[1:])
     assert "ENTRYPOINT" not in words, "a plain CMD lets compose pick the role with `command:`"
 
 
-def test_dockerfile_installs_exactly_the_dependencies_of_pyproject(tmp_path: Path) -> None:
-    run = next(rest for w, rest in _dockerfile_instructions() if w == "RUN" and "tomllib" in rest)
-    code = re.search(r'python -c "(.*?)"\s*>', run)
-    assert code is not None, run
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    out = subprocess.run([sys.executable, "-c", code[1]], cwd=tmp_path, capture_output=True, text=True,
-                         check=True).stdout
-    expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert out.split("\n")[:-1] == expected
-    assert "pip install --no-deps ." in " ".join(rest for w, rest in _dockerfile_instructions() if w == "RUN")
+LOCK_FILE = ROOT / "requirements.lock"
+
+
+def _lock() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock as {canonical name: (pinned version, hashes)}."""
+    logical = re.sub(r"\\\n", " ", LOCK_FILE.read_text())
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for line in logical.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})*)", line)
+        assert m is not None, f"requirements.lock: not an exact pin with hashes: {line[:120]!r}"
+        name = canonicalize_name(m[1])
+        assert name not in pins, f"requirements.lock pins {name} twice"
+        pins[name] = (m[2], m[3].split())
+    return pins
+
+
+def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    pins = _lock()
+    assert all(hashes for _v, hashes in pins.values()), "pip install --require-hashes needs a hash for every pin"
+    for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"requirements.lock lacks {req.name}: regenerate it (see its header)"
+        assert req.specifier.contains(pins[name][0], prereleases=True), (
+            f"requirements.lock pins {name}=={pins[name][0]}, outside pyproject's {spec!r}: regenerate it"
+        )
+    # Runtime only: neither the dev tools nor the removed tenacity belong in the image.
+    assert not {"pytest", "mypy", "ruff", "tenacity"} & pins.keys()
+    header = LOCK_FILE.read_text().split("\n\n", 1)[0]
+    assert "pip-compile --generate-hashes" in header and "--output-file=requirements.lock pyproject.toml" in header
+
+
+def test_dockerfile_installs_the_lock_then_the_project_without_deps() -> None:
+    instr = _dockerfile_instructions()
+    runs = [(i, rest) for i, (w, rest) in enumerate(instr) if w == "RUN" and "pip install" in rest]
+    assert [rest for _i, rest in runs if "requirements.lock" in rest] == [
+        "pip install --require-hashes -r requirements.lock"
+    ], "the dependencies come from the lock, every file checked against its hash"
+    [(project_at, _)] = [(i, rest) for i, rest in runs if "pip install --no-deps ." in rest]
+    lock_at = next(i for i, rest in runs if "requirements.lock" in rest)
+    assert lock_at < project_at, "the lock first, then the project, which must not resolve anything again"
+    others = [rest for _i, rest in runs if "requirements.lock" not in rest and "--no-deps" not in rest]
+    assert others == [], "no other pip install may pull unpinned packages"
+    copy_lock = instr.index(("COPY", "requirements.lock ./"))
+    copy_code = next(i for i, (w, rest) in enumerate(instr) if w == "COPY" and rest.startswith("worker "))
+    assert copy_lock < lock_at < copy_code, "the locked layer must not depend on the code"
 
 
 def _env_example() -> dict[str, str]:
@@ -435,8 +475,8 @@ class Stack:
         # The image's /data volume is --dir here; redis listens on loopback only.
         argv += ["--port", str(self.ports["redis"][1]), "--bind", "127.0.0.1", "--dir", str(data)]
         self.redis_proc = await self._spawn("redis", argv, _clean_env())
-        await _until(lambda: self._ping(), 10, lambda: "redis-server with the compose arguments did not start:\n"
-                     + self.log("redis"))
+        await wait_until(lambda: self._ping(), 10, 0.2,
+                         lambda: "redis-server with the compose arguments did not start:\n" + self.log("redis"))
 
     async def _ping(self) -> bool:
         client = aioredis.Redis.from_url(self.redis_url)
@@ -507,15 +547,6 @@ async def _terminate(proc: asyncio.subprocess.Process, timeout: float) -> int:
     return int(proc.returncode or 0)
 
 
-async def _until(predicate: Callable[[], Awaitable[bool]], timeout: float,
-                 message: str | Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(message() if callable(message) else message)
-        await asyncio.sleep(0.2)
-
-
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     """Redis and the simulator, each started with its compose command."""
@@ -526,24 +557,19 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
         async def sim_healthy() -> bool:
             return await st.health("simulator") == 0
-        await _until(sim_healthy, 15,
-                     lambda: "the simulator's compose health check never passed:\n" + st.log("simulator"))
+        await wait_until(sim_healthy, 15, 0.2,
+                         lambda: "the simulator's compose health check never passed:\n" + st.log("simulator"))
         yield st
     finally:
         await st.close()
 
 
 async def _states(settings: Settings, job_ids: list[str]) -> dict[str, State | None]:
-    client = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        ledger = Ledger(client, settings)
-        return {j: (None if (r := await ledger.get(j)) is None else r.state) for j in job_ids}
-    finally:
-        await client.aclose()
+    return {j: (None if r is None else r.state) for j, r in (await records(settings, job_ids)).items()}
 
 
 async def _created(st: Stack) -> list[dict[str, Any]]:
-    return [r for r in (await st.sim("GET", "/_sim/log"))["requests"] if r["outcome"] in ("created", "hang")]
+    return created((await st.sim("GET", "/_sim/log"))["requests"])
 
 
 async def test_compose_redis_writes_its_aof_refuses_eviction_and_survives_a_restart(tmp_path: Path) -> None:
@@ -583,7 +609,8 @@ async def test_sandbox_services_come_up_and_dial_from_their_compose_commands(sta
     async def worker_healthy() -> bool:
         assert worker.returncode is None, stack.log("worker")
         return await stack.health("worker") == 0
-    await _until(worker_healthy, 30, lambda: "the worker's compose health check never passed:\n" + stack.log("worker"))
+    await wait_until(worker_healthy, 30, 0.2,
+                     lambda: "the worker's compose health check never passed:\n" + stack.log("worker"))
 
     rc, out, err = await stack.dialer("enqueue", "--called", "13800000001", "--voice-id", "100001",
                                       "--id", "compose-1")
@@ -593,7 +620,7 @@ async def test_sandbox_services_come_up_and_dial_from_their_compose_commands(sta
 
     async def sent() -> bool:
         return (await _states(settings, ["compose-1"]))["compose-1"] == State.SENT
-    await _until(sent, 20, lambda: "the call was not sent:\n" + stack.log("worker"))
+    await wait_until(sent, 20, 0.2, lambda: "the call was not sent:\n" + stack.log("worker"))
     assert [r["called"] for r in await _created(stack)] == ["13800000001"]
     assert await _terminate(worker, 30) == 0
 
@@ -612,7 +639,7 @@ async def test_api_service_comes_up_without_credentials_in_the_sandbox(stack: St
     async def api_healthy() -> bool:
         assert api.returncode is None, stack.log("api")
         return await stack.health("api") == 0
-    await _until(api_healthy, 30, "the api service's compose health check never passed")
+    await wait_until(api_healthy, 30, 0.2, "the api service's compose health check never passed")
     assert await _terminate(api, _duration_s(_service("api")["stop_grace_period"])) == 0
 
 
@@ -628,22 +655,15 @@ async def test_api_service_needs_api_keys_once_it_talks_to_the_real_provider(sta
     async def api_healthy() -> bool:
         assert api.returncode is None, stack.log("api")
         return await stack.health("api") == 0
-    await _until(api_healthy, 30, "the api service with API keys never became healthy")
+    await wait_until(api_healthy, 30, 0.2, "the api service with API keys never became healthy")
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{stack.ports['api'][1]}/v1/calls/x") as r:
         assert r.status == 401  # keys are enforced
     assert await _terminate(api, _duration_s(_service("api")["stop_grace_period"])) == 0
 
 
 async def _enqueue(settings: Settings, n: int, prefix: str) -> list[str]:
-    pool = await open_pool(settings)
-    try:
-        jobs = [CallJob(request={"called": f"{prefix}{i:04d}", "playList": [{"voiceId": "100001"}]},
-                        job_id=f"{prefix}-{i}") for i in range(n)]
-        results = await Producer(pool, settings).enqueue_many(jobs)
-    finally:
-        await pool.aclose()
-    assert all(r.status == "accepted" for r in results), results
-    return [str(r.job_id) for r in results]
+    return await enqueue(settings, [CallJob(request={"called": f"{prefix}{i:04d}", "playList": [{"voiceId": "100001"}]},
+                                            job_id=f"{prefix}-{i}") for i in range(n)])
 
 
 async def _sigterm_with_calls_in_flight(stack: Stack, latency_ms: int, n: int, prefix: str,
@@ -657,7 +677,7 @@ async def _sigterm_with_calls_in_flight(stack: Stack, latency_ms: int, n: int, p
     async def all_in_flight() -> bool:
         assert worker.returncode is None, stack.log("worker")
         return len((await stack.sim("GET", "/_sim/log"))["requests"]) >= n
-    await _until(all_in_flight, 20, lambda: "the calls never reached the provider:\n" + stack.log("worker"))
+    await wait_until(all_in_flight, 20, 0.2, lambda: "the calls never reached the provider:\n" + stack.log("worker"))
     worker.send_signal(signal.SIGTERM)  # what `docker compose stop` sends (stop_signal)
     t0 = time.monotonic()
     grace = _duration_s(_service("worker")["stop_grace_period"])
