@@ -5,23 +5,17 @@ simulator POSTing signed callbacks for calls a worker made."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from tests.conftest import Sim, free_port
-from tests.test_campaigns import do_launch, numbers_csv
-from tests.test_dispatch import running, wait_for
+from tests.helpers import Sim, do_launch, event, numbers_csv, post, running, serving, wait_until
 from worker.campaigns.control import Campaigns
 from worker.campaigns.outcomes import CALLBACK_PATH, outcome_of
-from worker.http import create_app
 from worker.ledger.transitions import Ledger
 from worker.provider.signature import sign
 from worker.settings import Settings
@@ -30,37 +24,8 @@ SHARED = "callback-shared-key-0123"
 JOB = "camp:13800000000"
 
 
-def event(serial: str, reason: str = "1", **extra: str) -> dict[str, str]:
-    e = {"callSerialNo": serial, "called": "13800000000", "callerPresent": "",
-         "createCallTime": "2025/01/01,10:00:00:000", "alertingTime": "", "talkingTime": "",
-         "releaseTime": "2025/01/01,10:00:07:000", "talkDuration": "6",
-         "releaseReason": reason, "recordfile": "", "locationId": "0", "timestamp": str(int(time.time() * 1000)),
-         "nonce": "-1482421808053124529"}
-    e.update(extra)
-    return e
-
-
 def signed(e: dict[str, str], key: str = SHARED, mode: Any = "sha256") -> dict[str, str]:
     return {**e, "signature": sign(e, key, e["timestamp"], e["nonce"], mode)}
-
-
-@asynccontextmanager
-async def serving(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[tuple[str, Settings]]:
-    """``dialer serve``'s app on a free port, with DIALER_PUBLIC_URL pointing at it."""
-    port = free_port()
-    settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{port}", "http_port": port,
-                                           "api_keys": [SecretStr("callbacks-test-api-key-0123")]})
-    server = TestServer(create_app(settings, redis, open_provider=False), host="127.0.0.1", port=port)
-    await server.start_server(access_log=None)
-    try:
-        yield str(server.make_url("")).rstrip("/"), settings
-    finally:
-        await server.close()
-
-
-async def post(url: str, body: Any) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as s, s.post(url + CALLBACK_PATH, json=body) as r:
-        return r.status, await r.json()
 
 
 async def sent_job(redis: aioredis.Redis, settings: Settings, tmp_path: Path, serial: str = "SN-1") -> Ledger:
@@ -186,7 +151,7 @@ async def test_simulator_callbacks_end_to_end(
             return bool(status["states"]["sent"] == 12 and sum(status["outcomes"].values()) == 12)
 
         async with running(served):
-            await wait_for(all_heard, timeout=15)
+            await wait_until(all_heard, timeout=15)
     log = await sim.log()
     bodies = [r["body"] for r in log["requests"] if r["outcome"] == "created"]
     assert len(bodies) == 12 and {b["callBackUrl"] for b in bodies} == {url + CALLBACK_PATH}

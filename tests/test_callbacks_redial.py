@@ -13,10 +13,19 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from tests.conftest import Sim, run_dialer, settings_env
-from tests.test_callbacks import event, post, serving
-from tests.test_campaigns import do_launch, numbers_csv
-from tests.test_dispatch import created, running, wait_for
+from tests.helpers import (
+    Sim,
+    created,
+    do_launch,
+    event,
+    numbers_csv,
+    post,
+    run_dialer,
+    running,
+    serving,
+    settings_env,
+    wait_until,
+)
 from worker.campaigns.control import Campaigns
 from worker.ledger.transitions import Ledger, State
 from worker.settings import Settings
@@ -37,7 +46,7 @@ async def test_unanswered_calls_are_redialled_after_the_delay_at_most_n_times(
     async with serving(keyed, redis_client) as (_url, served):
         await do_launch(redis_client, served, numbers_csv(tmp_path, 2), redial=2, redial_after="1s")
         async with running(served):
-            await wait_for(lambda: callbacks_in(sim, 6), timeout=20)
+            await wait_until(lambda: callbacks_in(sim, 6), timeout=20)
             await asyncio.sleep(1.6)  # longer than the redial delay: a third redial would be made by now
     requests = created(await sim.requests())
     assert Counter(r["called"] for r in requests) == {"13800000000": 3, "13800000001": 3}  # first call + 2 redials
@@ -72,9 +81,9 @@ async def test_an_answered_redial_ends_the_redials(
     async with serving(sim_settings, redis_client) as (_url, served):
         await do_launch(redis_client, served, numbers_csv(tmp_path, 1), redial=3, redial_after="1s")
         async with running(served):
-            await wait_for(lambda: callbacks_in(sim, 1), timeout=10)
+            await wait_until(lambda: callbacks_in(sim, 1), timeout=10)
             await sim.configure(answer_rate=1.0)  # the first call went unanswered; the redial is answered
-            await wait_for(lambda: callbacks_in(sim, 2), timeout=10)
+            await wait_until(lambda: callbacks_in(sim, 2), timeout=10)
             await asyncio.sleep(1.5)
     assert [r["called"] for r in created(await sim.requests())] == ["13800000000"] * 2
     status = await Campaigns(redis_client, served).status("camp")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.conftest import run_dialer
+from tests.helpers import run_dialer
 
 
 async def test_demo_runs_a_small_campaign_to_completion() -> None:

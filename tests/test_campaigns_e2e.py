@@ -11,9 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tests.conftest import Sim, run_dialer, settings_env
-from tests.test_campaigns import do_launch, numbers_csv, write_csv
-from tests.test_dispatch import created, running, wait_for
+from tests.helpers import Sim, created, do_launch, numbers_csv, run_dialer, running, settings_env, wait_until, write_csv
 from worker.campaigns.control import Campaigns
 from worker.campaigns.suppression import Suppression
 from worker.ledger.transitions import Ledger, State
@@ -36,7 +34,7 @@ async def test_pause_holds_everything_and_resume_sends_the_rest_in_order(
     await do_launch(redis_client, settings, numbers_csv(tmp_path, 40))
     campaigns = Campaigns(redis_client, settings)
     async with running(settings):
-        await wait_for(lambda: _at_least(sim, 8), timeout=10)
+        await wait_until(lambda: _at_least(sim, 8), timeout=10)
         await campaigns.pause("camp")
         await asyncio.sleep(0.3)  # calls already in flight finish
         before = len(await sent_numbers(sim))
@@ -49,7 +47,7 @@ async def test_pause_holds_everything_and_resume_sends_the_rest_in_order(
         assert len(parked) == 40 - before and all(r.attempts == 0 for r in parked)
         res = await campaigns.resume("camp")
         assert res.moved == 40 - before
-        await wait_for(lambda: campaign_done(redis_client, settings), timeout=15)
+        await wait_until(lambda: campaign_done(redis_client, settings), timeout=15)
     numbers = await sent_numbers(sim)
     assert len(numbers) == len(set(numbers)) == 40  # everything sent, nobody twice
     # After the resume the parked jobs go in launch order, right where the campaign stopped. (The very
@@ -70,7 +68,7 @@ async def test_cancel_stops_the_rest_for_good(
     await do_launch(redis_client, settings, numbers_csv(tmp_path, 40))
     campaigns = Campaigns(redis_client, settings)
     async with running(settings):
-        await wait_for(lambda: _at_least(sim, 5), timeout=10)
+        await wait_until(lambda: _at_least(sim, 5), timeout=10)
         cancelled = await campaigns.cancel("camp")
         await asyncio.sleep(1.0)
     numbers = await sent_numbers(sim)
@@ -92,7 +90,7 @@ async def test_suppressed_after_launch_is_never_dialled(
     assert report.suppressed == 1  # skipped at launch
     await Suppression(redis_client, sim_settings).add(["+1 380 000 0003"])  # listed after launch
     async with running(sim_settings):
-        await wait_for(lambda: campaign_done(redis_client, sim_settings), timeout=10)
+        await wait_until(lambda: campaign_done(redis_client, sim_settings), timeout=10)
     numbers = await sent_numbers(sim)
     assert sorted(numbers) == ["13800000000", "13800000002", "13800000004", "13800000005"]
     rec = await Ledger(redis_client, sim_settings).get("camp:13800000003")
@@ -108,13 +106,13 @@ async def test_number_cap_across_campaigns(
     path = numbers_csv(tmp_path, 3)
     await do_launch(redis_client, settings, path, name="first")
     async with running(settings):
-        await wait_for(lambda: campaign_done(redis_client, settings, "first"), timeout=10)
+        await wait_until(lambda: campaign_done(redis_client, settings, "first"), timeout=10)
         # Deadline within the week: the cap stops these for good.
         soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
         await do_launch(redis_client, settings, path, name="soon", deadline=soon)
         # No deadline: they wait until the number may be called again.
         await do_launch(redis_client, settings, path, name="later")
-        await wait_for(lambda: campaign_done(redis_client, settings, "soon"), timeout=10)
+        await wait_until(lambda: campaign_done(redis_client, settings, "soon"), timeout=10)
         await asyncio.sleep(0.5)
     assert sorted(await sent_numbers(sim)) == ["13800000000", "13800000001", "13800000002"]
     campaigns = Campaigns(redis_client, settings)
@@ -136,7 +134,7 @@ async def test_campaign_rate_holds_on_a_backlog(
     members = await redis_client.zrange(keys.queue(9), 0, -1)
     await redis_client.zadd(keys.queue(9), {m: now_ms + i for i, m in enumerate(members)})
     async with running(sim_settings):
-        await wait_for(lambda: campaign_done(redis_client, sim_settings), timeout=15)
+        await wait_until(lambda: campaign_done(redis_client, sim_settings), timeout=15)
     stamps = sorted(r["ts"] for r in created(await sim.requests()))
     assert len(stamps) == 16
     worst = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
@@ -156,7 +154,7 @@ async def test_two_campaigns_of_one_priority_share_capacity(
         await asyncio.sleep(1.0)
         launched = time.time()
         await do_launch(redis_client, settings, small, name="small")
-        await wait_for(lambda: campaign_done(redis_client, settings, "small"), timeout=10)
+        await wait_until(lambda: campaign_done(redis_client, settings, "small"), timeout=10)
         small_done = time.time() - launched
         big_status = await Campaigns(redis_client, settings).status("big")
     order = [n[:3] for n in await sent_numbers(sim)]
@@ -179,7 +177,7 @@ async def test_status_json_reconciles_with_the_simulator(
     path = numbers_csv(tmp_path, 30, prio=lambda i: 1 + i % 9)
     await do_launch(redis_client, sim_settings, path)
     async with running(sim_settings):
-        await wait_for(lambda: campaign_done(redis_client, sim_settings), timeout=20)
+        await wait_until(lambda: campaign_done(redis_client, sim_settings), timeout=20)
     rc, out, err = await run_dialer("campaign", "status", "camp", "--json", env=settings_env(sim_settings))
     assert rc == 0, err
     status: dict[str, Any] = json.loads(out)

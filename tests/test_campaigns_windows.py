@@ -15,9 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from arq.worker import func
 
-from tests.conftest import Sim
-from tests.test_campaigns import do_launch, numbers_csv
-from tests.test_dispatch import created, wait_for
+from tests.helpers import Sim, created, do_launch, numbers_csv, wait_until
 from worker.campaigns.control import Campaigns
 from worker.dispatch import codec
 from worker.dispatch.dispatcher import Dispatcher
@@ -163,7 +161,7 @@ async def test_nothing_is_sent_before_the_window_opens(
         assert await sim.requests() == [], "called before the window opened"
         campaigns = Campaigns(redis_client, sim_settings)
         assert (await campaigns.status("camp"))["states"]["queued"] == 6
-        await wait_for(lambda: _done(redis_client, sim_settings), timeout=10)
+        await wait_until(lambda: _done(redis_client, sim_settings), timeout=10)
     stamps = [r["ts"] for r in created(await sim.requests())]
     assert len(stamps) == 6
     assert min(stamps) >= opens_real - 0.05 and max(stamps) < opens_real + 2.0
@@ -212,7 +210,7 @@ async def test_deadline_before_the_next_opening_expires_the_job(
     await do_launch(redis_client, sim_settings, numbers_csv(tmp_path, 2),
                     window=f"{hhmm(start)}-{hhmm(start + timedelta(hours=1))}", timezone="UTC", deadline=deadline)
     async with clocked_worker(sim_settings, clock):
-        await wait_for(lambda: _done(redis_client, sim_settings), timeout=10)
+        await wait_until(lambda: _done(redis_client, sim_settings), timeout=10)
     assert await sim.requests() == []
     assert (await Campaigns(redis_client, sim_settings).status("camp"))["states"]["expired"] == 2
 

@@ -9,8 +9,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import RedisServer, Sim, run_dialer, settings_env, start_dialer
-from worker.dispatch.engine import DialerProcess, open_pool
+from tests.helpers import RedisServer, Sim, created, enqueue, records, run_dialer, running, settings_env, start_dialer
+from tests.helpers import wait_until as wait_for
+from worker.dispatch.engine import open_pool
 from worker.ledger.producer import CallJob, Producer
-from worker.ledger.transitions import Ledger, State
+from worker.ledger.transitions import State
 from worker.settings import Settings
 from worker.store.keys import Keys
 
@@ -31,51 +30,9 @@ def body(called: str, priority: int = 9, **extra: Any) -> dict[str, Any]:
             "priority": str(priority), **extra}
 
 
-async def enqueue(settings: Settings, bodies: list[Any], **kw: Any) -> list[str]:
-    pool = await open_pool(settings)
-    try:
-        results = await Producer(pool, settings).enqueue_many(bodies, **kw)
-    finally:
-        await pool.aclose()
-    assert all(r.status == "accepted" for r in results), results
-    return [str(r.job_id) for r in results]
-
-
-async def records(settings: Settings, job_ids: list[str]) -> dict[str, Any]:
-    client = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        ledger = Ledger(client, settings)
-        return {j: await ledger.get(j) for j in job_ids}
-    finally:
-        await client.aclose()
-
-
-async def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
-
-
-@asynccontextmanager
-async def running(settings: Settings, queues: list[int] | None = None) -> AsyncIterator[DialerProcess]:
-    proc = DialerProcess(settings, queues or list(range(1, 10)))
-    task = asyncio.ensure_future(proc.run())
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        await asyncio.wait_for(task, 30)
-
-
 async def all_final(settings: Settings, job_ids: list[str]) -> bool:
     recs = await records(settings, job_ids)
     return all(r is not None and r.state not in (State.QUEUED, State.SENDING) for r in recs.values())
-
-
-def created(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in requests if r["outcome"] in ("created", "hang")]
 
 
 async def test_end_to_end_burst_worker_sends_each_job_once_with_the_seed_body(

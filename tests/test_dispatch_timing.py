@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from arq import Retry
 
-from tests.conftest import Sim
+from tests.helpers import Sim
 from worker.dispatch.dispatcher import Defer, Dispatcher
 from worker.dispatch.engine import _dial, open_pool
 from worker.ledger.producer import Producer

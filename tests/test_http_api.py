@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from worker.http import DEFAULT_MODULES, Access, Reply, Route, create_app
 from worker.http.auth import COOKIE, Authenticator
 from worker.http.schemas import DashboardData

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from tests.conftest import run_dialer, settings_env
+from tests.helpers import run_dialer, settings_env
 from worker.campaigns.control import Campaigns
 from worker.http import create_app
 from worker.http.openapi import OPENAPI_DOC

@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from tests.conftest import Proc, free_port, settings_env, start_dialer
+from tests.helpers import Proc, free_port, settings_env, start_dialer
 from worker.http import create_app
 from worker.http.openapi import OPENAPI_DOC
 from worker.settings import Settings

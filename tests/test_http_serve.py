@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 
-from tests.conftest import free_port, run_dialer, settings_env, start_dialer
+from tests.helpers import free_port, run_dialer, settings_env, start_dialer
 from worker.settings import Settings
 
 KEY = "serve-test-api-key-0123456789"

@@ -27,7 +27,7 @@ from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from tests.conftest import free_port, run_dialer
+from tests.helpers import free_port, run_dialer
 from worker.errors import SettingsError
 from worker.http import DEFAULT_MODULES, Access, Reply, Route, create_app
 from worker.http.auth import COOKIE, key_id

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
+from tests.helpers import server_ms as redis_now_ms
 from worker.limits.inflight import InFlight
 from worker.settings import Settings
 from worker.store.keys import Keys
@@ -27,11 +28,6 @@ async def make_in_flight(redis_url: str, settings: Settings) -> AsyncIterator[Ma
     yield make
     for client in clients:
         await client.aclose()
-
-
-async def redis_now_ms(client: aioredis.Redis) -> int:
-    sec, usec = await client.time()
-    return int(sec) * 1000 + int(usec) // 1000
 
 
 async def test_cap_holds_across_processes(

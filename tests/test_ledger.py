@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from tests.helpers import server_ms
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import FINAL_STATES, STALE_ERROR, JobRecord, Ledger, State
 from worker.models import CallRequest
@@ -28,11 +29,6 @@ async def new_job(redis_client: aioredis.Redis, settings: Settings, job_id: str 
     res = await Producer(redis_client, settings).enqueue(BODY, job_id=job_id, campaign="promo")
     assert res.status == "accepted"
     return job_id
-
-
-async def server_ms(r: aioredis.Redis) -> int:
-    sec, usec = await r.time()
-    return int(sec) * 1000 + int(usec) // 1000
 
 
 async def rec(ledger: Ledger, job_id: str) -> JobRecord:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from tests.helpers import server_ms
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import Ledger, State
 from worker.limits.inflight import InFlight
@@ -32,11 +33,6 @@ async def new_job(redis_client: aioredis.Redis, settings: Settings, job_id: str)
 async def leases(redis_client: aioredis.Redis, settings: Settings) -> dict[str, float]:
     raw = await redis_client.zrange(Keys(settings.key_prefix).in_flight, 0, -1, withscores=True)
     return {m.decode(): s for m, s in raw}
-
-
-async def server_ms(r: aioredis.Redis) -> int:
-    sec, usec = await r.time()
-    return int(sec) * 1000 + int(usec) // 1000
 
 
 async def test_begin_send_takes_the_lease_and_mark_sent_gives_it_back(

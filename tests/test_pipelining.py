@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ResponseError
 
-from tests.conftest import RedisServer
+from tests.helpers import RedisServer
 from worker.dispatch.engine import open_pool
 from worker.settings import Settings
 from worker.store.connections import DialerConnectionPool

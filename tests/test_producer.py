@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from tests.conftest import published
+from tests.helpers import published, server_ms, snapshot
 from worker.errors import InvalidRequest
 from worker.ledger.producer import CallJob, Producer, enqueue_call, enqueue_many, new_job_ids
 from worker.ledger.transitions import Ledger, State
@@ -25,11 +25,6 @@ def body(called: str = "8613800000001", **extra: Any) -> dict[str, Any]:
 
 
 
-
-
-async def server_ms(r: aioredis.Redis) -> int:
-    sec, usec = await r.time()
-    return int(sec) * 1000 + int(usec) // 1000
 
 
 async def created_ms(r: aioredis.Redis, keys: Keys, job_id: str) -> int:
@@ -129,19 +124,6 @@ async def test_body_stored_compact_and_unicode(redis_client: aioredis.Redis, pro
         b"8613800000001",
         b"9",
     ]
-
-
-async def snapshot(r: aioredis.Redis) -> dict[bytes, Any]:
-    out: dict[bytes, Any] = {}
-    for k in await r.keys("*"):
-        kind = await r.type(k)
-        if kind == b"hash":
-            out[k] = await r.hgetall(k)  # type: ignore[misc]  # redis-py's sync|async union
-        elif kind == b"zset":
-            out[k] = await r.zrange(k, 0, -1, withscores=True)
-        else:
-            out[k] = await r.get(k)
-    return out
 
 
 async def test_duplicate_writes_nothing(

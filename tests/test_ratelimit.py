@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 import redis.asyncio as aioredis
 
+from tests.helpers import free_port as unused_port
 from worker.limits.ratelimit import Limit, RateLimiter, reserve_horizon
 from worker.settings import Settings
 from worker.store.keys import Keys
@@ -35,12 +35,6 @@ async def make_limiter(redis_url: str, settings: Settings) -> AsyncIterator[Make
     for limiter, client in made:
         await limiter.close()
         await client.aclose()
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def max_in_window(stamps: Sequence[float], window: float = 1.0) -> int:

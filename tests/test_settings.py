@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_dialer
+from tests.helpers import run_dialer
 from worker.errors import SettingsError
 from worker.settings import Settings, load_settings
 

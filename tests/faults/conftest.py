@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,9 +25,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import free_port
-from worker.ledger.producer import Producer
-from worker.ledger.transitions import FINAL_STATES, JobRecord, State, _hash
+from tests.helpers import free_port, wait_until
+from worker.ledger.transitions import FINAL_STATES, JobRecord, State
 from worker.settings import Settings
 from worker.store.keys import Keys
 
@@ -57,18 +56,6 @@ def report(scenario: str, figures: dict[str, Any]) -> None:
 def body(called: str, priority: int = 9, **extra: Any) -> dict[str, Any]:
     return {"called": called, "playList": [{"voiceId": "100001", "templateParams": ["a"]}],
             "priority": str(priority), **extra}
-
-
-async def wait_until(
-    predicate: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.2, what: str = "condition"
-) -> float:
-    """Poll ``predicate`` until true; returns the seconds waited. AssertionError after ``timeout``."""
-    started = time.monotonic()
-    while not await predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not met within {timeout:.0f} s")
-        await asyncio.sleep(interval)
-    return time.monotonic() - started
 
 
 # --- child processes -------------------------------------------------------------------------------
@@ -281,24 +268,6 @@ class SimProcess:
 # --- ledger snapshots and reconciliation -----------------------------------------------------------
 
 
-async def load_records(
-    redis: aioredis.Redis, settings: Settings, job_ids: Iterable[str]
-) -> dict[str, JobRecord | None]:
-    """Every job's ledger record, pipelined in chunks."""
-    keys = Keys(settings.key_prefix)
-    ids = list(job_ids)
-    out: dict[str, JobRecord | None] = {}
-    for start in range(0, len(ids), 2000):
-        part = ids[start:start + 2000]
-        async with redis.pipeline(transaction=False) as pipe:
-            for j in part:
-                pipe.hgetall(keys.job(j))
-            raws = await pipe.execute()
-        for j, raw in zip(part, raws, strict=True):
-            out[j] = JobRecord.from_hash(j, _hash(raw)) if raw else None
-    return out
-
-
 async def count_states(redis: aioredis.Redis, settings: Settings, job_ids: list[str]) -> Counter[str]:
     """How many jobs are in each ledger state ("missing": no record)."""
     keys = Keys(settings.key_prefix)
@@ -310,36 +279,6 @@ async def count_states(redis: aioredis.Redis, settings: Settings, job_ids: list[
             raw = await pipe.execute()
         counts.update("missing" if v is None else v.decode() for v in raw)
     return counts
-
-
-async def snapshot(redis: aioredis.Redis) -> dict[bytes, Any]:
-    """Every key with its type and content in a canonical order: equal snapshots mean Redis was not
-    touched. (Not DUMP: a large hash's DUMP follows its hash table's order, which a mere read can
-    change while the table is being rehashed.)"""
-    keys = sorted(await redis.keys("*"))
-    async with redis.pipeline(transaction=False) as pipe:
-        for k in keys:
-            pipe.type(k)
-        types = [t.decode() for t in await pipe.execute()]
-    async with redis.pipeline(transaction=False) as pipe:
-        for k, kind in zip(keys, types, strict=True):
-            if kind == "string":
-                pipe.get(k)
-            elif kind == "hash":
-                pipe.hgetall(k)
-            elif kind == "set":
-                pipe.smembers(k)
-            elif kind == "zset":
-                pipe.zrange(k, 0, -1, withscores=True)
-            elif kind == "list":
-                pipe.lrange(k, 0, -1)
-            else:
-                pipe.dump(k)
-        values = await pipe.execute()
-    out: dict[bytes, Any] = {}
-    for k, kind, v in zip(keys, types, values, strict=True):
-        out[k] = (kind, sorted(v.items()) if kind == "hash" else sorted(v) if kind == "set" else v)
-    return out
 
 
 def not_final(counts: Counter[str]) -> int:
@@ -357,12 +296,6 @@ async def wait_final(
         if not_final(counts) == 0 or time.monotonic() > deadline or not any(w.alive for w in workers):
             return counts
         await asyncio.sleep(0.5)
-
-
-async def enqueue_all(redis: aioredis.Redis, settings: Settings, bodies: list[dict[str, Any]]) -> list[str]:
-    results = await Producer(redis, settings).enqueue_many(bodies)
-    assert all(r.status == "accepted" for r in results), [r for r in results if r.status != "accepted"][:3]
-    return [str(r.job_id) for r in results]
 
 
 CALL_OUTCOMES = ("created", "hang")

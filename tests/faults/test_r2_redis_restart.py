@@ -20,20 +20,18 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import RedisServer, settings_env
 from tests.faults.conftest import (
     FULL,
     Procs,
     SimProcess,
     count_states,
     fault_settings,
-    load_records,
     reconcile,
     report,
     scale,
     wait_final,
-    wait_until,
 )
+from tests.helpers import RedisServer, load_records, settings_env, wait_until
 from worker.campaigns import Campaigns
 from worker.campaigns.launch import LaunchOptions, launch_file
 from worker.ledger.transitions import State

@@ -27,21 +27,19 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import settings_env
 from tests.faults.conftest import (
     FULL,
     Procs,
     SimProcess,
     body,
     count_states,
-    enqueue_all,
     fault_settings,
-    load_records,
     reconcile,
     report,
     scale,
     wait_final,
 )
+from tests.helpers import enqueue_all, load_records, settings_env
 from worker.ledger.transitions import State
 from worker.settings import Settings
 

@@ -34,19 +34,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from tests.conftest import settings_env
-from tests.faults.conftest import (
-    FULL,
-    Procs,
-    SimProcess,
-    body,
-    enqueue_all,
-    fault_settings,
-    load_records,
-    report,
-    snapshot,
-    wait_until,
-)
+from tests.faults.conftest import FULL, Procs, SimProcess, body, fault_settings, report
+from tests.helpers import enqueue_all, load_records, settings_env, snapshot, wait_until
 from worker.campaigns.control import CampaignError
 from worker.campaigns.launch import LaunchError, LaunchOptions, launch_file
 from worker.errors import InvalidRequest

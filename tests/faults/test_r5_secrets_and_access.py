@@ -24,8 +24,8 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from tests.conftest import free_port, settings_env
-from tests.faults.conftest import FULL, Procs, SimProcess, body, fault_settings, report, snapshot, wait_until
+from tests.faults.conftest import FULL, Procs, SimProcess, body, fault_settings, report
+from tests.helpers import free_port, settings_env, snapshot, wait_until
 from worker.ledger.transitions import FINAL_STATES
 from worker.provider.client import ProviderClient
 from worker.provider.signature import sign
