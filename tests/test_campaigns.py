@@ -12,31 +12,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import published, run_dialer, settings_env
+from tests.helpers import do_launch, numbers_csv, published, run_dialer, settings_env, write_csv
 from worker.campaigns.control import STATUS_STATES, CampaignError, Campaigns, CampaignSpec
-from worker.campaigns.launch import LaunchError, LaunchOptions, LaunchReport, check_options, launch_file
+from worker.campaigns.launch import LaunchError, LaunchOptions, check_options
 from worker.campaigns.outcomes import RedialPolicy, parse_duration
 from worker.campaigns.suppression import Suppression, normalize_number, read_numbers
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import OUTCOMES, Ledger, State
 from worker.settings import Settings
 from worker.store.keys import Keys, in_progress_key_prefix
-
-
-def write_csv(path: Path, header: str, rows: list[str]) -> Path:
-    path.write_text(header + "\n" + "".join(r + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def numbers_csv(tmp_path: Path, n: int, name: str = "c.csv", prio: Any = None) -> Path:
-    rows = [f"1380000{i:04d},{prio(i) if prio else 9},p{i}|x" for i in range(n)]
-    return write_csv(tmp_path / name, "called,priority,templateParams", rows)
-
-
-async def do_launch(redis: aioredis.Redis, settings: Settings, path: Path, **opts: Any) -> LaunchReport:
-    opts.setdefault("name", "camp")
-    opts.setdefault("template_id", "tpl-1")
-    return await launch_file(redis, settings, path, LaunchOptions(**opts))
 
 
 async def counts(redis: aioredis.Redis, settings: Settings, name: str = "camp") -> dict[str, int]:
