@@ -4,6 +4,7 @@ the Redis-backed send counter feeds the dashboard, and a worker can serve its ow
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from worker import metrics
 from worker.errors import AmbiguousError, AuthError, PermanentError, RetryableError
 from worker.http import create_app
@@ -158,10 +159,30 @@ async def test_send_stats_feed_the_dashboard(client: TestClient[Any, Any], setti
     assert data["errors"]["by_kind"]["retryable/http-500"] == 1
 
 
-async def test_send_stats_never_fail_the_caller(settings: Settings) -> None:
+async def test_send_stats_never_fail_the_caller(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Recording and flushing against a Redis nobody listens on: no exception reaches the caller, the
+    failed write is logged, and the background flusher keeps going until cancelled."""
+    caplog.set_level(logging.DEBUG, logger=metrics.__name__)
     dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
-    await metrics.SendStats(dead, settings).record(ok=True)  # no exception
-    await dead.aclose()
+    try:
+        stats = metrics.SendStats(dead, settings)
+        await stats.record(ok=True)
+        await stats.record(ok=False, kind="retryable/http-500")
+        await stats.flush()  # the write fails: no exception
+        assert [r.getMessage() for r in caplog.records if r.name == metrics.__name__] == [
+            "send stats not recorded: ConnectionError"]
+        caplog.clear()
+
+        await stats.record(ok=True)
+        runner = asyncio.ensure_future(stats.run(interval_s=0.01))
+        await asyncio.sleep(0.2)
+        assert not runner.done()  # failed flushes did not end the loop
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):  # cancelled, nothing else: the final flush failed quietly
+            await runner
+        assert "send stats not recorded: ConnectionError" in [r.getMessage() for r in caplog.records]
+    finally:
+        await dead.aclose()
 
 
 async def test_metrics_survive_a_redis_outage(settings: Settings) -> None:
