@@ -15,10 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 from arq import Retry
 from arq.connections import ArqRedis
-from arq.worker import func
+from arq.worker import Worker, func
 
-from tests.conftest import Sim
-from worker.dispatch import codec, engine
+from tests.helpers import Sim
+from worker.dispatch import codec
 from worker.dispatch.engine import DialerProcess, _Worker, open_pool
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import Ledger, State
@@ -313,6 +313,18 @@ async def test_poisoned_queue_entries_are_dead_lettered_and_good_jobs_still_run(
         assert await redis_client.zscore(keys.dead, job) is not None
 
 
-def test_the_arq_cli_entry_point_is_gone() -> None:
-    # A plain arq Worker (arq's CLI) would find no arq job for our queued jobs: only _Worker claims them.
-    assert not hasattr(engine, "WorkerSettings")
+async def test_a_plain_arq_worker_finds_no_arq_job_and_calls_nobody(
+    settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis], ledger: Ledger
+) -> None:
+    # What `arq some.WorkerSettings` would run against our queue: arq's own Worker, not _Worker. The
+    # producer writes no arq job, so it finds nothing to run; the job stays queued in our ledger. (arq does
+    # count it as a failed "job expired": it removes the id from the queue and writes arq:result:<id>.)
+    [job_id] = await enqueue(settings, redis_client, 1)
+    runs = Runs()
+    plain = Worker(functions=[runs.function("plain", pools[0])], queue_name=Keys(settings.key_prefix).queue(QUEUE),
+                   redis_pool=pools[0], burst=True, handle_signals=False, poll_delay=0.01)
+    await plain.main()
+    assert runs.runs == []  # the dial function was never called
+    assert plain.jobs_complete == 0 and plain.jobs_retried == 0
+    rec = await ledger.get(job_id)
+    assert rec is not None and rec.state == State.QUEUED and rec.attempts == 0
