@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
+from tests.helpers import free_port as closed_port
 from worker.errors import (
     AmbiguousError,
     AuthError,
@@ -39,12 +39,6 @@ REQUEST = CallRequest.model_validate(
         "priority": "3",
     }
 )
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def revoke(sim: Sim) -> None:
