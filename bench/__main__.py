@@ -1,9 +1,10 @@
-"""``python -m bench [P1 ...] [--quick] [--runs N] [--write/--no-write]``."""
+"""``python -m bench [P1 ...] [--quick] [--runs N] [--write/--no-write] [--baseline REF]``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
@@ -12,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import latency, rate, storage, throughput
+from bench import _baseline, latency, rate, storage, throughput
 from bench._harness import REPO
 from bench._report import Config, Result, print_result, revision, write_markdown
 
@@ -40,6 +41,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
                         help="update BENCHMARKS.md (default: yes, except with --quick)")
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--baseline", metavar="REF", default=None,
+                        help="P1 only: also run its worker from a temporary git worktree of REF, interleaved "
+                             "run by run with the current tree, and report both and their ratio")
     return parser.parse_args(argv)
 
 
@@ -48,6 +52,9 @@ async def _main(args: argparse.Namespace) -> int:
     unknown = [i for i in ids if i not in BENCHMARKS]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    if args.baseline is not None and "P1" not in ids:
+        print("--baseline applies to P1 only; add P1 to the benchmarks", file=sys.stderr)
         return 2
     runs = args.runs or (1 if args.quick else 3)
     cfg = Config(quick=args.quick, runs=runs, command="python -m bench " + shlex.join(sys.argv[1:]),
@@ -58,7 +65,14 @@ async def _main(args: argparse.Namespace) -> int:
     results: list[Result] = []
     write = args.write if args.write is not None else not args.quick
     started = time.monotonic()
+    worktrees = contextlib.ExitStack()
     try:
+        if args.baseline is not None:
+            cfg.baseline = worktrees.enter_context(_baseline.worktree(args.baseline))
+            print(f"baseline: P1's worker also runs from {cfg.baseline.label}, checked out in {cfg.baseline.tree}"
+                  + (f"; with {', '.join(cfg.baseline.installed)} (required there, not in the venv)"
+                     if cfg.baseline.installed else "")
+                  + ("" if ids == ["P1"] else "; the other benchmarks run the current tree only"))
         for bench_id in ids:
             t0 = time.monotonic()
             load = os.getloadavg()[0]
@@ -71,6 +85,7 @@ async def _main(args: argparse.Namespace) -> int:
             print(f"   ({time.monotonic() - t0:.0f}s)")
             results.append(res)
     finally:
+        worktrees.close()  # removes the baseline's worktree, also on errors and interrupts
         if write and results:
             write_markdown(args.output, results, cfg)
             print(f"\nwrote {args.output}")

@@ -131,11 +131,12 @@ class Children:
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         self.cpu_s: dict[int, float] = {}
 
-    def spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None,
+              cwd: Path = REPO) -> subprocess.Popen[bytes]:
         log_path = self.workdir / f"{name}-{len(self.procs)}.log"
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                list(args), cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                list(args), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
         _LIVE.add(proc)
         self.procs.append((name, proc, log_path))
@@ -209,6 +210,22 @@ class Children:
         for name, proc, _l in self.procs:
             if proc.poll() is not None and proc.returncode != 0:
                 raise ChildFailed(f"{name} exited {proc.returncode}:\n{self.log_tail(proc)}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Another checkout for a child to run (a ``git worktree`` of another revision, see ``bench._baseline``):
+    its cwd is ``tree``, which goes first on PYTHONPATH (the venv's editable install points at this
+    checkout; its finder comes after the path entries), then ``deps``: packages that revision requires
+    and the venv lacks."""
+
+    tree: Path
+    deps: Path | None = None
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        paths = [str(self.tree), *([str(self.deps)] if self.deps else [])]
+        paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        return {**env, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 # --- Redis -----------------------------------------------------------------------------------------
@@ -299,8 +316,15 @@ class Run:
 
     def worker(self, *args: str, **settings: object) -> subprocess.Popen[bytes]:
         """``python -m worker.cli worker ARGS`` with DIALER_* settings."""
+        return self.worker_at(None, *args, **settings)
+
+    def worker_at(self, source: Source | None, *args: str, **settings: object) -> subprocess.Popen[bytes]:
+        """:meth:`worker`, from another checkout if ``source`` is not None: started only through the CLI
+        entry point (module paths differ between revisions), never by importing its modules here."""
         cmd = [sys.executable, "-m", "worker.cli", "worker", *args]
-        return self.children.spawn("worker", cmd, self.env(**settings))
+        if source is None:
+            return self.children.spawn("worker", cmd, self.env(**settings))
+        return self.children.spawn("worker-baseline", cmd, source.env(self.env(**settings)), cwd=source.tree)
 
     def arq_worker(self, kind: str, *args: str) -> subprocess.Popen[bytes]:
         """A vanilla arq worker (``bench.arq_baseline``): ``kind`` is ``noop`` or ``post``."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from bench._baseline import Baseline
 from bench._harness import REPO, median
 
 
@@ -27,6 +28,7 @@ class Config:
     command: str = "python -m bench"
     runs_given: bool = False  # --runs on the command line: applies to the long, count-only P6 too
     revision: str = ""  # commit measured, read when the run starts (others may commit meanwhile)
+    baseline: Baseline | None = None  # --baseline REF: P1 also runs its worker from this checkout
 
 
 @dataclass

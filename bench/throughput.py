@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from bench import _dialer
-from bench._harness import APP_KEY, CREATE_PATH, Run, body, environment
+from bench._harness import APP_KEY, CREATE_PATH, Run, Source, body, environment
 from bench._report import Config, Result, ratio
 from bench.arq_baseline import NAIVE_MAX_JOBS, NAIVE_POLL_DELAY_S
 
@@ -22,12 +22,12 @@ _OURS_MAX_IN_FLIGHT = 10_000
 _BURST_TIMEOUT_S = 300.0
 
 
-async def _ours_burst(run: Run, n: int) -> tuple[float, float]:
-    """Enqueue n calls, run one burst worker; returns (wall seconds of the run, start-up included; CPU
-    seconds of the worker process)."""
+async def _ours_burst(run: Run, n: int, source: Source | None = None) -> tuple[float, float]:
+    """Enqueue n calls, run one burst worker (from ``source`` if given, see ``bench._baseline``); returns
+    (wall seconds of the run, start-up included; CPU seconds of the worker process)."""
     await _dialer.enqueue_ours(run, [body(i) for i in range(n)])
     started = time.monotonic()
-    proc = run.worker("--burst", rate_limit=0, max_in_flight=_OURS_MAX_IN_FLIGHT)
+    proc = run.worker_at(source, "--burst", rate_limit=0, max_in_flight=_OURS_MAX_IN_FLIGHT)
     await run.children.wait(proc, _BURST_TIMEOUT_S)
     return time.monotonic() - started, run.children.cpu_s[proc.pid]
 
@@ -101,11 +101,27 @@ async def p1(cfg: Config) -> Result:
     c: list[float] = []
     cpu_ours: list[float] = []
     cpu_naive: list[float] = []
+    # --baseline REF: the same "ours" run from a worktree of REF (bench._baseline), interleaved run by run.
+    # Only the worker process runs REF's code; the jobs are enqueued by the current Producer, which is
+    # sound only while both revisions keep one Redis data layout (the restructure of issue 13 does).
+    base = cfg.baseline
+    base_rate: list[float] = []
+    base_wall: list[float] = []
+    base_cpu: list[float] = []
+    idle_base = 0.0
+    if base is not None:
+        lacking = f"; {', '.join(base.installed)} after it, which that commit requires and the venv lacks" \
+            if base.installed else ""
+        res.method += (f" Baseline {base.label}: the same `dialer worker --burst` run, started from a temporary "
+                       f"git worktree of that commit (cwd there, the worktree first on PYTHONPATH{lacking}), "
+                       "interleaved with ours run by run, baseline first; enqueueing, the simulator and the log "
+                       "reads are the current code (both revisions keep one Redis layout).")
     async with environment() as run:
         # CPU of a burst run with nothing to do: imports and set-up, subtracted from the per-call figures.
-        idle = run.worker("--burst", rate_limit=0)
-        await run.children.wait(idle, _BURST_TIMEOUT_S)
-        idle_ours = run.children.cpu_s[idle.pid]
+        # The first idle run of a tree may compile its bytecode: not counted.
+        idle_ours = await _idle_cpu(run, None)
+        if base is not None:
+            idle_base = await _idle_cpu(run, base.source)
         idle = run.arq_worker("post", "--burst")
         await run.children.wait(idle, _BURST_TIMEOUT_S)
         idle_naive = run.children.cpu_s[idle.pid]
@@ -116,6 +132,12 @@ async def p1(cfg: Config) -> Result:
             rate_b, cpu_b = await _arq_naive(run, n)
             b.append(rate_b)
             cpu_naive.append((cpu_b - idle_naive) / n * 1e6)
+            if base is not None:
+                await run.reset()
+                wall_s, cpu_w = await _ours_burst(run, n, base.source)
+                base_wall.append(n / wall_s)
+                base_cpu.append((cpu_w - idle_base) / n * 1e6)
+                base_rate.append(_sim_rate(await run.sim.log(), n, f"baseline {base.commit}"))
             await run.reset()
             wall_s, cpu_o = await _ours_burst(run, n)
             wall.append(n / wall_s)
@@ -124,11 +146,17 @@ async def p1(cfg: Config) -> Result:
             await run.reset()
             c.append(await _bare(run, n))
     f_ours = res.add("ours: dialer worker --burst", ours, "calls/s")
+    if base is not None:
+        f_base = res.add(f"ours at baseline {base.label}: dialer worker --burst", base_rate, "calls/s")
     res.add("ours, wall time of the burst run (process start-up included)", wall, "calls/s")
+    if base is not None:
+        res.add(f"ours at baseline {base.label}, wall time of the burst run", base_wall, "calls/s")
     f_a = res.add("(a) vanilla arq no-op jobs, defaults", a, "jobs/s")
     f_b = res.add("(b) naive arq POST job, max_jobs=100, poll 0.05", b, "calls/s")
     f_c = res.add("(c) bare aiohttp POST loop (ceiling)", c, "calls/s")
     f_cpu_o = res.add("ours: worker process CPU per call (user+sys, start-up subtracted)", cpu_ours, "µs")
+    if base is not None:
+        f_cpu_base = res.add(f"ours at baseline {base.label}: worker process CPU per call", base_cpu, "µs")
     f_cpu_b = res.add("(b): worker process CPU per call (user+sys, start-up subtracted)", cpu_naive, "µs")
     ra, rb, rc = ratio(f_ours.median, f_a.median), ratio(f_ours.median, f_b.median), ratio(f_ours.median, f_c.median)
     res.check("≥ 5x (a)", f"{ra:.1f}x", ra >= 5)
@@ -139,7 +167,26 @@ async def p1(cfg: Config) -> Result:
     res.summary_baseline = f"(a) {f_a.fmt()}/s, (b) {f_b.fmt()}/s, (c) {f_c.fmt()}/s"
     res.summary_ratio = f"{ra:.1f}x (a), {rb:.2f}x (b), {rc:.2f}x (c)"
     res.summary_target = "≥ 5x (a), ≥ 1.0x (b)"
+    if base is not None:
+        r_base = ratio(f_ours.median, f_base.median)
+        r_cpu = ratio(f_cpu_o.median, f_cpu_base.median)
+        res.check(f"≥ 0.95x baseline {base.commit} (at most 5 % slower)", f"{r_base:.3f}x", r_base >= 0.95)
+        res.check(f"worker CPU per call, ours / baseline {base.commit}", f"{r_cpu:.3f}x", None)
+        pairs = ", ".join(f"{ratio(o, b):.3f}x" for o, b in zip(ours, base_rate, strict=True))
+        cpu_pairs = ", ".join(f"{ratio(o, b):.3f}x" for o, b in zip(cpu_ours, base_cpu, strict=True))
+        res.notes.append(f"ours / baseline {base.commit}, run by run: calls/s {pairs}; CPU per call {cpu_pairs}")
+        res.summary_baseline += f", {base.commit} {f_base.fmt()}/s"
+        res.summary_ratio += f", {r_base:.2f}x {base.commit}"
+        res.summary_target += f", ≥ 0.95x {base.commit}"
     return res
+
+
+async def _idle_cpu(run: Run, source: Source | None) -> float:
+    """CPU seconds of a burst worker with nothing to do (from ``source`` if given), after a warm-up run."""
+    for _ in range(2):
+        idle = run.worker_at(source, "--burst", rate_limit=0)
+        await run.children.wait(idle, _BURST_TIMEOUT_S)
+    return run.children.cpu_s[idle.pid]
 
 
 # --- P8 --------------------------------------------------------------------------------------------
