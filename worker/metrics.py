@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from worker.errors import ProviderError
 from worker.settings import Settings
 from worker.store import scripts
+from worker.store.decode import text
 
 __all__ = [
     "CALLS",
@@ -243,9 +244,6 @@ def render(accept: str | None = None) -> tuple[bytes, str]:
 _STATS_TTL_S = 2 * 3600
 
 
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
 
 @dataclass(frozen=True)
 class StatsWindow:
@@ -335,7 +333,7 @@ class SendStats:
             minute = int(minute_raw)
             pairs = iter(flat)
             for name_raw, value_raw in zip(pairs, pairs, strict=True):
-                name, value = _s(name_raw), int(value_raw)
+                name, value = text(name_raw), int(value_raw)
                 kind, _, rest = name.partition(":")
                 if kind == "a":
                     attempts[minute * 60 + int(rest)] = value

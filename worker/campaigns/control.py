@@ -41,9 +41,10 @@ from redis.commands.core import AsyncScript
 
 from worker.errors import DialerError
 from worker.ledger.producer import _CAMPAIGN_RE
-from worker.ledger.transitions import OUTCOMES, State, _hash, _str
+from worker.ledger.transitions import OUTCOMES, State
 from worker.settings import Settings
 from worker.store import scripts
+from worker.store.decode import as_dict, text
 from worker.store.keys import Keys, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
 __all__ = [
@@ -162,7 +163,7 @@ class Campaigns:
             keys=[self._keys.campaign(name), self._keys.campaigns],
             args=[name, spec.canonical(), self._ttl_ms, *spec.hash_fields(self._settings.rate_limit)],
         )
-        verdict, other = _str(res[0]), _str(res[1])
+        verdict, other = text(res[0]), text(res[1])
         if verdict == "cancelled":
             raise CampaignError(f"campaign {name!r} was cancelled; launch under a new name")
         if verdict == "different":
@@ -176,7 +177,7 @@ class Campaigns:
 
     async def spec(self, name: str) -> CampaignSpec | None:
         raw = await self._redis.hget(self._keys.campaign(name), "spec")  # type: ignore[misc]
-        return None if raw is None else CampaignSpec.from_canonical(_str(raw))
+        return None if raw is None else CampaignSpec.from_canonical(text(raw))
 
     async def pause(self, name: str) -> str:
         """active -> paused; returns the previous status. Jobs are parked as workers meet them."""
@@ -244,13 +245,13 @@ class Campaigns:
             meta_raw, counts_raw, parked, ring_raw, (sec, usec) = await pipe.execute()
         if not meta_raw:
             raise UnknownCampaign(f"no campaign {name!r}")
-        meta, counts = _hash(meta_raw), _hash(counts_raw)
+        meta, counts = as_dict(meta_raw), as_dict(counts_raw)
         now_ms = int(sec) * 1000 + int(usec) // 1000
         spec = CampaignSpec.from_canonical(meta.get("spec", ""))
         states = {s: max(int(counts.get(s, 0)), 0) for s in STATUS_STATES}
         outcomes = {o: max(int(counts.get(o, 0)), 0) for o in OUTCOMES}
         remaining = states["queued"] + states["sending"]
-        rate = _send_rate(_hash(ring_raw), now_ms // 1000)
+        rate = _send_rate(as_dict(ring_raw), now_ms // 1000)
         status = meta.get("status", "active")
         eta = remaining / rate if rate > 0 and remaining and status == "active" else None
         return {
@@ -282,7 +283,7 @@ class Campaigns:
     async def names(self) -> list[str]:
         """Campaigns by creation time; names whose campaign has expired are dropped from the index."""
         raw = await self._redis.zrange(self._keys.campaigns, 0, -1)
-        names = [_str(n) for n in raw]
+        names = [text(n) for n in raw]
         if not names:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -309,10 +310,10 @@ class Campaigns:
 
     async def job_ids(self, name: str, start: int = 0, stop: int = -1) -> list[str]:
         """A slice of the campaign's job ids, in enqueue order."""
-        return [_str(j) for j in await self._redis.lrange(self._keys.campaign_jobs(name), start, stop)]  # type: ignore[misc]
+        return [text(j) for j in await self._redis.lrange(self._keys.campaign_jobs(name), start, stop)]  # type: ignore[misc]
 
     async def _transition(self, name: str, action: str, allowed: tuple[str, ...] | None = None) -> str:
-        previous = _str(await self._state(keys=[self._keys.campaign(name)], args=[action]))
+        previous = text(await self._state(keys=[self._keys.campaign(name)], args=[action]))
         if previous == "missing":
             raise UnknownCampaign(f"no campaign {name!r}")
         ok = allowed or {"pause": ("active", "paused"), "resume": ("paused",), "cancel": ("active", "paused")}[action]

@@ -46,9 +46,10 @@ from redis.asyncio import Redis
 from worker.campaigns.control import CampaignSpec
 from worker.errors import InvalidRequest
 from worker.ledger.producer import _JOB_ID_RE, Producer
-from worker.ledger.transitions import JobRecord, Ledger, _str
+from worker.ledger.transitions import JobRecord, Ledger
 from worker.models import ReleaseEvent
 from worker.settings import Settings
+from worker.store.decode import text
 from worker.store.keys import Keys
 
 __all__ = [
@@ -221,8 +222,8 @@ class Outcomes:
         )
         if spec_text is None:
             return None  # the campaign name is only a tag, or the campaign has expired
-        policy = RedialPolicy.from_spec(CampaignSpec.from_canonical(_str(spec_text)).redial)
-        if policy is None or (status is not None and _str(status) == "cancelled"):
+        policy = RedialPolicy.from_spec(CampaignSpec.from_canonical(text(spec_text)).redial)
+        if policy is None or (status is not None and text(status) == "cancelled"):
             return None
         first = record.redial_of or record.job_id
         number = record.redial_number + 1

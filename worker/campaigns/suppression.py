@@ -28,6 +28,7 @@ from typing import TextIO
 from redis.asyncio import Redis
 
 from worker.settings import Settings
+from worker.store.decode import text
 from worker.store.keys import Keys
 
 __all__ = ["Suppression", "normalize_number", "read_numbers"]
@@ -81,9 +82,6 @@ def read_numbers(stream: TextIO) -> tuple[list[str], list[tuple[int, str, str]]]
 _HEADER_NAMES = ("called", "number", "phone")
 
 
-def _text(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
 
 class Suppression:
     """The fleet-wide do-not-call set. ``redis`` may decode responses or not."""
@@ -120,7 +118,7 @@ class Suppression:
 
     async def list(self) -> list[str]:
         """Every listed number, sorted."""
-        members = {_text(m) async for m in self._redis.sscan_iter(self._key, count=5000)}
+        members = {text(m) async for m in self._redis.sscan_iter(self._key, count=5000)}
         return sorted(members)
 
     async def _apply(self, op: object, numbers: Iterable[str]) -> int:

@@ -40,6 +40,7 @@ from worker.ledger.transitions import JobRecord
 from worker.metrics import observe_enqueued
 from worker.models import CallRequest, field_errors
 from worker.settings import Settings
+from worker.store.decode import as_dict
 from worker.store.keys import Keys
 
 # The producer names options as Python does; the API uses the seed's camelCase.
@@ -47,9 +48,6 @@ _SINGLE_RENAME = {"not_before": "notBefore", "id": "Idempotency-Key"}
 _BATCH_RENAME = {"not_before": "notBefore"}
 _CONFLICT_RULE = "already used for a different call"
 
-
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -141,7 +139,7 @@ async def _records(request: web.Request, job_ids: list[str]) -> list[JobRecord |
     out: list[JobRecord | None] = []
     for job_id, raw in zip(job_ids, raws, strict=True):
         try:
-            out.append(JobRecord.from_hash(job_id, {_s(k): _s(v) for k, v in raw.items()}) if raw else None)
+            out.append(JobRecord.from_hash(job_id, as_dict(raw)) if raw else None)
         except (KeyError, ValueError):
             out.append(None)
     return out

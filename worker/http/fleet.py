@@ -46,9 +46,6 @@ class Snapshot:
     token: TokenAge
 
 
-def _s(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
 
 async def snapshot(redis: Redis, keys: Keys) -> Snapshot:
     """Two round trips: the Redis clock, then every count in one pipeline."""

@@ -38,11 +38,11 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from worker.errors import FieldError, InvalidRequest
-from worker.ledger.transitions import _str
 from worker.models import CallRequest, field_errors
 from worker.settings import Settings, load_settings
 from worker.store import scripts
 from worker.store.client import cli_client
+from worker.store.decode import text
 from worker.store.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix
 
 __all__ = ["CallJob", "EnqueueResult", "Producer", "enqueue_call", "enqueue_many", "new_job_ids"]
@@ -235,9 +235,9 @@ class Producer:
             raise InvalidRequest(errors)
         call = self._script_call(req, job_id, opts, _one_id)
         flags, *states = await self._enqueue(keys=[], args=[*self._consts, call.packed])
-        if _str(flags) == "1":
+        if text(flags) == "1":
             return EnqueueResult(call.job_id, "accepted", _QUEUED)
-        return EnqueueResult(call.job_id, "duplicate", _str(states[0]))
+        return EnqueueResult(call.job_id, "duplicate", text(states[0]))
 
     async def enqueue_many(
         self,
@@ -338,11 +338,11 @@ class Producer:
             replies = await pipe.execute()
         for batch, (flags, *states) in zip(batches, replies, strict=True):
             dup = iter(states)
-            for call, flag in zip(batch, _str(flags), strict=True):
+            for call, flag in zip(batch, text(flags), strict=True):
                 if flag == "1":
                     results[call.index] = EnqueueResult(call.job_id, "accepted", _QUEUED, (), call.index)
                 else:
-                    results[call.index] = EnqueueResult(call.job_id, "duplicate", _str(next(dup)), (), call.index)
+                    results[call.index] = EnqueueResult(call.job_id, "duplicate", text(next(dup)), (), call.index)
 
     async def requeue(self, job_id: str) -> bool:
         """Put a dead, failed or unknown job back on its priority queue, attempts reset to 0, and take it
@@ -352,7 +352,7 @@ class Producer:
 
     async def requeue_dead(self, *, chunk: int = 500) -> int:
         """Requeue every job on the dead-letter list; returns how many were requeued."""
-        ids = [_str(i) for i in await self._redis.zrange(self._keys.dead, 0, -1)]
+        ids = [text(i) for i in await self._redis.zrange(self._keys.dead, 0, -1)]
         done = 0
         for start in range(0, len(ids), chunk):
             done += await self._requeue_ids(ids[start : start + chunk])
@@ -370,7 +370,7 @@ class Producer:
                 if prio is None:
                     pipe.zrem(self._keys.dead, job_id)
                     continue
-                p = _str(prio)
+                p = text(prio)
                 await self._requeue(
                     keys=[
                         self._keys.job(job_id),
@@ -385,7 +385,7 @@ class Producer:
                     client=pipe,
                 )
             replies = await pipe.execute()
-        return sum(1 for r in replies if isinstance(r, bytes | str) and _str(r) == "requeued")
+        return sum(1 for r in replies if isinstance(r, bytes | str) and text(r) == "requeued")
 
     def _script_call(
         self, req: CallRequest, job_id: str | None, opts: _Options, new_id: Callable[[], str], index: int = 0

@@ -63,6 +63,7 @@ from worker.limits.inflight import Lease
 from worker.models import CallRequest, parse_request
 from worker.settings import Settings
 from worker.store import scripts
+from worker.store.decode import as_dict, text
 from worker.store.keys import Keys
 from worker.store.pipelining import AutoPipeline
 
@@ -97,18 +98,6 @@ class State(StrEnum):
 FINAL_STATES: frozenset[State] = frozenset(State) - {State.QUEUED, State.SENDING}
 # mark_final's targets; "sent" and "dead" have their own methods because they write more than a state.
 _MARK_FINAL_STATES = FINAL_STATES - {State.SENT, State.DEAD}
-
-
-def _str(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def _hash(raw: dict[Any, Any] | list[Any]) -> dict[str, str]:
-    """HGETALL from redis-py (dict) or from Lua (flat list), bytes or str, as a str dict."""
-    if isinstance(raw, dict):
-        return {_str(k): _str(v) for k, v in raw.items()}
-    it = iter(raw)
-    return {_str(k): _str(v) for k, v in zip(it, it, strict=True)}
 
 
 def _body(h: dict[str, str]) -> str:
@@ -301,7 +290,7 @@ class Ledger:
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self._keys.job(job_id))  # type: ignore[misc]  # redis-py's union
-        return JobRecord.from_hash(job_id, _hash(raw)) if raw else None
+        return JobRecord.from_hash(job_id, as_dict(raw)) if raw else None
 
     async def claim(self, job_id: str) -> tuple[Verdict, JobRecord | None]:
         """Atomic start of a job run. Returns ``(verdict, record)``; the record is None only if missing.
@@ -333,12 +322,12 @@ class Ledger:
             [self._keys.job(job_id)],
             [self._ttl_ms, self._redial, STALE_ERROR, self._prefix, job_id, *self._cap],
         )
-        verdict: ClaimVerdict = _str(res[0])  # type: ignore[assignment]
+        verdict: ClaimVerdict = text(res[0])  # type: ignore[assignment]
         if verdict == "missing":
             return Claim(verdict, None, {})
-        rec = JobRecord.from_hash(job_id, _hash(res[1]))
-        campaign = _hash(res[2]) if len(res) > 2 else {}
-        extra = _str(res[3]) if len(res) > 3 else None
+        rec = JobRecord.from_hash(job_id, as_dict(res[1]))
+        campaign = as_dict(res[2]) if len(res) > 2 else {}
+        extra = text(res[3]) if len(res) > 3 else None
         if extra == "stale":
             logger.warning("job %s: previous run died mid-request; now %s", job_id, rec.state)
         retry_after = int(extra) if verdict == "cap" and extra is not None else None
@@ -371,13 +360,13 @@ class Ledger:
         n = int(res[0])
         if n > 0:
             return SendGate(True, n)
-        reason = _str(res[1])
+        reason = text(res[1])
         if len(keys) > 1 and reason != "state":
             # Refused before the lease was taken. ("state": a first run of this script, retried by
             # redis-py after a dropped connection, may have taken it.)
             assert lease is not None
             lease.held = False
-        retry_after = int(_str(res[2])) if len(res) > 2 else None
+        retry_after = int(text(res[2])) if len(res) > 2 else None
         return SendGate(False, 0, reason, retry_after)
 
     async def mark_sent(self, job_id: str, call_serial_no: str, lease: Lease | None = None) -> None:
@@ -390,7 +379,7 @@ class Ledger:
         keys = [self._keys.job(job_id), self._keys.serial(call_serial_no)]
         args: list[str | int] = [call_serial_no, self._ttl_ms, job_id, self._prefix]
         self._add_release(keys, args, lease)
-        prev = _str(await self._pipe.eval(self._sent, keys, args))
+        prev = text(await self._pipe.eval(self._sent, keys, args))
         _released(lease)
         if prev != State.SENDING:
             logger.warning("job %s: mark_sent(%s) while %s", job_id, call_serial_no, prev)
@@ -409,7 +398,7 @@ class Ledger:
         keys = [self._keys.job(job_id)]
         args: list[str | int] = [error, self._ttl_ms, self._prefix, "0" if sent else "1"]
         self._add_release(keys, args, lease)
-        prev = _str(await self._pipe.eval(self._retry, keys, args))
+        prev = text(await self._pipe.eval(self._retry, keys, args))
         _released(lease)
         return self._applied(job_id, "mark_retry" if sent else "mark_unsent", prev)
 
@@ -450,11 +439,11 @@ class Ledger:
             for job_id in job_ids:
                 pipe.hget(self._keys.job(job_id), "state")
             raw = await pipe.execute()
-        return [None if v is None else State(_str(v)) for v in raw]
+        return [None if v is None else State(text(v)) for v in raw]
 
     async def list_dead(self, limit: int = 100) -> list[JobRecord]:
         """Dead-lettered jobs, most recent first."""
-        ids = [_str(i) for i in await self._redis.zrevrange(self._keys.dead, 0, limit - 1)]
+        ids = [text(i) for i in await self._redis.zrevrange(self._keys.dead, 0, limit - 1)]
         if not ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -464,7 +453,7 @@ class Ledger:
         out = []
         for job_id, raw in zip(ids, raws, strict=True):
             if raw:
-                out.append(JobRecord.from_hash(job_id, _hash(raw)))
+                out.append(JobRecord.from_hash(job_id, as_dict(raw)))
         return out
 
     async def record_outcome(
@@ -488,7 +477,7 @@ class Ledger:
         raw = await self._outcome(
             keys=[self._keys.job(job_id)], args=[self._ttl_ms, self._prefix, outcome, release_reason, *pairs]
         )
-        return JobRecord.from_hash(job_id, _hash(raw)) if raw else None
+        return JobRecord.from_hash(job_id, as_dict(raw)) if raw else None
 
     async def postpone(
         self, job_id: str, now_ms: int, until_ms: int, *, pace_ms: float = 0.0, slot: str = ""
@@ -507,7 +496,7 @@ class Ledger:
         )
         if int(res[0]) != 1:
             return None
-        return int(float(_str(res[1])))
+        return int(float(text(res[1])))
 
     async def link_redial(self, first_id: str, redial_id: str, number: int) -> bool | None:
         """Link redial number ``number`` (a job already enqueued) to the first job of its number: the redial
@@ -523,13 +512,13 @@ class Ledger:
     async def job_for_serial(self, call_serial_no: str) -> str | None:
         """The job whose call got this callSerialNo, for the callback receiver."""
         v = await self._redis.get(self._keys.serial(call_serial_no))
-        return None if v is None else _str(v)
+        return None if v is None else text(v)
 
     async def _finish(self, job_id: str, state: State, error: str, lease: Lease | None = None) -> bool:
         keys = [self._keys.job(job_id), self._keys.dead]
         args: list[str | int] = [str(state), error, self._ttl_ms, job_id, self._prefix]
         self._add_release(keys, args, lease)
-        prev = _str(await self._pipe.eval(self._final, keys, args))
+        prev = text(await self._pipe.eval(self._final, keys, args))
         _released(lease)
         also_ok = (State.DEAD,) if state == State.DEAD else ()
         return self._applied(job_id, f"-> {state}", prev, also_ok)
