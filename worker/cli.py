@@ -1,22 +1,31 @@
-"""The ``dialer`` command."""
+"""The ``dialer`` command.
+
+``dialer --help`` and ``dialer COMMAND --help`` import neither arq, redis nor pydantic (tests/test_imports.py):
+a command imports what it needs when it runs, and the commands other packages own are imported only
+when named (see :class:`_MainGroup`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO, TypeVar
 
 import click
 
-from worker.errors import SettingsError
-from worker.settings import Settings, load_settings
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 T = TypeVar("T")
 
 
 def _settings() -> Settings:
+    from worker.errors import SettingsError
+    from worker.settings import load_settings
+
     try:
         return load_settings()
     except SettingsError as exc:
@@ -31,7 +40,55 @@ def _run(coro_fn: Callable[[Settings], Awaitable[T]]) -> T:
     return asyncio.run(coro_fn(settings))  # type: ignore[arg-type]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Lazy(NamedTuple):
+    module: str
+    attribute: str
+    help: str  # the command's help (its docstring), shortened by click for `dialer --help`; tested equal
+
+
+# Commands owned by other packages: imported when named, so `dialer --help` does not load their modules.
+_LAZY_COMMANDS: dict[str, _Lazy] = {
+    "campaign": _Lazy("worker.campaigns.commands", "campaign_group",
+                      "Bulk campaigns: launch a file, watch, pause, resume, cancel."),
+    "serve": _Lazy("worker.http.commands", "serve",
+                   "Run the HTTP service: enqueue API (/v1), /metrics, /healthz, /readyz and the dashboard (/)."),
+    "suppress": _Lazy("worker.campaigns.commands", "suppress_group",
+                      "The fleet-wide do-not-call list (numbers normalized: spaces, - . ( ) and a leading + dropped)."),
+}
+
+
+class _MainGroup(click.Group):
+    """A click group that imports the commands of :data:`_LAZY_COMMANDS` only when one is named."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        lazy = _LAZY_COMMANDS.get(cmd_name)
+        if lazy is not None and cmd_name not in self.commands:
+            command = getattr(importlib.import_module(lazy.module), lazy.attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own, except that a lazy command not imported yet is listed with the help given for it.
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        rows = []
+        for name in names:
+            if name in _LAZY_COMMANDS and name not in self.commands:
+                stand_in = click.Command(name, help=_LAZY_COMMANDS[name].help)
+                rows.append((name, stand_in.get_short_help_str(limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """voice-dialer: bulk outbound voice-notification calls (Huawei Cloud CEC) on Redis + arq.
 
@@ -305,18 +362,6 @@ def demo(calls: int, workers: int, rate: float, latency_ms: float) -> None:
 
     opts = DemoOptions(calls=calls, workers=workers, rate=rate, latency_ms=latency_ms)
     sys.exit(asyncio.run(run_demo(_settings(), opts)))
-
-
-def _register_subcommands() -> None:
-    # Each feature owns its command group; imported here so `dialer --help` lists them all.
-    from worker.campaigns.commands import campaign_group, suppress_group
-    from worker.http.commands import serve
-
-    for command in (campaign_group, suppress_group, serve):
-        main.add_command(command)
-
-
-_register_subcommands()
 
 
 if __name__ == "__main__":
