@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
@@ -38,6 +39,7 @@ async def callbacks_in(sim: Sim, n: int) -> bool:
     return len((await sim.log())["callbacks"]) >= n
 
 
+@pytest.mark.slow
 async def test_unanswered_calls_are_redialled_after_the_delay_at_most_n_times(
     sim: Sim, sim_settings: Settings, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:

@@ -452,6 +452,7 @@ async def test_number_cap_counts_each_job_once_across_campaigns(
 
 
 async def test_cli_launch_status_pause_resume_cancel_list(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.slow
     env = settings_env(settings)
     path = write_csv(tmp_path / "cli.csv", "called,priority", ["13800000001,1", "bad,1", "13800000002,2"])
     rc, out, err = await run_dialer("campaign", "launch", str(path), "--name", "cli", "--voice-id", "v1", "--json",
@@ -481,6 +482,7 @@ async def test_cli_launch_status_pause_resume_cancel_list(settings: Settings, tm
 
 
 async def test_cli_launch_with_redials_and_callback_url(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.slow
     path = write_csv(tmp_path / "r.csv", "called", ["13800000001"])
     env = settings_env(settings)
     rc, _, err = await run_dialer("campaign", "launch", str(path), "--name", "r", "--voice-id", "v", "--redial", "2",
@@ -525,6 +527,7 @@ def test_redial_policy_and_durations() -> None:
 
 
 async def test_cli_suppress(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.slow
     env = settings_env(settings)
     rc, out, _ = await run_dialer("suppress", "add", "+86 138-0000-0001", "13800000002", env=env)
     assert rc == 0 and "added 2" in out

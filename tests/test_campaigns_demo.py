@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from tests.helpers import run_dialer
+
+pytestmark = pytest.mark.slow  # every test here starts a child process
 
 
 async def test_demo_runs_a_small_campaign_to_completion() -> None:

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from tests.helpers import Sim, created, do_launch, numbers_csv, run_dialer, running, settings_env, wait_until, write_csv
@@ -167,6 +168,7 @@ async def test_two_campaigns_of_one_priority_share_capacity(
     assert big_status["remaining"] > 80  # the big one was far from done
 
 
+@pytest.mark.slow
 async def test_status_json_reconciles_with_the_simulator(
     sim: Sim, sim_settings: Settings, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:

@@ -27,6 +27,8 @@ from worker.settings import Settings
 from worker.store.client import worker_retry
 from worker.store.connections import DialerConnectionPool
 
+pytestmark = pytest.mark.slow  # every test here starts a child process
+
 Mode = Literal["forward", "reset", "loading"]
 
 

@@ -353,6 +353,7 @@ def _run_compose(*args: str, cwd: Path, env_extra: dict[str, str] | None = None)
     return subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", [[], ["--profile", "sandbox"]], ids=["default", "sandbox"])
 def test_docker_compose_config_passes(profile: list[str]) -> None:
     r = _run_compose("-f", "docker-compose.yml", *profile, "config", "--quiet", cwd=ROOT)
@@ -371,6 +372,7 @@ def _normalized(tmp_path: Path, *profile: str, env_file: str | None = None) -> d
     return data
 
 
+@pytest.mark.slow
 def test_compose_without_env_file_runs_the_sandbox_only_with_its_profile(tmp_path: Path) -> None:
     plain = _normalized(tmp_path)
     assert set(plain["services"]) == {"redis", "worker", "api"}
@@ -383,6 +385,7 @@ def test_compose_without_env_file_runs_the_sandbox_only_with_its_profile(tmp_pat
     assert "noeviction" in sandbox["services"]["redis"]["command"]
 
 
+@pytest.mark.slow
 def test_compose_passes_env_file_settings_to_every_dialer_service(tmp_path: Path) -> None:
     example = (ROOT / ".env.example").read_text()
     untouched = _normalized(tmp_path, "--profile", "sandbox", env_file=example)
@@ -572,6 +575,7 @@ async def _created(st: Stack) -> list[dict[str, Any]]:
     return created((await st.sim("GET", "/_sim/log"))["requests"])
 
 
+@pytest.mark.slow
 async def test_compose_redis_writes_its_aof_refuses_eviction_and_survives_a_restart(tmp_path: Path) -> None:
     st = Stack(tmp_path)
     try:
@@ -602,6 +606,7 @@ async def test_compose_redis_writes_its_aof_refuses_eviction_and_survives_a_rest
         await st.close()
 
 
+@pytest.mark.slow
 async def test_sandbox_services_come_up_and_dial_from_their_compose_commands(stack: Stack) -> None:
     assert await stack.health("worker") == 1  # no worker yet: unhealthy
     worker = await stack.start("worker")
@@ -632,6 +637,7 @@ def _require_serve(cwd: Path) -> None:
                     "command cannot run here")
 
 
+@pytest.mark.slow
 async def test_api_service_comes_up_without_credentials_in_the_sandbox(stack: Stack) -> None:
     _require_serve(stack.workdir)
     api = await stack.start("api")
@@ -643,6 +649,7 @@ async def test_api_service_comes_up_without_credentials_in_the_sandbox(stack: St
     assert await _terminate(api, _duration_s(_service("api")["stop_grace_period"])) == 0
 
 
+@pytest.mark.slow
 async def test_api_service_needs_api_keys_once_it_talks_to_the_real_provider(stack: Stack) -> None:
     _require_serve(stack.workdir)
     real = {"DIALER_API_BASE_URL": "https://cec.example.invalid"}  # never contacted: /healthz is local
@@ -690,6 +697,7 @@ async def _sigterm_with_calls_in_flight(stack: Stack, latency_ms: int, n: int, p
     return elapsed, job_ids
 
 
+@pytest.mark.slow
 async def test_sigterm_lets_in_flight_calls_finish_within_the_compose_grace_period(stack: Stack) -> None:
     elapsed, job_ids = await _sigterm_with_calls_in_flight(stack, latency_ms=1500, n=4, prefix="6100")
     grace = _duration_s(_service("worker")["stop_grace_period"])
@@ -699,6 +707,7 @@ async def test_sigterm_lets_in_flight_calls_finish_within_the_compose_grace_peri
     assert len(await _created(stack)) == 4  # nothing re-dialled
 
 
+@pytest.mark.slow
 async def test_calls_outlasting_the_drain_timeout_still_leave_within_the_grace_period(stack: Stack) -> None:
     # A provider slower than the drain timeout: the worker cancels the calls (they become `unknown`) and
     # exits. The time this takes beyond the drain timeout must fit in the margin that stop_grace_period

@@ -35,6 +35,7 @@ async def all_final(settings: Settings, job_ids: list[str]) -> bool:
     return all(r is not None and r.state not in (State.QUEUED, State.SENDING) for r in recs.values())
 
 
+@pytest.mark.slow
 async def test_end_to_end_burst_worker_sends_each_job_once_with_the_seed_body(
     sim: Sim, sim_settings: Settings
 ) -> None:
@@ -84,6 +85,7 @@ async def test_priority_one_overtakes_a_backlog_and_each_level_stays_fifo(
             assert r["ts"] - urgent_at < 0.6, f"p1 job waited {r['ts'] - urgent_at:.2f}s"
 
 
+@pytest.mark.slow
 async def test_rate_limit_holds_across_two_worker_processes(sim: Sim, sim_settings: Settings) -> None:
     settings = sim_settings.model_copy(update={"rate_limit": 10.0, "rate_burst": 1})
     await enqueue(settings, [body(f"2000{i:04d}") for i in range(35)])
@@ -120,6 +122,7 @@ async def _each_answered(sim: Sim, outcome: str, numbers: list[str]) -> bool:
     return set(numbers) <= {r["called"] for r in await sim.requests() if r["outcome"] == outcome}
 
 
+@pytest.mark.slow
 async def test_500_forever_dead_letters_with_reason_and_requeue_sends_it(
     sim: Sim, sim_settings: Settings
 ) -> None:
@@ -184,6 +187,7 @@ async def _count(sim: Sim, at_least: int) -> bool:
     return len(await sim.requests()) >= at_least
 
 
+@pytest.mark.slow
 async def test_sigterm_drains_in_flight_calls_instead_of_cancelling_them(
     sim: Sim, sim_settings: Settings
 ) -> None:
@@ -201,6 +205,7 @@ async def test_sigterm_drains_in_flight_calls_instead_of_cancelling_them(
     assert len(await sim.requests()) == 4  # nothing re-dialled
 
 
+@pytest.mark.slow
 async def test_worker_survives_a_redis_restart(sim: Sim, sim_settings: Settings, tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.start()
@@ -222,6 +227,7 @@ async def test_worker_survives_a_redis_restart(sim: Sim, sim_settings: Settings,
     assert [r["called"] for r in created(await sim.requests())] == ["70000001", "70000002"]
 
 
+@pytest.mark.slow
 async def test_malformed_jobs_are_dead_lettered_and_the_worker_keeps_going(
     sim: Sim, sim_settings: Settings, redis_client: aioredis.Redis
 ) -> None:
@@ -242,6 +248,7 @@ async def test_malformed_jobs_are_dead_lettered_and_the_worker_keeps_going(
     assert await redis_client.zcard(keys.queue(5)) == 0
 
 
+@pytest.mark.slow
 async def test_cli_enqueue_reports_new_duplicate_and_field_errors(sim_settings: Settings) -> None:
     env = settings_env(sim_settings)
     args = ["enqueue", "--called", "13800000001", "--voice-id", "100001", "--param", "x", "--priority", "2",
@@ -281,6 +288,7 @@ async def test_past_deadline_expires_without_dialling_and_not_before_waits(
     assert sent["ts"] >= started + 0.8  # not before its not_before (1.5 s after enqueue)
 
 
+@pytest.mark.slow
 async def test_health_check_reports_live_workers_only(sim_settings: Settings) -> None:
     env = settings_env(sim_settings)
     rc, out, _e = await run_dialer("worker", "--check", "--queues", "1-2", env=env)
@@ -298,6 +306,7 @@ async def test_health_check_reports_live_workers_only(sim_settings: Settings) ->
         await proc.wait(30)
 
 
+@pytest.mark.slow
 async def test_cli_enqueue_json_lines_from_stdin_is_all_or_nothing_per_item(
     sim_settings: Settings, tmp_path: Path
 ) -> None:
@@ -356,6 +365,7 @@ async def test_an_enqueued_job_wakes_an_idle_worker_instead_of_waiting_for_its_p
         assert await latency("70000002") < 1.0
 
 
+@pytest.mark.slow
 async def test_worker_process_freezes_its_start_up_objects_out_of_the_collector(settings: Settings) -> None:
     # A full collection walked the ~65k objects imports leave behind and stopped a worker's loop
     # ~40 ms (BENCHMARKS.md, P1/P2); run_process moves them to the collector's permanent generation.

@@ -113,6 +113,7 @@ async def test_csv_and_jsonl_uploads_raw_and_multipart(
     assert rec is not None and rec.campaign == "lines" and rec.body["playList"] == [{"voiceId": "v1"}]
 
 
+@pytest.mark.slow
 async def test_status_list_and_controls_match_the_cli(
     client: TestClient[Any, Any], api_settings: Settings, redis_client: aioredis.Redis
 ) -> None:

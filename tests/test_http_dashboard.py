@@ -32,6 +32,8 @@ from worker.metrics import SendStats, error_kind
 from worker.settings import Settings
 
 KEY = "dashboard-test-api-key-0123456789"
+pytestmark = pytest.mark.slow  # every test here starts a child process
+
 DASH = "dashboard-test-view-key-0123456789"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -8,9 +8,12 @@ import signal
 import time
 
 import aiohttp
+import pytest
 
 from tests.helpers import free_port, run_dialer, settings_env, start_dialer
 from worker.settings import Settings
+
+pytestmark = pytest.mark.slow  # every test here starts a child process
 
 KEY = "serve-test-api-key-0123456789"
 

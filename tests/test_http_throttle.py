@@ -319,6 +319,7 @@ def test_throttle_settings_defaults_and_off() -> None:
     assert load_settings(http_rate_limit="0.01", http_rate_burst="1").http_rate_burst == 1
 
 
+@pytest.mark.slow
 async def test_dialer_serve_refuses_a_bad_throttle_setting(redis_url: str) -> None:
     rc, _out, err = await run_dialer("serve", env={"DIALER_HTTP_RATE_BURST": "0", "DIALER_REDIS_URL": redis_url,
                                                    "DIALER_API_KEYS": KEY}, timeout=60)

@@ -107,6 +107,7 @@ async def test_a_call_cancelled_before_its_batch_left_is_not_run(counted: aiored
     assert await counted.get("cancelled") is None
 
 
+@pytest.mark.slow
 async def test_calls_survive_a_redis_restart(tmp_path: Path, settings: Settings) -> None:
     server = RedisServer(tmp_path)
     server.start()

@@ -50,6 +50,7 @@ def test_invalid_values_name_the_variable(overrides: dict[str, object], named: s
         load_settings(**overrides)
 
 
+@pytest.mark.slow
 async def test_cli_refuses_to_start_with_a_bad_setting(redis_url: str) -> None:
     rc, _out, err = await run_dialer("worker", "--burst", env={"DIALER_TOKEN_LIFETIME_S": "99999",
                                                                "DIALER_REDIS_URL": redis_url})

@@ -262,6 +262,7 @@ CLI_NASTY: dict[str, bytes] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CLI_NASTY))
 async def test_r4_cli_enqueue_json_refuses_nasty_input_without_a_traceback(
     name: str, settings: Settings, redis_client: aioredis.Redis, procs: Procs, tmp_path: Path
@@ -368,6 +369,7 @@ def _job(**fields: Any) -> bytes:
     return json.dumps({"t": 1, "f": "dial", "a": [], "k": {}, "et": int(time.time() * 1000), **fields}).encode()
 
 
+@pytest.mark.slow
 async def test_r4_poisoned_job_keys_and_queues_are_refused_and_the_worker_keeps_going(
     settings: Settings, redis_client: aioredis.Redis, procs: Procs, tmp_path: Path
 ) -> None:
