@@ -69,7 +69,8 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         if args.baseline is not None:
             cfg.baseline = worktrees.enter_context(_baseline.worktree(args.baseline))
-            print(f"baseline: P1's worker also runs from {cfg.baseline.label}, checked out in {cfg.baseline.tree}"
+            print(f"current: {cfg.revision}; baseline: P1's worker also runs from {cfg.baseline.label}, "
+                  f"checked out in {cfg.baseline.tree}"
                   + (f"; with {', '.join(cfg.baseline.installed)} (required there, not in the venv)"
                      if cfg.baseline.installed else "")
                   + ("" if ids == ["P1"] else "; the other benchmarks run the current tree only"))
