@@ -35,7 +35,8 @@ from pydantic import SecretStr
 
 from worker.campaigns.launch import LaunchOptions, LaunchReport, launch_file
 from worker.campaigns.outcomes import CALLBACK_PATH
-from worker.dispatch.engine import DialerProcess, open_pool
+from worker.dispatch.engine import open_pool
+from worker.dispatch.process import DialerProcess
 from worker.http import create_app
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import JobRecord

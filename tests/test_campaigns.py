@@ -16,9 +16,10 @@ from tests.helpers import do_launch, numbers_csv, published, run_dialer, setting
 from worker.campaigns.control import STATUS_STATES, CampaignError, Campaigns, CampaignSpec
 from worker.campaigns.launch import LaunchError, LaunchOptions, check_options
 from worker.campaigns.outcomes import RedialPolicy, parse_duration
-from worker.campaigns.suppression import Suppression, normalize_number, read_numbers
+from worker.campaigns.suppression import Suppression, read_numbers
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import OUTCOMES, Ledger, State
+from worker.rules import normalize_number
 from worker.settings import Settings
 from worker.store.keys import Keys, in_progress_key_prefix
 
@@ -451,8 +452,8 @@ async def test_number_cap_counts_each_job_once_across_campaigns(
 # --- CLI ------------------------------------------------------------------------------------------
 
 
-async def test_cli_launch_status_pause_resume_cancel_list(settings: Settings, tmp_path: Path) -> None:
 @pytest.mark.slow
+async def test_cli_launch_status_pause_resume_cancel_list(settings: Settings, tmp_path: Path) -> None:
     env = settings_env(settings)
     path = write_csv(tmp_path / "cli.csv", "called,priority", ["13800000001,1", "bad,1", "13800000002,2"])
     rc, out, err = await run_dialer("campaign", "launch", str(path), "--name", "cli", "--voice-id", "v1", "--json",
@@ -481,8 +482,8 @@ async def test_cli_launch_status_pause_resume_cancel_list(settings: Settings, tm
     assert rc == 1 and "no campaign" in err
 
 
-async def test_cli_launch_with_redials_and_callback_url(settings: Settings, tmp_path: Path) -> None:
 @pytest.mark.slow
+async def test_cli_launch_with_redials_and_callback_url(settings: Settings, tmp_path: Path) -> None:
     path = write_csv(tmp_path / "r.csv", "called", ["13800000001"])
     env = settings_env(settings)
     rc, _, err = await run_dialer("campaign", "launch", str(path), "--name", "r", "--voice-id", "v", "--redial", "2",
@@ -526,8 +527,8 @@ def test_redial_policy_and_durations() -> None:
     assert [e.field for e in errors] == ["DIALER_PUBLIC_URL"]
 
 
-async def test_cli_suppress(settings: Settings, tmp_path: Path) -> None:
 @pytest.mark.slow
+async def test_cli_suppress(settings: Settings, tmp_path: Path) -> None:
     env = settings_env(settings)
     rc, out, _ = await run_dialer("suppress", "add", "+86 138-0000-0001", "13800000002", env=env)
     assert rc == 0 and "added 2" in out
@@ -541,21 +542,6 @@ async def test_cli_suppress(settings: Settings, tmp_path: Path) -> None:
     assert rc == 0 and "removed 1" in out
     rc, out, _ = await run_dialer("suppress", "list", env=env)
     assert out.split() == ["13800000003", "8613800000001"]
-
-
-def test_key_formats_match_the_scripts() -> None:
-    """The Lua scripts build campaign keys from the prefix; keys.py must agree with them."""
-    k = Keys("p:")
-    lua = "".join(p.read_text() for p in Path("worker").rglob("*.lua"))
-    assert k.campaign("x") == "p:campaign:x" and "P .. 'campaign:' .. name .. suffix" in lua
-    for suffix, key in ((":counts", k.campaign_counts("x")), (":jobs", k.campaign_jobs("x")),
-                        (":parked", k.campaign_parked("x")), (":sent", k.campaign_sent("x")),
-                        (":wz", k.campaign_window_slots("x"))):
-        assert key == "p:campaign:x" + suffix and f"'{suffix}'" in lua
-    assert k.suppress == "p:suppress" and "P .. 'suppress'" in lua
-    assert k.number_calls("1") == "p:calls:1" and "P .. 'calls:' .. num" in lua
-    assert k.queue(3) == "p:queue:3" and "P .. 'queue:' .. prio" in lua
-    assert k.job("j") == "p:job:j" and "P .. 'job:' .. id" in lua
 
 
 async def test_a_failing_job_in_a_batch_leaves_the_earlier_ones_counted(

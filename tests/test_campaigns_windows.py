@@ -13,19 +13,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis.asyncio as aioredis
-from arq.worker import func
 
 from tests.helpers import Sim, created, do_launch, numbers_csv, wait_until
 from worker.campaigns.control import Campaigns
-from worker.dispatch import codec
-from worker.dispatch.dispatcher import Dispatcher
-from worker.dispatch.engine import _dial, _Worker, open_pool
+from worker.dispatch.process import DialerProcess
 from worker.ledger.transitions import Ledger, State
-from worker.limits.inflight import InFlight
-from worker.limits.ratelimit import RateLimiter
-from worker.provider.client import ProviderClient
 from worker.settings import Settings
-from worker.store.keys import DIAL_FUNCTION, Keys
+from worker.store.keys import Keys
 from worker.windows import Window, WindowError, parse_days, parse_hours
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -108,31 +102,14 @@ def test_overnight_window_belongs_to_the_day_it_starts() -> None:
 
 @asynccontextmanager
 async def clocked_worker(settings: Settings, clock: Callable[[], float]) -> AsyncIterator[None]:
-    """A worker process like DialerProcess, whose dispatcher reads ``clock`` instead of time.time."""
-    pool = await open_pool(settings)
-    limiter = RateLimiter(pool, settings)
+    """A worker process (queues 1 and 9) whose dispatcher reads ``clock`` instead of time.time."""
+    proc = DialerProcess(settings, [1, 9], concurrency=50, clock=clock)
+    task = asyncio.ensure_future(proc.run())
     try:
-        async with ProviderClient.open(settings, pool) as client:
-            dispatcher = Dispatcher(settings, Ledger(pool, settings), limiter, InFlight(pool, settings), client,
-                                    clock=clock)
-            workers = [
-                _Worker(functions=[func(_dial, name=DIAL_FUNCTION, max_tries=10**6, timeout=settings.job_timeout_s)],
-                        queue_name=Keys(settings.key_prefix).queue(p), redis_pool=pool, handle_signals=False,
-                        max_jobs=50, poll_delay=settings.poll_delay_s, max_tries=10**6, keep_result=0,
-                        job_serializer=codec.dumps, job_deserializer=codec.loads_job,
-                        ctx={"dispatcher": dispatcher}, log_results=False)
-                for p in (1, 9)
-            ]
-            tasks = [asyncio.ensure_future(w.async_run()) for w in workers]
-            try:
-                yield
-            finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+        yield
     finally:
-        await limiter.close()
-        await pool.aclose()
+        proc.stop()
+        await asyncio.wait_for(task, 30)
 
 
 def shifted_clock(second_of_minute: float) -> tuple[Callable[[], float], datetime]:

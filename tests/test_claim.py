@@ -1,4 +1,4 @@
-"""The worker's batched claim (engine._Worker.start_jobs + dispatch/claim.lua) against a real Redis: one
+"""The worker's batched claim (engine.QueueWorker.start_jobs + dispatch/claim.lua) against a real Redis: one
 script per poll claims due jobs, skips running and deferred ones, writes the arq job the producer no
 longer writes, gives unused slots back, and still dead-letters poisoned queue entries."""
 
@@ -18,12 +18,13 @@ from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
 from tests.helpers import Sim
-from worker.dispatch import codec
-from worker.dispatch.engine import DialerProcess, _Worker, open_pool
+from worker.dispatch import engine
+from worker.dispatch.engine import DIAL_FUNCTION, QueueWorker, open_pool
+from worker.dispatch.process import DialerProcess
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import Ledger, State
 from worker.settings import Settings
-from worker.store.keys import DIAL_FUNCTION, Keys, in_progress_key_prefix, retry_key_prefix
+from worker.store.keys import Keys, in_progress_key_prefix, retry_key_prefix
 
 QUEUE = 5
 
@@ -53,6 +54,10 @@ class Runs:
         return func(dial, name=DIAL_FUNCTION)
 
 
+async def no_reject(job_id: str, reason: str) -> None:
+    raise AssertionError(f"{job_id} rejected: {reason}")
+
+
 @pytest.fixture
 async def pools(settings: Settings) -> AsyncIterator[list[ArqRedis]]:
     made = [await open_pool(settings) for _ in range(2)]
@@ -62,11 +67,12 @@ async def pools(settings: Settings) -> AsyncIterator[list[ArqRedis]]:
 
 
 def make_worker(pool: ArqRedis, settings: Settings, runs: Runs, name: str = "w", *, max_jobs: int = 50,
-                job_ttl_s: float = 3600, burst: bool = True) -> _Worker:
-    return _Worker(
+                job_ttl_s: float = 3600, burst: bool = True) -> QueueWorker:
+    return QueueWorker(
         functions=[runs.function(name, pool)], queue_name=Keys(settings.key_prefix).queue(QUEUE), redis_pool=pool,
         burst=burst, handle_signals=False, max_jobs=max_jobs, poll_delay=0.01, keep_result=0,
-        job_serializer=codec.dumps, job_deserializer=codec.loads_job, log_results=False, job_ttl_s=job_ttl_s,
+        job_serializer=engine.dumps, job_deserializer=engine.loads_job, log_results=False, job_ttl_s=job_ttl_s,
+        reject=no_reject,
     )
 
 
@@ -80,11 +86,11 @@ async def queue_ids(client: aioredis.Redis, settings: Settings) -> list[bytes]:
     return list(await client.zrange(Keys(settings.key_prefix).queue(QUEUE), 0, -1))
 
 
-async def finish(w: _Worker) -> None:
+async def finish(w: QueueWorker) -> None:
     await asyncio.gather(*w.tasks.values())
 
 
-def slots_free(w: _Worker) -> bool:
+def slots_free(w: QueueWorker) -> bool:
     """Every place under max_jobs is back: the counter and the semaphore arq keeps in step (arq sizes it
     max_jobs + 1)."""
     return w.job_counter == 0 and w.sem._value == w.max_jobs + 1  # arq keeps no public view
@@ -103,11 +109,11 @@ async def test_claim_writes_the_arq_job_and_the_job_runs(
     await finish(w)
     assert runs.runs == [(job_id, "w")]
     raw, ttl = runs.arq_jobs[job_id]
-    # Byte for byte arq's JSON job as codec.dumps writes it, stamped with the claim time, living job_ttl_s.
-    assert raw is not None and raw.startswith(codec.DIAL_JOB_HEAD)
-    et = codec.loads(raw)["et"]
+    # Byte for byte arq's JSON job as engine.dumps writes it, stamped with the claim time, living job_ttl_s.
+    assert raw is not None and raw.startswith(engine.DIAL_JOB_HEAD)
+    et = engine.loads(raw)["et"]
     assert t0 - 5 <= et <= int(time.time() * 1000) + 5
-    assert raw == codec.dumps({"t": 1, "f": "dial", "a": [], "k": {}, "et": et})
+    assert raw == engine.dumps({"t": 1, "f": "dial", "a": [], "k": {}, "et": et})
     assert 590_000 < ttl <= 600_000
     # arq's own end of a run: the job left its queue, its arq keys are gone.
     assert await queue_ids(redis_client, settings) == []
@@ -120,7 +126,7 @@ async def test_an_existing_arq_job_is_kept(
 ) -> None:
     # A deferred job keeps the arq job of its first claim (and arq's try counter that goes with it).
     [job_id] = await enqueue(settings, redis_client, 1)
-    mine = codec.dumps({"t": 1, "f": "dial", "a": [], "k": {}, "et": 123})
+    mine = engine.dumps({"t": 1, "f": "dial", "a": [], "k": {}, "et": 123})
     await redis_client.set(Keys("").arq_job(job_id), mine, px=50_000)
     runs = Runs()
     w = make_worker(pools[0], settings, runs)
@@ -144,9 +150,10 @@ async def test_a_run_sees_its_try_count_and_a_deferral_moves_it_and_keeps_its_ar
         if len(seen) == 1:
             raise Retry(defer=30)
 
-    w = _Worker(functions=[func(dial, name=DIAL_FUNCTION)], queue_name=queue, redis_pool=pools[0], burst=True,
-                handle_signals=False, max_jobs=5, poll_delay=0.01, keep_result=0, job_serializer=codec.dumps,
-                job_deserializer=codec.loads_job, log_results=False, job_ttl_s=600)
+    w = QueueWorker(functions=[func(dial, name=DIAL_FUNCTION)], queue_name=queue, redis_pool=pools[0], burst=True,
+                handle_signals=False, max_jobs=5, poll_delay=0.01, keep_result=0, job_serializer=engine.dumps,
+                job_deserializer=engine.loads_job, log_results=False, job_ttl_s=600,
+                reject=no_reject)
     before = int(time.time() * 1000)  # arq counts whole ms
     await w.start_jobs(await queue_ids(redis_client, settings))
     await finish(w)
@@ -316,7 +323,7 @@ async def test_poisoned_queue_entries_are_dead_lettered_and_good_jobs_still_run(
 async def test_a_plain_arq_worker_finds_no_arq_job_and_calls_nobody(
     settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis], ledger: Ledger
 ) -> None:
-    # What `arq some.WorkerSettings` would run against our queue: arq's own Worker, not _Worker. The
+    # What `arq some.WorkerSettings` would run against our queue: arq's own Worker, not QueueWorker. The
     # producer writes no arq job, so it finds nothing to run; the job stays queued in our ledger. (arq does
     # count it as a failed "job expired": it removes the id from the queue and writes arq:result:<id>.)
     [job_id] = await enqueue(settings, redis_client, 1)

@@ -371,7 +371,7 @@ async def test_worker_process_freezes_its_start_up_objects_out_of_the_collector(
     # ~40 ms (BENCHMARKS.md, P1/P2); run_process moves them to the collector's permanent generation.
     script = (
         "import asyncio, gc\n"
-        "from worker.dispatch.engine import run_process\n"
+        "from worker.dispatch.process import run_process\n"
         "from worker.settings import Settings\n"
         "before = gc.get_freeze_count()\n"
         "asyncio.run(run_process(Settings(), [9], burst=True))\n"

@@ -14,11 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from arq import Retry
 
 from tests.helpers import Sim
 from worker.dispatch.dispatcher import Defer, Dispatcher
-from worker.dispatch.engine import _dial, open_pool
+from worker.dispatch.engine import open_pool
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import Ledger, SendGate, State
 from worker.limits.inflight import InFlight, Lease
@@ -160,7 +159,7 @@ async def test_the_tolerance_keeps_every_window_within_rate_plus_burst(
 
 # --- every wait of a run ends with its time budget -------------------------------------------------
 # job timeout 10 s, request timeout 4.5 s: a run may wait 0.5 s (10 - 4.5 - 5 s of slack) before its
-# request leaves, and _dial ends it at 8 s (END_BEFORE_JOB_TIMEOUT_S before arq's timeout) whatever.
+# request leaves, and run_job ends it at 8 s (END_BEFORE_JOB_TIMEOUT_S before arq's timeout) whatever.
 
 SHORT = {"job_timeout_s": 10.0, "request_timeout_s": 4.5}
 
@@ -168,11 +167,6 @@ SHORT = {"job_timeout_s": 10.0, "request_timeout_s": 4.5}
 async def revoke_tokens(sim: Sim) -> None:
     async with aiohttp.ClientSession() as s, s.post(sim.url + "/_sim/revoke") as r:
         r.raise_for_status()
-
-
-def arq_ctx(d: Dispatcher, pool: aioredis.Redis, job_id: str) -> dict[str, Any]:
-    """What arq hands the job function."""
-    return {"dispatcher": d, "job_id": job_id, "redis": pool, "score": 0}
 
 
 async def test_a_token_wait_past_the_budget_defers_the_job(sim: Sim, sim_settings: Settings) -> None:
@@ -183,9 +177,9 @@ async def test_a_token_wait_past_the_budget_defers_the_job(sim: Sim, sim_setting
         # No token, and another worker holds the refresh for 20 s: the wait would outlast the run.
         await pool.set(keys.token_lock, "another-worker", px=20_000)
         started = time.monotonic()
-        with pytest.raises(Retry) as retry:
-            await _dial(arq_ctx(d, pool, job))
-        assert retry.value.defer_score == 0  # back on its queue at once
+        with pytest.raises(Defer) as retry:
+            await d.run_job(job)
+        assert retry.value.seconds == 0  # back on its queue at once
         assert time.monotonic() - started < 3  # the run's 0.5 s budget, not the 20 s lock
         record = await d.ledger.get(job)
         assert record is not None and record.state == State.QUEUED and record.attempts == 0
@@ -193,7 +187,7 @@ async def test_a_token_wait_past_the_budget_defers_the_job(sim: Sim, sim_setting
         assert await created(sim) == []
         # The refresh is done (the lock goes): the next run sends it, once.
         await pool.delete(keys.token_lock)
-        assert await _dial(arq_ctx(d, pool, job)) == State.SENT
+        assert await d.run_job(job) == State.SENT
     assert len(await created(sim)) == 1
 
 
@@ -205,15 +199,15 @@ async def test_the_permit_for_the_resend_after_a_401_stays_within_the_budget(sim
         await revoke_tokens(sim)  # ... that the provider no longer accepts
         await asyncio.sleep(1.1)  # let the 1/s schedule go idle: the next permit is immediate
         job = await enqueue(pool, settings, "budget-2")
-        with pytest.raises(Retry) as retry:
-            await _dial(arq_ctx(d, pool, job))  # 401, fresh token, but the re-send's permit is 1 s away
-        assert retry.value.defer_score == 0
+        with pytest.raises(Defer) as retry:
+            await d.run_job(job)  # 401, fresh token, but the re-send's permit is 1 s away
+        assert retry.value.seconds == 0
         record = await d.ledger.get(job)
         assert record is not None and record.state == State.QUEUED
         assert record.attempts == 1 and record.last_error is not None and "401" in record.last_error
         assert [r["status"] for r in await sim.requests()] == [200, 401]  # the warm-up's call, the refused one
         await asyncio.sleep(1.1)
-        assert await _dial(arq_ctx(d, pool, job)) == State.SENT
+        assert await d.run_job(job) == State.SENT
     assert len(await created(sim)) == 2  # the warm-up's and this one's: nobody called twice
 
 
@@ -228,35 +222,35 @@ async def test_the_token_wait_after_a_401_stays_within_the_budget(sim: Sim, sim_
         await pool.set(keys.token_lock, "another-worker", px=30_000)  # the refresh after the 401 stalls
         job = await enqueue(pool, settings, "cut-1")
         started = time.monotonic()
-        with pytest.raises(Retry) as retry:
-            await _dial(arq_ctx(d, pool, job))
+        with pytest.raises(Defer) as retry:
+            await d.run_job(job)
         assert time.monotonic() - started < 4  # the run's budget, not the 30 s lock nor arq's 10 s
-        assert retry.value.defer_score == 0
+        assert retry.value.seconds == 0
         record = await d.ledger.get(job)
         assert record is not None and record.state == State.QUEUED
         assert record.attempts == 1 and record.last_error is not None and "401" in record.last_error
         assert await pool.zcard(keys.in_flight) == 0
         await pool.delete(keys.token_lock)
-        assert await _dial(arq_ctx(d, pool, job)) == State.SENT
+        assert await d.run_job(job) == State.SENT
     assert len(await created(sim)) == 2  # the warm-up's and this one's, once
 
 
 async def test_a_run_is_ended_before_arqs_timeout_whatever_it_waits_for(sim: Sim, sim_settings: Settings) -> None:
     # Redis stalls (CLIENT PAUSE) while the run reads its ledger record: no wait of the dispatcher's own
-    # is involved, so only _dial's backstop can end the run, at 8 s, before arq's 10-s timeout would
+    # is involved, so only run_job's backstop can end the run, at 8 s, before arq's 10-s timeout would
     # drop the job. The job stays queued and the next run sends it, once.
     settings = sim_settings.model_copy(update={**SHORT, "rate_limit": 0})
     async with dispatcher(settings) as (d, _limiter, pool):
         job = await enqueue(pool, settings, "stall-1")
         await pool.execute_command("CLIENT", "PAUSE", 9_000, "ALL")
         started = time.monotonic()
-        with pytest.raises(Retry):
-            await _dial(arq_ctx(d, pool, job))
+        with pytest.raises(Defer):
+            await d.run_job(job)
         elapsed = time.monotonic() - started
         assert 7.5 < elapsed < 9.8, elapsed  # ended by the backstop (then its own writes wait for Redis)
         record = await d.ledger.get(job)
         assert record is not None and record.state == State.QUEUED and record.attempts == 0
-        assert await _dial(arq_ctx(d, pool, job)) == State.SENT
+        assert await d.run_job(job) == State.SENT
     assert len(await created(sim)) == 1
 
 

@@ -25,15 +25,16 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
+from worker.dispatch.stats import SendStats
 from worker.errors import RetryableError
 from worker.http import create_app
 from worker.ledger.transitions import Ledger
-from worker.metrics import SendStats, error_kind
+from worker.metrics import error_kind
 from worker.settings import Settings
 
-KEY = "dashboard-test-api-key-0123456789"
 pytestmark = pytest.mark.slow  # every test here starts a child process
 
+KEY = "dashboard-test-api-key-0123456789"
 DASH = "dashboard-test-view-key-0123456789"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from tests.helpers import free_port
 from worker import metrics
+from worker.dispatch.stats import SendStats
 from worker.errors import AmbiguousError, AuthError, PermanentError, RetryableError
 from worker.http import create_app
 from worker.settings import Settings
@@ -137,7 +138,7 @@ def test_error_kinds() -> None:
 
 async def test_send_stats_feed_the_dashboard(client: TestClient[Any, Any], settings: Settings,
                                              redis_client: aioredis.Redis) -> None:
-    stats = metrics.SendStats(redis_client, settings)
+    stats = SendStats(redis_client, settings)
     for _ in range(4):
         await stats.record(ok=True)
     await stats.record(ok=False, kind=metrics.error_kind(RetryableError("x", status=500)))
@@ -162,14 +163,14 @@ async def test_send_stats_feed_the_dashboard(client: TestClient[Any, Any], setti
 async def test_send_stats_never_fail_the_caller(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     """Recording and flushing against a Redis nobody listens on: no exception reaches the caller, the
     failed write is logged, and the background flusher keeps going until cancelled."""
-    caplog.set_level(logging.DEBUG, logger=metrics.__name__)
+    caplog.set_level(logging.DEBUG, logger="worker.dispatch.stats")
     dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
     try:
-        stats = metrics.SendStats(dead, settings)
+        stats = SendStats(dead, settings)
         await stats.record(ok=True)
         await stats.record(ok=False, kind="retryable/http-500")
         await stats.flush()  # the write fails: no exception
-        assert [r.getMessage() for r in caplog.records if r.name == metrics.__name__] == [
+        assert [r.getMessage() for r in caplog.records if r.name == "worker.dispatch.stats"] == [
             "send stats not recorded: ConnectionError"]
         caplog.clear()
 

@@ -107,7 +107,7 @@ def main() -> None:
 @click.option("--check", is_flag=True, help="Health check: exit 0 if workers of these queues are alive.")
 def worker(queues: str, burst: bool, concurrency: int | None, check: bool) -> None:
     """Run a worker process: one arq Worker per served priority queue."""
-    from worker.dispatch.engine import check_health, parse_queues, run_process
+    from worker.dispatch.process import check_health, parse_queues, run_process
 
     try:
         levels = parse_queues(queues)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of every dialer process, and a small Redis-backed send counter for the dashboard.
+"""Prometheus metrics of every dialer process.
 
 The metric objects live here, once per process, on prometheus-client's default registry (which also
 carries the ``process_*`` metrics). Code that sends calls uses the helper functions, never the objects,
@@ -16,31 +16,24 @@ so label values stay bounded and no secret can reach a label::
 ``dialer serve`` exposes them at ``/metrics`` (and fills the queue gauges from Redis at scrape time);
 a worker process exposes its own with :func:`serve_worker_metrics` on ``DIALER_METRICS_PORT``.
 
-:class:`SendStats` counts provider attempts per second in Redis (per-minute hashes, on the Redis clock),
-so the dashboard can chart the fleet's send rate against the limit without scraping every worker.
+The dashboard's fleet-wide send counter in Redis is :class:`worker.dispatch.stats.SendStats`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker.errors import ProviderError
+from worker.rules import valid_campaign_name
 from worker.settings import Settings
-from worker.store import scripts
-from worker.store.decode import text
 
 __all__ = [
     "CALLS",
@@ -59,9 +52,8 @@ __all__ = [
     "RATE_WAIT",
     "REDIS_UP",
     "TOKEN_REFRESHES",
-    "SendStats",
-    "StatsWindow",
     "error_kind",
+    "error_label",
     "observe_enqueued",
     "observe_http",
     "observe_outcome",
@@ -121,7 +113,6 @@ HTTP_THROTTLED = Counter(
     ["key_id", "route"],
 )
 
-_CAMPAIGN_LABEL_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RET_CODE_RE = re.compile(r"-?[0-9]{1,6}")
 _KIND_RE = re.compile(r"[^a-z0-9/-]+")
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -137,7 +128,7 @@ def _campaign_label(campaign: str | None) -> str:
     # Campaign names are validated by the producer; anything else must not grow the label set.
     if not campaign:
         return ""
-    return campaign if _CAMPAIGN_LABEL_RE.fullmatch(campaign) else "other"
+    return campaign if valid_campaign_name(campaign) else "other"
 
 
 def _ret_code_label(ret_code: str | None) -> str:
@@ -207,7 +198,13 @@ def error_kind(exc: BaseException) -> str:
         detail = f"http-{exc.status}"
     else:
         detail = "no-answer"
-    return _KIND_RE.sub("-", f"{base}/{detail}".lower())[:40]
+    return error_label(f"{base}/{detail}")
+
+
+def error_label(kind: str) -> str:
+    """``kind`` reduced to a bounded label (``a-z 0-9 / -``, 40 characters): safe as a metric label or
+    a Redis hash field whatever a caller passes."""
+    return _KIND_RE.sub("-", kind.lower())[:40]
 
 
 # --- service-side helpers --------------------------------------------------------------------------
@@ -237,113 +234,6 @@ def render(accept: str | None = None) -> tuple[bytes, str]:
     (Prometheus text 0.0.4 by default, OpenMetrics on request)."""
     encode, content_type = choose_encoder(accept or "")
     return encode(REGISTRY), content_type
-
-
-# --- per-second send counter in Redis ---------------------------------------------------------------
-
-_STATS_TTL_S = 2 * 3600
-
-
-
-@dataclass(frozen=True)
-class StatsWindow:
-    """What :meth:`SendStats.read` returns.
-
-    ``now_s``: Redis server time. ``seconds``: the last complete seconds, oldest first, as
-    ``(unix second, attempts, created)``. ``errors``: failed attempts by :func:`error_kind` over the
-    last ``error_window_s`` seconds (whole minutes, so up to a minute more).
-    """
-
-    now_s: float
-    seconds: list[tuple[int, int, int]]
-    errors: dict[str, int] = field(default_factory=dict)
-
-
-class SendStats:
-    """Fleet-wide per-second counts of provider attempts and created calls, kept in Redis for 2 h.
-
-    Workers count in memory (:meth:`record`, no I/O on the hot path) and :meth:`flush` about once a
-    second (:meth:`run`); the dashboard reads (:meth:`read`). Keys: ``<prefix>stats:<unix minute>``,
-    hashes with fields ``a:<second>`` (attempts), ``ok:<second>`` (created calls) and ``e:<kind>``
-    (failed attempts of that minute). Seconds are the workers' clocks (NTP is close enough for a chart)::
-
-        stats = SendStats(redis, settings)
-        await stats.record(ok=True)
-        await stats.record(ok=False, kind=error_kind(exc))
-        await stats.flush()
-        window = await stats.read(seconds=300)
-    """
-
-    def __init__(self, redis: Redis, settings: Settings, clock: Callable[[], float] = time.time) -> None:
-        self._prefix = settings.key_prefix + "stats:"
-        self._record = scripts.register(redis, "stats_record.lua")
-        self._read = scripts.register(redis, "stats_read.lua")
-        self._clock = clock
-        self._seconds: dict[int, list[int]] = {}
-        self._errors: dict[tuple[int, str], int] = {}
-
-    async def record(self, *, ok: bool, kind: str | None = None) -> None:
-        """Count one provider attempt in memory (never raises, never waits)."""
-        sec = int(self._clock())
-        counts = self._seconds.setdefault(sec, [0, 0])
-        counts[0] += 1
-        if ok:
-            counts[1] += 1
-        elif kind:
-            key = (sec // 60, _KIND_RE.sub("-", kind.lower())[:40])
-            self._errors[key] = self._errors.get(key, 0) + 1
-
-    async def flush(self) -> None:
-        """Write what was counted since the last flush. Never raises: stats must not fail calls; counts
-        that could not be written are dropped rather than piling up during a Redis outage."""
-        if not self._seconds and not self._errors:
-            return
-        seconds, errors = self._seconds, self._errors
-        self._seconds, self._errors = {}, {}
-        args: list[Any] = [self._prefix, _STATS_TTL_S, len(seconds)]
-        for sec, (attempts, created) in seconds.items():
-            args += [sec, attempts, created]
-        for (minute, kind), n in errors.items():
-            args += [minute, kind, n]
-        try:
-            await self._record(args=args)
-        except (RedisError, OSError) as exc:
-            log.debug("send stats not recorded: %s", type(exc).__name__)
-
-    async def run(self, interval_s: float = 1.0) -> None:
-        """Flush every ``interval_s`` until cancelled, then once more."""
-        try:
-            while True:
-                await asyncio.sleep(interval_s)
-                await self.flush()
-        finally:
-            await asyncio.shield(self.flush())
-
-    async def read(self, seconds: int = 300, error_window_s: int = 900) -> StatsWindow:
-        """The last ``seconds`` complete seconds and the errors of the last ``error_window_s``."""
-        minutes_back = (max(seconds, error_window_s) + 59) // 60 + 1
-        reply: list[Any] = await self._read(args=[self._prefix, minutes_back])
-        now_sec, now_usec = int(reply[0]), int(reply[1])
-        attempts: dict[int, int] = {}
-        created: dict[int, int] = {}
-        errors: dict[str, int] = {}
-        error_from_minute = (now_sec - error_window_s) // 60
-        it = iter(reply[2:])
-        for minute_raw, flat in zip(it, it, strict=True):
-            minute = int(minute_raw)
-            pairs = iter(flat)
-            for name_raw, value_raw in zip(pairs, pairs, strict=True):
-                name, value = text(name_raw), int(value_raw)
-                kind, _, rest = name.partition(":")
-                if kind == "a":
-                    attempts[minute * 60 + int(rest)] = value
-                elif kind == "ok":
-                    created[minute * 60 + int(rest)] = value
-                elif kind == "e" and minute >= error_from_minute:
-                    errors[rest] = errors.get(rest, 0) + value
-        last = now_sec - 1  # the current second is still being counted
-        series = [(t, attempts.get(t, 0), created.get(t, 0)) for t in range(last - seconds + 1, last + 1)]
-        return StatsWindow(now_sec + now_usec / 1e6, series, errors)
 
 
 # --- worker metrics endpoint ----------------------------------------------------------------------

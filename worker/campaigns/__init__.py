@@ -21,7 +21,8 @@ from worker.campaigns.launch import (
     launch_text,
 )
 from worker.campaigns.outcomes import Outcomes, RedialPolicy
-from worker.campaigns.suppression import Suppression, normalize_number
+from worker.campaigns.suppression import Suppression
+from worker.rules import normalize_number
 from worker.windows import Window, WindowError
 
 __all__ = [

@@ -261,7 +261,7 @@ def suppress_group() -> None:
 
 
 def _numbers_or_fail(numbers: tuple[str, ...]) -> list[str]:
-    from worker.campaigns.suppression import normalize_number
+    from worker.rules import normalize_number
 
     bad = []
     for n in numbers:

@@ -40,8 +40,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from worker.errors import DialerError
-from worker.ledger.producer import _CAMPAIGN_RE
 from worker.ledger.transitions import OUTCOMES, State
+from worker.rules import valid_campaign_name
 from worker.settings import Settings
 from worker.store import scripts
 from worker.store.decode import as_dict, text
@@ -69,7 +69,7 @@ class UnknownCampaign(CampaignError):
 
 def valid_name(name: str) -> bool:
     """Campaign names: 1-64 characters of ``A-Z a-z 0-9 . _ -`` (they are part of job ids and keys)."""
-    return bool(isinstance(name, str) and _CAMPAIGN_RE.fullmatch(name))
+    return valid_campaign_name(name)
 
 
 @dataclass(frozen=True)

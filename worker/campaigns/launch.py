@@ -58,10 +58,11 @@ from redis.asyncio import Redis
 
 from worker.campaigns.control import CampaignError, Campaigns, CampaignSpec, valid_name
 from worker.campaigns.outcomes import RedialPolicy, callback_url
-from worker.campaigns.suppression import Suppression, normalize_number
+from worker.campaigns.suppression import Suppression
 from worker.errors import FieldError
-from worker.ledger.producer import _JOB_ID_RE, CallJob, Producer, valid_timezone
+from worker.ledger.producer import CallJob, Producer
 from worker.models import CallRequest, PlayItem, field_errors
+from worker.rules import normalize_number, valid_job_id, valid_timezone
 from worker.settings import Settings
 from worker.windows import WindowError, parse_days, parse_hours
 
@@ -431,7 +432,7 @@ def _validate_rows(
                 request = CallRequest.model_validate(body)
             except ValidationError as exc:
                 errors += [FieldError(_csv_field(e.field) if csv_mode else e.field, e.rule) for e in field_errors(exc)]
-        if job_id is not None and not _JOB_ID_RE.fullmatch(job_id):
+        if job_id is not None and not valid_job_id(job_id):
             errors.append(FieldError("id", "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"))
         if tz is not None and not valid_timezone(tz):
             errors.append(FieldError("timezone", "must be an IANA time zone such as Europe/Paris"))

@@ -45,9 +45,10 @@ from redis.asyncio import Redis
 
 from worker.campaigns.control import CampaignSpec
 from worker.errors import InvalidRequest
-from worker.ledger.producer import _JOB_ID_RE, Producer
+from worker.ledger.producer import Producer
 from worker.ledger.transitions import JobRecord, Ledger
 from worker.models import ReleaseEvent
+from worker.rules import valid_job_id
 from worker.settings import Settings
 from worker.store.decode import text
 from worker.store.keys import Keys
@@ -230,7 +231,7 @@ class Outcomes:
         if number > policy.max:
             return None
         redial_id = f"{first}:r{number}"
-        if not _JOB_ID_RE.fullmatch(redial_id):
+        if not valid_job_id(redial_id):
             log.warning("job %s: no redial: id %r would exceed 128 characters", record.job_id, redial_id)
             return None
         run_at = time.time() + policy.after_s

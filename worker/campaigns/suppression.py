@@ -21,36 +21,19 @@ campaign (one-off, transactional calls) are not checked.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 from redis.asyncio import Redis
 
+from worker.rules import normalize_number
 from worker.settings import Settings
 from worker.store.decode import text
 from worker.store.keys import Keys
 
 __all__ = ["Suppression", "normalize_number", "read_numbers"]
 
-_STRIP = re.compile(r"[\s\-.()]")
-_DIGITS = re.compile(r"[0-9]{1,32}")
 _CHUNK = 5000
-
-
-def normalize_number(raw: str) -> str:
-    """The do-not-call key of a phone number; raises ValueError naming the rule.
-
-    >>> normalize_number(" +86 (138) 0000-0001 ")
-    '8613800000001'
-    """
-    if not isinstance(raw, str):
-        raise ValueError("must be a string of digits")
-    text = _STRIP.sub("", raw)
-    text = text.removeprefix("+")
-    if not _DIGITS.fullmatch(text):
-        raise ValueError("must be 1-32 digits, with an optional leading '+' (spaces, '-', '.', '(', ')' ignored)")
-    return text
 
 
 def read_numbers(stream: TextIO) -> tuple[list[str], list[tuple[int, str, str]]]:

@@ -1,4 +1,4 @@
--- Claim a poll's worth of jobs of one arq queue in one round trip (queues._Worker.start_jobs), instead of
+-- Claim a poll's worth of jobs of one arq queue in one round trip (engine.QueueWorker.start_jobs), instead of
 -- arq's optimistic transaction per job (WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC) and the pipeline arq's
 -- run_job then sends per job (GET job, INCR/EXPIRE its try counter). Per job, the same checks as arq,
 -- atomically: a job is skipped when its in-progress key exists (it runs elsewhere), when it left the
@@ -12,9 +12,10 @@
 --
 -- KEYS[1] the arq queue (sorted set scored by run-at ms)
 -- ARGV[1] now, ms (arq's own clock, as arq compares it)  ARGV[2] in-progress TTL ms
--- ARGV[3] arq job TTL ms  ARGV[4] arq job JSON up to its enqueue time (codec.DIAL_JOB_HEAD): "<now>}"
+-- ARGV[3] arq job TTL ms  ARGV[4] arq job JSON up to its enqueue time (engine.DIAL_JOB_HEAD): "<now>}"
 -- is appended  ARGV[5] most jobs to claim  ARGV[6] in-progress key prefix  ARGV[7] arq job key prefix
--- ARGV[8] try counter key prefix  ARGV[9..] job ids, in queue order
+-- ARGV[8] try counter key prefix  ARGV[9] the try counter's TTL in s (arq's own, engine.ARQ_TRY_TTL_S)
+-- ARGV[10..] job ids, in queue order
 -- Returns {claimed, bad, corrupt}: claimed = {id, score, try, job, ...} in the given order, where job is
 -- "" when this claim wrote the standard job (the caller knows it) and the stored arq job otherwise;
 -- bad = {id, score, ...} with a score that is not a finite number (arq would crash casting it);
@@ -25,9 +26,8 @@ local want = tonumber(ARGV[5])
 local job = ARGV[4] .. ARGV[1] .. '}'
 local claimed, bad, corrupt = {}, {}, {}
 local n = 0
--- arq's own TTL for its try counter (worker.run_job)
-local TRY_TTL_S = 88400
-for i = 9, #ARGV do
+local TRY_TTL_S = tonumber(ARGV[9])
+for i = 10, #ARGV do
   if n >= want then
     break
   end

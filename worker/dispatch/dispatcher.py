@@ -1,7 +1,7 @@
 """What happens to one call job inside a worker: the ledger, the limits, the provider, the outcome.
 
 This module knows nothing about arq: a run ends by returning an outcome, or by raising :class:`Defer`
-to be put back on its queue for later (``engine.py`` turns that into arq's ``Retry``).
+to be put back on its queue for later (the engine seam, ``engine.py``, turns that into arq's ``Retry``).
 
 Delivery semantics (see README, "What happens when things go wrong"):
 
@@ -23,7 +23,7 @@ Timing (what keeps the rate limit and arq's job timeout honest):
   and lease of the re-send after a 401) ends with the run's time budget: the job goes back on its
   queue (``Defer``), ``sending`` put back to ``queued`` if no request left. The token wait between a
   401 and its re-send happens inside the provider client, where it cannot be told from the request:
-  the token manager bounds it, and ``engine._dial`` ends any run 2 s before arq's job timeout. A run
+  the token manager bounds it, and ``run_job`` ends any run 2 s before the engine's job timeout. A run
   cancelled while its request may be out ends ``unknown``.
 
 Campaign jobs (see :mod:`worker.campaigns`) also pass, at claim and again right before the request
@@ -43,7 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from worker import metrics
+from worker import logs, metrics
+from worker.dispatch.stats import SendStats
 from worker.errors import (
     AmbiguousError,
     AuthError,
@@ -67,8 +68,8 @@ log = logging.getLogger(__name__)
 # run never overruns the engine's job timeout (which would lose track of a call in flight).
 _RUN_SLACK_S = 5.0
 END_BEFORE_JOB_TIMEOUT_S = 2.0
-"""The queue engine's seam ends every run this long before its job timeout, whatever the run waits for,
-and puts the job back on its queue (``engine._dial``); the waits of :class:`Dispatcher` end earlier."""
+""":meth:`Dispatcher.run_job` ends every run this long before the engine's job timeout, whatever the run
+waits for, and puts the job back on its queue; the waits of :meth:`Dispatcher.dial` end earlier."""
 
 
 class Defer(Exception):
@@ -167,7 +168,7 @@ class Dispatcher:
         in_flight: InFlight,
         client: ProviderClient,
         clock: Callable[[], float] = time.time,
-        stats: metrics.SendStats | None = None,
+        stats: SendStats | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -178,6 +179,40 @@ class Dispatcher:
         self.stats = stats
         self.late_permits = 0
         """Rate permits not used because the request would have left too late after its slot."""
+
+    async def run_job(self, job_id: str, order: float = 0.0, malformed: str | None = None) -> str:
+        """One run of a job as the queue engine starts it: :meth:`dial` within the run's time budget,
+        logged and counted; returns the state it ended in, or raises :class:`Defer`. ``malformed`` is
+        the engine's reason when the queue entry could not be read (the job is dead-lettered).
+
+        A run ends ``END_BEFORE_JOB_TIMEOUT_S`` before the engine's job timeout at the latest and goes
+        back on its queue: the engine would drop a job it times out, leaving its ledger record
+        ``queued``. The dispatcher's own waits end well before that; this is the backstop for whatever
+        else a run may wait for. A run cut while its request was out ends ``unknown``, never redialled.
+        """
+        started = time.monotonic()
+        if malformed is not None:
+            outcome = await self.reject(job_id, f"malformed job: {malformed}")
+        else:
+            budget = asyncio.timeout(max(self.settings.job_timeout_s - END_BEFORE_JOB_TIMEOUT_S, 1.0))
+            try:
+                async with budget:
+                    outcome = await self.dial(job_id, order=order)
+            except (Defer, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError) and not budget.expired():
+                    raise
+                d = exc if isinstance(exc, Defer) else Defer(0.0, "run ended ahead of the job timeout")
+                metrics.observe_outcome("deferred", d.priority, d.campaign)
+                log.info("job %s deferred %.2fs: %s", job_id, d.seconds, d.reason, extra=logs.job_fields(
+                    job_id, campaign=d.campaign, priority=d.priority, outcome="deferred", error=d.reason))
+                raise d from None
+        metrics.observe_outcome(str(outcome.state), outcome.priority, outcome.campaign)
+        if log.isEnabledFor(logging.INFO):  # the structured fields cost more than the call itself
+            log.info("job %s -> %s (attempts=%d) %s", job_id, outcome.state, outcome.attempts, outcome.detail,
+                     extra=logs.job_fields(job_id, campaign=outcome.campaign, priority=outcome.priority,
+                                           attempt=outcome.attempts, outcome=str(outcome.state),
+                                           latency_s=time.monotonic() - started, error=outcome.detail or None))
+        return str(outcome.state)
 
     async def dial(self, job_id: str, order: float = 0.0) -> Outcome:
         """Run one job; the outcome (or the :class:`Defer`) carries its priority and campaign.

@@ -1,22 +1,25 @@
-"""The arq seam: the only module that knows the queue engine is arq.
+"""The queue-engine seam: the only module that knows the engine is arq (0.28.0, pinned).
 
-One worker process runs one arq ``Worker`` per served priority queue (arq reads exactly one queue per
-``Worker``), all in one event loop, sharing one Redis pool, one aiohttp session, one token manager,
-one rate limiter and one in-flight cap (see :class:`worker.dispatch.dispatcher.Dispatcher`).
+Everything arq-specific is here: arq's client class and job codec, its per-job keys as our Lua uses
+them, the claim and finish scripts that replace arq's per-job round trips, and a ``Worker`` subclass
+that overrides arq internals. The internals it touches are listed in :data:`ARQ_INTERNALS`, and a
+contract test (tests/test_engine_contract.py) fails, naming the attribute, when an arq
+release renames or removes one. The rest of the dialer sees :func:`queue_worker`, :func:`open_pool`,
+and the :class:`~worker.dispatch.dispatcher.Defer` exception, which a run raises
+to go back on its queue.
 
-Each is an arq ``Worker`` with its own claim step (:class:`_Worker`), which also writes the arq job of
-each job it starts: the producer stores only the ledger record and the queue entry. So ``dialer worker``
-runs these queues; arq's own CLI (plain arq Workers, which expect the arq job at enqueue) cannot.
+The producer stores only the ledger record and the queue entry; the claim writes the arq job of each
+job it starts. So ``dialer worker`` runs these queues and arq's own CLI (plain arq Workers, which
+expect the arq job at enqueue) cannot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import signal
-import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Retry
@@ -26,99 +29,148 @@ from arq.worker import RetryJob, Worker, func
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from worker import logs, metrics
-from worker.dispatch import codec
-from worker.dispatch.dispatcher import Defer, Dispatcher
-from worker.ledger.transitions import Ledger
-from worker.limits.inflight import InFlight
-from worker.limits.ratelimit import RateLimiter
-from worker.provider.client import ProviderClient
-from worker.runtime import freeze_start_up_objects
+from worker.dispatch.dispatcher import Defer
 from worker.settings import Settings
 from worker.store import client, scripts
-from worker.store.keys import (
-    DIAL_FUNCTION,
-    PRIORITY_LEVELS,
-    Keys,
-    in_progress_key_prefix,
-    job_key_prefix,
-    retry_key_prefix,
-)
+from worker.store.keys import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from worker.store.pipelining import AutoPipeline
+
+__all__ = ["ARQ_INTERNALS", "DIAL_FUNCTION", "QueueWorker", "open_pool", "queue_worker"]
 
 log = logging.getLogger(__name__)
 
+DIAL_FUNCTION = "dial"
+"""The one job function of our queues: a dial, whose body lives in the ledger."""
 # arq's own attempt counter also counts our deferrals (pause, windows, backoff); provider attempts are
 # bounded by the ledger instead, so arq's is set out of reach.
 _ARQ_MAX_TRIES = 1_000_000
 _HEALTH_CHECK_INTERVAL_S = 5
+ARQ_TRY_TTL_S = 88400
+"""arq's TTL of a job's try counter (hard-coded in arq's ``Worker.run_job``); claim.lua sets the same."""
+
+ARQ_INTERNALS: dict[str, tuple[str, ...]] = {
+    # arq.worker.Worker: methods we override or call, attributes we read or write.
+    "Worker": ("main", "start_jobs", "run_job", "async_run", "_poll_iteration", "_jobs_started",
+               "_release_sem_dec_counter_on_complete"),
+    "Worker()": ("ctx", "pool", "on_startup", "burst", "max_burst_jobs", "tasks", "job_tasks", "queue_name",
+                 "poll_delay_s", "job_counter", "max_jobs", "sem", "in_progress_timeout_s", "functions",
+                 "job_timeout_s", "jobs_complete", "jobs_retried", "jobs_failed", "loop", "job_deserializer",
+                 "allow_pick_jobs", "health_check_key"),
+    "Function": ("coroutine", "timeout_s"),
+    "Retry()": ("defer_score",),
+}
+"""What the seam touches of arq beyond its documented API; tests/test_engine_contract.py
+checks each on the installed arq."""
+
+Reject = Callable[[str, str], Awaitable[Any]]
+RunJob = Callable[[str, float, "str | None"], Awaitable[str]]
 
 
-def parse_queues(spec: str) -> list[int]:
-    """``"1-3,7"`` -> ``[1, 2, 3, 7]``; ``"all"`` -> 1..9. Raises ValueError naming the bad part."""
-    if spec.strip().lower() in ("", "all"):
-        return list(PRIORITY_LEVELS)
-    out: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        lo, _, hi = part.partition("-")
-        try:
-            first, last = int(lo), int(hi or lo)
-        except ValueError:
-            raise ValueError(f"queues: {part!r} is not a priority or range like 1-3") from None
-        if not (1 <= first <= last <= 9):
-            raise ValueError(f"queues: {part!r} must lie within 1..9")
-        out.update(range(first, last + 1))
-    return sorted(out)
+# --- the job codec: JSON, never pickle --------------------------------------------------------------
+# Other languages can read and write the queues, and nothing read back from Redis can execute code.
+
+def dumps(data: dict[str, Any]) -> bytes:
+    # default=str: arq stores exceptions as job results; keep their text rather than failing.
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
+
+
+def loads(raw: bytes) -> dict[str, Any]:
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("job payload is not a JSON object")
+    return data
+
+
+def _dial_job_head() -> bytes:
+    # Scripts append the enqueue time in ms and "}"; derived from dumps so the bytes are exactly what
+    # dumps gives for this job.
+    full = dumps({"t": 1, "f": DIAL_FUNCTION, "a": [], "k": {}, "et": 0})
+    assert full.endswith(b"0}")
+    return full[:-2]
+
+
+DIAL_JOB_HEAD = _dial_job_head()
+"""arq's JSON job for a dial, up to its enqueue time: ``{"t":1,"f":"dial","a":[],"k":{},"et":``. The
+worker's claim (``dispatch/claim.lua``) writes ``DIAL_JOB_HEAD + b"<ms>}"`` as ``arq:job:<id>``."""
+
+MALFORMED = "_malformed"
+_MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the last instant datetime can hold
+
+
+def _sane_int(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+
+
+def loads_job(raw: bytes) -> dict[str, Any]:
+    """Read an arq job; never raise. A payload that is not a JSON ``dial`` job (garbage, pickle, another
+    function) still becomes a ``dial`` call carrying the reason, so the worker dead-letters it with that
+    reason instead of arq dropping it silently. Nothing read here is ever executed."""
+    try:
+        data = loads(raw)
+        if data.get("f") != DIAL_FUNCTION:
+            reason = f"unknown function {str(data.get('f'))[:40]!r}"
+        elif data.get("a", []) != [] or data.get("k", {}) != {}:
+            # The body lives in the ledger; a dial job carries no arguments. (A kwarg named "ctx" would
+            # also make arq's call of the job function fail before it starts.)
+            reason = "arguments must be [] and {} (the job's body lives in its ledger record)"
+        elif not _sane_int(data.get("et", 0), _MAX_MS) or not (data.get("t") is None or _sane_int(data["t"], 10**9)):
+            # arq turns "et" into a datetime and compares "t" outside any try: a bad value there
+            # would kill the worker's loop, not just this job.
+            reason = "enqueue time 'et' or try count 't' is not a sane integer"
+        else:
+            data["a"], data["k"] = [], {}
+            data.setdefault("t", None)
+            data.setdefault("et", 0)
+            return data
+    except (ValueError, UnicodeDecodeError):
+        reason = "payload is not a JSON object"
+    return {"f": DIAL_FUNCTION, "a": [], "k": {MALFORMED: reason}, "t": None, "et": 0}
 
 
 async def open_pool(settings: Settings) -> ArqRedis:
     """The worker process's Redis client (:func:`worker.store.client.worker_client`, as arq's client class
     with our codec): every command waits for Redis however long it is away."""
-    pool = client.worker_client(settings, ArqRedis, job_serializer=codec.dumps, job_deserializer=codec.loads_job)
+    pool = client.worker_client(settings, ArqRedis, job_serializer=dumps, job_deserializer=loads_job)
     await pool.ping()
     return pool
 
 
-async def _dial(ctx: dict[str, Any], *_args: Any, **_kwargs: Any) -> str:
-    """The arq job function. Arguments are ignored: the job's body lives in the ledger.
-
-    A run ends ``END_BEFORE_JOB_TIMEOUT_S`` (job.py) before arq's job timeout at the latest and goes
-    back on its queue: arq would drop a job it times out, leaving its ledger record ``queued``. The
-    dispatcher's own waits end well before that; this is the backstop for whatever else a run may wait
-    for. A run cut while its request was out ends ``unknown`` (see ``Dispatcher``), never redialled.
-    """
-    from worker.dispatch.dispatcher import END_BEFORE_JOB_TIMEOUT_S
-
-    dispatcher: Dispatcher = ctx["dispatcher"]
-    job_id: str = ctx["job_id"]
-    started = time.monotonic()
-    if codec.MALFORMED in _kwargs:
-        outcome = await dispatcher.reject(job_id, f"malformed job: {_kwargs[codec.MALFORMED]}")
-    else:
-        budget = asyncio.timeout(max(dispatcher.settings.job_timeout_s - END_BEFORE_JOB_TIMEOUT_S, 1.0))
-        try:
-            async with budget:
-                outcome = await dispatcher.dial(job_id, order=float(ctx.get("score") or 0))
-        except (Defer, TimeoutError) as exc:
-            if isinstance(exc, TimeoutError) and not budget.expired():
-                raise
-            d = exc if isinstance(exc, Defer) else Defer(0.0, "run ended ahead of the job timeout")
-            # (_Worker's finish extends the arq job's TTL past the deferral.)
-            metrics.observe_outcome("deferred", d.priority, d.campaign)
-            log.info("job %s deferred %.2fs: %s", job_id, d.seconds, d.reason, extra=logs.job_fields(
-                job_id, campaign=d.campaign, priority=d.priority, outcome="deferred", error=d.reason))
-            raise Retry(defer=d.seconds) from None
-    metrics.observe_outcome(str(outcome.state), outcome.priority, outcome.campaign)
-    if log.isEnabledFor(logging.INFO):  # the structured fields cost more than the call itself
-        log.info("job %s -> %s (attempts=%d) %s", job_id, outcome.state, outcome.attempts, outcome.detail,
-                 extra=logs.job_fields(job_id, campaign=outcome.campaign, priority=outcome.priority,
-                                       attempt=outcome.attempts, outcome=str(outcome.state),
-                                       latency_s=time.monotonic() - started, error=outcome.detail or None))
-    return str(outcome.state)
+async def _job(ctx: dict[str, Any], *_args: Any, **kwargs: Any) -> str:
+    """arq's job function: the run the process gave (``ctx["run"]``), its :class:`Defer` as arq's Retry.
+    Arguments are ignored: the job's body lives in the ledger."""
+    run: RunJob = ctx["run"]
+    try:
+        return await run(ctx["job_id"], float(ctx.get("score") or 0), kwargs.get(MALFORMED))
+    except Defer as d:
+        # (QueueWorker's finish extends the arq job's TTL past the deferral.)
+        raise Retry(defer=d.seconds) from None
 
 
-class _Worker(Worker):
+def queue_worker(settings: Settings, pool: ArqRedis, queue_name: str, *, run: RunJob, reject: Reject,
+                 burst: bool = False, concurrency: int | None = None) -> QueueWorker:
+    """The worker of one queue: ``run(job_id, order, malformed_reason)`` runs a job to a state (or raises
+    :class:`Defer`), ``reject(job_id, reason)`` dead-letters a queue entry that cannot run."""
+    return QueueWorker(
+        functions=[func(_job, name=DIAL_FUNCTION, max_tries=_ARQ_MAX_TRIES, timeout=settings.job_timeout_s)],
+        queue_name=queue_name,
+        redis_pool=pool,
+        burst=burst,
+        handle_signals=False,
+        max_jobs=concurrency or settings.worker_concurrency,
+        poll_delay=settings.poll_delay_s,
+        max_tries=_ARQ_MAX_TRIES,
+        keep_result=0,
+        job_serializer=dumps,
+        job_deserializer=loads_job,
+        ctx={"run": run},
+        health_check_interval=_HEALTH_CHECK_INTERVAL_S,
+        log_results=False,
+        job_ttl_s=settings.job_ttl_s,
+        reject=reject,
+    )
+
+
+class QueueWorker(Worker):
     """arq's Worker with our own claim step: one Lua script (``claim.lua``) per poll claims the due jobs
     and materializes their arq jobs, where arq makes 4 round trips per job (WATCH, EXISTS, ZSCORE,
     MULTI/PSETEX/EXEC). The producer writes no arq job (``arq:job:<id>``) at all, so a plain arq
@@ -127,15 +179,14 @@ class _Worker(Worker):
     Also minus the ways a poisoned queue entry kills arq's loop (arq decodes every member as UTF-8 and
     casts every score with int(), outside any try): such entries are dead-lettered.
 
-    ``job_ttl_s`` (default: the dispatcher's ``settings.job_ttl_s``) is the life of an arq job written
-    at claim; a deferral extends it (see ``_dial``).
+    ``job_ttl_s`` is the life of an arq job written at claim; a deferral extends it. ``reject(job_id,
+    reason)`` dead-letters what cannot run. Build one with :func:`queue_worker`.
     """
 
-    def __init__(self, *args: Any, job_ttl_s: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, job_ttl_s: float, reject: Reject, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if job_ttl_s is None:
-            job_ttl_s = self.ctx["dispatcher"].settings.job_ttl_s
         self._job_ttl_ms = int(job_ttl_s * 1000)
+        self._reject = reject
         self._claim: AsyncScript | None = None
         self._finish_script: AsyncScript | None = None
         self._woken = asyncio.Event()
@@ -186,8 +237,8 @@ class _Worker(Worker):
         try:
             claimed, bad, corrupt = await self._claim(
                 keys=[self.queue_name],
-                args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), self._job_ttl_ms, codec.DIAL_JOB_HEAD,
-                      taken, in_progress_key_prefix, job_key_prefix, retry_key_prefix, *good],
+                args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), self._job_ttl_ms, DIAL_JOB_HEAD,
+                      taken, in_progress_key_prefix, job_key_prefix, retry_key_prefix, ARQ_TRY_TTL_S, *good],
             )
         except (RedisError, OSError) as exc:
             # Redis went away (or refused) mid-claim: nothing starts; the next poll tries again. (Jobs the
@@ -229,7 +280,7 @@ class _Worker(Worker):
         finish_job transaction replaced by one auto-pipelined script call: a run costs no round trip of
         its own beyond its job's."""
         if stored:
-            job = self.job_deserializer(stored)  # type: ignore[misc]  # ours (codec.loads_job) never raises
+            job = self.job_deserializer(stored)  # type: ignore[misc]  # ours (loads_job) never raises
             name, args, kwargs, enqueue_ms = job["f"], tuple(job["a"]), job["k"], job["et"]
         else:  # the claim wrote the standard job just now
             name, args, kwargs, enqueue_ms = DIAL_FUNCTION, (), {}, timestamp_ms()
@@ -272,133 +323,18 @@ class _Worker(Worker):
 
     async def _quarantine(self, raw: bytes, reason: str) -> None:
         await self.pool.zrem(self.queue_name, raw)
-        dispatcher: Dispatcher = self.ctx["dispatcher"]
-        await dispatcher.reject(raw.decode("utf-8", "backslashreplace"), reason)
+        await self._reject(raw.decode("utf-8", "backslashreplace"), reason)
 
+    # --- what the process may ask of its workers (nothing else of arq's Worker is used outside) ----
 
-class DialerProcess:
-    """One worker process: shared resources plus one arq Worker per served queue."""
+    def stop_taking_jobs(self) -> None:
+        """Take no new job; the running ones go on (a drain)."""
+        self.allow_pick_jobs = False
 
-    def __init__(self, settings: Settings, queues: Sequence[int], *, burst: bool = False,
-                 concurrency: int | None = None) -> None:
-        self.settings = settings
-        self.queues = list(queues)
-        self.burst = burst
-        self.concurrency = concurrency or settings.worker_concurrency
-        self.workers: list[_Worker] = []
-        self._stopping = asyncio.Event()
+    def running(self) -> list[asyncio.Task[Any]]:
+        """The runs in progress."""
+        return [t for t in self.tasks.values() if not t.done()]
 
-    async def run(self) -> None:
-        settings = self.settings
-        pool = await open_pool(settings)
-        limiter = RateLimiter(pool, settings)
-        in_flight = InFlight(pool, settings)
-        stats = metrics.SendStats(pool, settings)
-        background = [asyncio.ensure_future(stats.run())]  # and the wake-up listener, once the workers exist
-        try:
-            async with ProviderClient.open(settings, pool) as client:
-                dispatcher = Dispatcher(settings, Ledger(pool, settings), limiter, in_flight, client, stats=stats)
-                keys = Keys(settings.key_prefix)
-                self.workers = [
-                    _Worker(
-                        functions=[func(_dial, name=DIAL_FUNCTION, max_tries=_ARQ_MAX_TRIES,
-                                        timeout=settings.job_timeout_s)],
-                        queue_name=keys.queue(p),
-                        redis_pool=pool,
-                        burst=self.burst,
-                        handle_signals=False,
-                        max_jobs=self.concurrency,
-                        poll_delay=settings.poll_delay_s,
-                        max_tries=_ARQ_MAX_TRIES,
-                        keep_result=0,
-                        job_serializer=codec.dumps,
-                        job_deserializer=codec.loads_job,
-                        ctx={"dispatcher": dispatcher},
-                        health_check_interval=_HEALTH_CHECK_INTERVAL_S,
-                        log_results=False,
-                    )
-                    for p in self.queues
-                ]
-                runs = [asyncio.ensure_future(w.async_run()) for w in self.workers]
-                background.append(asyncio.ensure_future(
-                    _wake_on_enqueue(pool, keys.wake, {w.queue_name: w for w in self.workers})))
-                stop = asyncio.ensure_future(self._stopping.wait())
-                await asyncio.wait([stop, *runs], return_when=asyncio.FIRST_COMPLETED)
-                if self._stopping.is_set():
-                    await self._drain(runs)
-                else:
-                    # Burst mode: each worker returns when its queue is empty; wait for them all.
-                    await asyncio.gather(*runs)
-                stop.cancel()
-                for w in self.workers:
-                    with contextlib.suppress(Exception):
-                        await pool.delete(w.health_check_key)
-        finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await limiter.close()
-            await pool.aclose()
-
-    def stop(self) -> None:
-        """Stop taking jobs; in-flight calls finish within ``drain_timeout_s`` (SIGTERM/SIGINT)."""
-        self._stopping.set()
-
-    async def _drain(self, runs: Sequence[asyncio.Future[None]]) -> None:
-        for w in self.workers:
-            w.allow_pick_jobs = False
-        running = [t for w in self.workers for t in w.tasks.values() if not t.done()]
-        log.info("draining %d running job(s), up to %ss", len(running), self.settings.drain_timeout_s)
-        if running:
-            _done, pending = await asyncio.wait(running, timeout=self.settings.drain_timeout_s)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
-        for r in runs:
-            r.cancel()
-        await asyncio.gather(*runs, return_exceptions=True)
-
-
-async def _wake_on_enqueue(pool: ArqRedis, channel: str, workers: dict[str, _Worker]) -> None:
-    """Wake a queue's worker when a job due now is enqueued on it (``Keys.wake``, published by
-    enqueue.lua). Only a latency gain: while the subscription is down, the workers still poll every
-    ``poll_delay_s``, so an error here is retried quietly."""
-    while True:
-        try:
-            async with pool.pubsub(ignore_subscribe_messages=True) as sub:
-                await sub.subscribe(channel)
-                async for message in sub.listen():
-                    worker = workers.get(message["data"].decode("utf-8", "replace"))
-                    if message["type"] == "message" and worker is not None:
-                        worker.wake()
-        except (RedisError, OSError) as exc:
-            log.debug("wake-up subscription lost (%s); polling meanwhile", type(exc).__name__)
-            await asyncio.sleep(1.0)
-
-
-async def run_process(settings: Settings, queues: Sequence[int], *, burst: bool = False,
-                      concurrency: int | None = None) -> None:
-    """Run a worker process until SIGTERM/SIGINT (or, with ``burst``, until the queues are empty)."""
-    proc = DialerProcess(settings, queues, burst=burst, concurrency=concurrency)
-    freeze_start_up_objects()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, proc.stop)
-    try:
-        async with metrics.serve_worker_metrics(settings, health=lambda: check_health(settings, queues)):
-            await proc.run()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-
-
-async def check_health(settings: Settings, queues: Sequence[int]) -> bool:
-    """True when a live worker recently recorded health for every given queue."""
-    pool = client.cli_client(settings)
-    try:
-        keys = Keys(settings.key_prefix)
-        found = await pool.exists(*[keys.queue(p) + ":health-check" for p in queues])
-        return int(found) == len(queues)
-    finally:
-        await pool.aclose()
+    async def clear_health(self) -> None:
+        """Remove this worker's heartbeat (a stopped worker is not live)."""
+        await self.pool.delete(self.health_check_key)

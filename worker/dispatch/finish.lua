@@ -1,4 +1,4 @@
--- End one arq run (queues._Worker), as arq's finish_job pipeline does (MULTI ... EXEC), but as one
+-- End one arq run (engine.QueueWorker), as arq's finish_job pipeline does (MULTI ... EXEC), but as one
 -- script call that the worker's auto-pipeline batches with its other jobs' calls instead of a
 -- transaction of its own per job.
 --

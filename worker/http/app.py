@@ -23,6 +23,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from worker import metrics
+from worker.dispatch.stats import SendStats
 from worker.http import callbacks, calls, campaigns, dashboard, health, openapi
 from worker.http.auth import Authenticator, Identity
 from worker.http.common import (
@@ -44,7 +45,6 @@ from worker.http.throttle import Throttle, throttled
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import Ledger
 from worker.limits.inflight import InFlight
-from worker.metrics import SendStats
 from worker.provider.client import ProviderClient
 from worker.settings import Settings
 

@@ -25,7 +25,6 @@ from worker.http.common import LEDGER, PRODUCER, REDIS, SETTINGS, read_json
 from worker.http.errors import ApiError, rename_fields
 from worker.http.routing import Access, Param, Reply, Route
 from worker.http.schemas import (
-    JOB_ID_PATTERN,
     BatchCreate,
     BatchItem,
     BatchItemResult,
@@ -39,6 +38,7 @@ from worker.ledger.producer import CallJob, EnqueueResult
 from worker.ledger.transitions import JobRecord
 from worker.metrics import observe_enqueued
 from worker.models import CallRequest, field_errors
+from worker.rules import JOB_ID_PATTERN
 from worker.settings import Settings
 from worker.store.decode import as_dict
 from worker.store.keys import Keys

@@ -35,7 +35,6 @@ from worker.http.common import CAMPAIGNS_FEED, REDIS, SETTINGS, read_json
 from worker.http.errors import ApiError
 from worker.http.routing import Access, Param, Reply, Route
 from worker.http.schemas import (
-    CAMPAIGN_PATTERN,
     CampaignAction,
     CampaignCreate,
     CampaignList,
@@ -44,6 +43,7 @@ from worker.http.schemas import (
     LaunchReply,
 )
 from worker.models import field_errors
+from worker.rules import CAMPAIGN_PATTERN
 from worker.settings import Settings
 
 __all__ = ["DASHBOARD_CAMPAIGNS", "routes", "setup"]

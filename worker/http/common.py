@@ -10,13 +10,13 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
+from worker.dispatch.stats import SendStats
 from worker.http.auth import Authenticator, Identity
 from worker.http.errors import ApiError
 from worker.http.throttle import Throttle
 from worker.ledger.producer import Producer
 from worker.ledger.transitions import Ledger
 from worker.limits.inflight import InFlight
-from worker.metrics import SendStats
 from worker.provider.client import ProviderClient
 from worker.settings import Settings
 

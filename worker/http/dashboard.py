@@ -9,7 +9,7 @@ The data (cached for one second, however many browsers poll):
 
 * queue depth per priority (due / deferred) and whether a live worker serves each queue;
 * send rate over the last 5 minutes against ``DIALER_RATE_LIMIT``, from the per-second counters the
-  workers write (:class:`worker.metrics.SendStats`);
+  workers write (:class:`worker.dispatch.stats.SendStats`);
 * fleet-wide in-flight leases against ``DIALER_MAX_IN_FLIGHT``;
 * failed attempts by kind over the last 15 minutes, and the latest dead letters by kind;
 * the shared token's age and time to expiry (never the token);

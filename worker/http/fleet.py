@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from worker.ledger.transitions import Ledger
-from worker.store.keys import PRIORITY_LEVELS, Keys
+from worker.rules import PRIORITY_LEVELS
+from worker.store.keys import Keys
 
-_HEALTH_SUFFIX = ":health-check"  # arq's heartbeat key: <queue name>:health-check
 _KIND_RE = re.compile(r"\b(retryable-exhausted|retryable|auth|permanent|ambiguous)\b")
 _HTTP_RE = re.compile(r"\bhttp=(\d{3})\b")
 _RET_RE = re.compile(r"\bretCode=(-?\d{1,6})\b")
@@ -55,7 +55,7 @@ async def snapshot(redis: Redis, keys: Keys) -> Snapshot:
         for p in PRIORITY_LEVELS:
             pipe.zcard(keys.queue(p))
             pipe.zcount(keys.queue(p), "-inf", now_ms)
-            pipe.exists(keys.queue(p) + _HEALTH_SUFFIX)
+            pipe.exists(keys.queue_health(p))
         pipe.zcount(keys.in_flight, f"({now_ms}", "+inf")
         pipe.zcard(keys.dead)
         pipe.get(keys.token)

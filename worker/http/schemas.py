@@ -13,11 +13,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from pydantic.alias_generators import to_camel
 
 from worker.models import CallRequest, ReleaseEvent
-
-# The producer's rules for these, repeated here only for the document (the producer enforces them).
-CAMPAIGN_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-JOB_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
-
+from worker.rules import CAMPAIGN_PATTERN, JOB_ID_PATTERN
 
 
 def _iso_text(v: Any) -> Any:

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -39,6 +37,7 @@ from redis.commands.core import AsyncScript
 
 from worker.errors import FieldError, InvalidRequest
 from worker.models import CallRequest, field_errors
+from worker.rules import valid_campaign_name, valid_job_id, valid_timezone
 from worker.settings import Settings, load_settings
 from worker.store import scripts
 from worker.store.client import cli_client
@@ -47,8 +46,6 @@ from worker.store.keys import Keys, in_progress_key_prefix, result_key_prefix, r
 
 __all__ = ["CallJob", "EnqueueResult", "Producer", "enqueue_call", "enqueue_many", "new_job_ids"]
 
-_JOB_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
-_CAMPAIGN_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _PIPELINES_IN_FLIGHT = 2
@@ -139,17 +136,6 @@ def _to_ms(dt: datetime) -> int:
     return (dt - _EPOCH) // _MS
 
 
-def valid_timezone(name: str) -> bool:
-    """True for an IANA time zone name this host knows (``Europe/Paris``, ``UTC``)."""
-    if not isinstance(name, str) or not name or name.startswith(("/", ".")) or ".." in name:
-        return False
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return False
-    return True
-
-
 def _check_options(
     job_id: str | None,
     campaign: str | None,
@@ -160,9 +146,9 @@ def _check_options(
     errors: list[FieldError] = []
     if timezone is not None and not valid_timezone(timezone):
         errors.append(FieldError("timezone", "must be an IANA time zone such as Europe/Paris"))
-    if job_id is not None and not (isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id)):
+    if job_id is not None and not valid_job_id(job_id):
         errors.append(FieldError("id", "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"))
-    if campaign is not None and not (isinstance(campaign, str) and _CAMPAIGN_RE.fullmatch(campaign)):
+    if campaign is not None and not valid_campaign_name(campaign):
         errors.append(FieldError("campaign", "must be 1-64 characters of A-Z a-z 0-9 . _ -"))
     nb = dl = ""
     times_ok = True

@@ -57,9 +57,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.rules import PRIORITY_LEVELS
 from worker.settings import Settings
 from worker.store import scripts
-from worker.store.keys import PRIORITY_LEVELS, Keys
+from worker.store.keys import Keys
 from worker.store.pipelining import AutoPipeline
 
 __all__ = ["Limit", "Permit", "RateLimiter", "reserve_horizon"]

@@ -6,19 +6,21 @@ All keys start with ``settings.key_prefix`` (default ``dialer:``), except arq's 
 The ledger scripts derive a job's campaign keys, queue and suppression keys from the prefix and the
 job's record (a campaign's counters are found from the job alone, e.g. by the callback receiver), so
 they assume one Redis instance, as arq does; the formats here and in ``ledger/*.lua`` and
-``campaigns/*.lua`` must stay in step (``tests/test_campaigns.py`` checks them).
+``campaigns/*.lua`` must stay in step (``tests/test_scripts.py`` checks each script).
 """
 
 from __future__ import annotations
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
-
-PRIORITY_LEVELS = range(1, 10)
-DIAL_FUNCTION = "dial"
+# The queue engine's own per-job keys (arq 0.28's, which it fixes). Only the engine seam
+# (worker/dispatch/engine.py) runs arq, but the ledger's requeue and a campaign's resume and cancel
+# move a job's engine keys in the same atomic script as its record, so they need the names; the
+# seam's contract test holds these equal to arq's own constants.
+job_key_prefix = "arq:job:"
+in_progress_key_prefix = "arq:in-progress:"
+retry_key_prefix = "arq:retry:"
+result_key_prefix = "arq:result:"
 
 __all__ = [
-    "DIAL_FUNCTION",
-    "PRIORITY_LEVELS",
     "Keys",
     "in_progress_key_prefix",
     "job_key_prefix",
@@ -38,6 +40,10 @@ class Keys:
     def queue(self, priority: int) -> str:
         """arq queue (sorted set scored by run-at ms) of one priority level."""
         return f"{self.prefix}queue:{priority}"
+
+    def queue_health(self, priority: int) -> str:
+        """The heartbeat a live worker of that queue refreshes every few seconds (arq's health check)."""
+        return f"{self.prefix}queue:{priority}:health-check"
 
     def job(self, job_id: str) -> str:
         """Ledger record (hash) of one job."""

@@ -1,0 +1,65 @@
+"""Pure rules of the product, defined once: what a priority, a job id, a campaign name, a time zone
+and a phone number may be. The producer, the campaign launcher, the HTTP schemas (their OpenAPI
+patterns) and the metrics' label guard all use these, so they cannot drift apart.
+
+    >>> valid_job_id("order-4711"), valid_campaign_name("spring sale")
+    (True, False)
+    >>> normalize_number(" +86 (138) 0000-0001 ")
+    '8613800000001'
+"""
+
+from __future__ import annotations
+
+import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+__all__ = [
+    "CAMPAIGN_PATTERN",
+    "JOB_ID_PATTERN",
+    "PRIORITY_LEVELS",
+    "normalize_number",
+    "valid_campaign_name",
+    "valid_job_id",
+    "valid_timezone",
+]
+
+PRIORITY_LEVELS = range(1, 10)
+"""A call's priority, 1 (most urgent) to 9; one queue per level."""
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+CAMPAIGN_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+_JOB_ID_RE = re.compile(JOB_ID_PATTERN.strip("^$"))
+_CAMPAIGN_RE = re.compile(CAMPAIGN_PATTERN.strip("^$"))
+_STRIP = re.compile(r"[\s\-.()]")
+_DIGITS = re.compile(r"[0-9]{1,32}")
+
+
+def valid_job_id(job_id: object) -> bool:
+    """1-128 of ``A-Z a-z 0-9 . _ : @ -`` (the whole string; it becomes part of Redis keys and URLs)."""
+    return isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id) is not None
+
+
+def valid_campaign_name(name: object) -> bool:
+    """1-64 of ``A-Z a-z 0-9 . _ -`` (the whole string)."""
+    return isinstance(name, str) and _CAMPAIGN_RE.fullmatch(name) is not None
+
+
+def valid_timezone(name: object) -> bool:
+    """True for an IANA time zone name this host knows (``Europe/Paris``, ``UTC``)."""
+    if not isinstance(name, str) or not name or name.startswith(("/", ".")) or ".." in name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+def normalize_number(raw: str) -> str:
+    """The do-not-call key of a phone number; raises ValueError naming the rule."""
+    if not isinstance(raw, str):
+        raise ValueError("must be a string of digits")
+    text = _STRIP.sub("", raw).removeprefix("+")
+    if not _DIGITS.fullmatch(text):
+        raise ValueError("must be 1-32 digits, with an optional leading '+' (spaces, '-', '.', '(', ')' ignored)")
+    return text
