@@ -65,7 +65,7 @@ def _stub_mark_sent() -> None:
 
 
 def _stub_validate() -> None:
-    from worker.ledger.transitions import JobRecord
+    from worker.ledger.record import JobRecord
     from worker.models import CallRequest
 
     def request(self: JobRecord) -> CallRequest:

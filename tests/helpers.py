@@ -39,7 +39,7 @@ from worker.dispatch.engine import open_pool
 from worker.dispatch.process import DialerProcess
 from worker.http import create_app
 from worker.ledger.producer import Producer
-from worker.ledger.transitions import JobRecord
+from worker.ledger.record import JobRecord
 from worker.settings import Settings
 from worker.store.decode import as_dict
 from worker.store.keys import Keys

@@ -28,7 +28,8 @@ from tests.helpers import (
     wait_until,
 )
 from worker.campaigns.control import Campaigns
-from worker.ledger.transitions import Ledger, State
+from worker.ledger.states import State
+from worker.ledger.transitions import Ledger
 from worker.settings import Settings
 from worker.store.keys import Keys
 

@@ -18,7 +18,8 @@ from worker.campaigns.launch import LaunchError, LaunchOptions, check_options
 from worker.campaigns.outcomes import RedialPolicy, parse_duration
 from worker.campaigns.suppression import Suppression, read_numbers
 from worker.ledger.producer import Producer
-from worker.ledger.transitions import OUTCOMES, Ledger, State
+from worker.ledger.states import OUTCOMES, State
+from worker.ledger.transitions import Ledger
 from worker.rules import normalize_number
 from worker.settings import Settings
 from worker.store.keys import Keys, in_progress_key_prefix

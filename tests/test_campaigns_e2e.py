@@ -15,7 +15,8 @@ import redis.asyncio as aioredis
 from tests.helpers import Sim, created, do_launch, numbers_csv, run_dialer, running, settings_env, wait_until, write_csv
 from worker.campaigns.control import Campaigns
 from worker.campaigns.suppression import Suppression
-from worker.ledger.transitions import Ledger, State
+from worker.ledger.states import State
+from worker.ledger.transitions import Ledger
 from worker.settings import Settings
 from worker.store.keys import Keys
 

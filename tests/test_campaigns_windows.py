@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 from tests.helpers import Sim, created, do_launch, numbers_csv, wait_until
 from worker.campaigns.control import Campaigns
 from worker.dispatch.process import DialerProcess
-from worker.ledger.transitions import Ledger, State
+from worker.ledger.states import State
+from worker.ledger.transitions import Ledger
 from worker.settings import Settings
 from worker.store.keys import Keys
 from worker.windows import Window, WindowError, parse_days, parse_hours

@@ -22,7 +22,8 @@ from worker.dispatch import engine
 from worker.dispatch.engine import DIAL_FUNCTION, QueueWorker, open_pool
 from worker.dispatch.process import DialerProcess
 from worker.ledger.producer import Producer
-from worker.ledger.transitions import Ledger, State
+from worker.ledger.states import State
+from worker.ledger.transitions import Ledger
 from worker.settings import Settings
 from worker.store.keys import Keys, in_progress_key_prefix, retry_key_prefix
 

@@ -19,7 +19,8 @@ from tests.helpers import RedisServer, Sim
 from worker.dispatch.dispatcher import Dispatcher
 from worker.dispatch.engine import open_pool
 from worker.ledger.producer import Producer
-from worker.ledger.transitions import Ledger, State
+from worker.ledger.states import State
+from worker.ledger.transitions import Ledger
 from worker.limits.inflight import InFlight
 from worker.limits.ratelimit import RateLimiter
 from worker.provider.client import ProviderClient

@@ -38,7 +38,7 @@ from pydantic import SecretStr
 
 from tests.helpers import created, enqueue, free_port, records, wait_until
 from worker.ledger.producer import CallJob
-from worker.ledger.transitions import State
+from worker.ledger.states import State
 from worker.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

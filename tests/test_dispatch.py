@@ -20,7 +20,7 @@ from tests.helpers import RedisServer, Sim, created, enqueue, records, run_diale
 from tests.helpers import wait_until as wait_for
 from worker.dispatch.engine import open_pool
 from worker.ledger.producer import CallJob, Producer
-from worker.ledger.transitions import State
+from worker.ledger.states import State
 from worker.settings import Settings
 from worker.store.keys import Keys
 

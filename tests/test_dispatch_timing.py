@@ -19,7 +19,8 @@ from tests.helpers import Sim
 from worker.dispatch.dispatcher import Defer, Dispatcher
 from worker.dispatch.engine import open_pool
 from worker.ledger.producer import Producer
-from worker.ledger.transitions import Ledger, SendGate, State
+from worker.ledger.states import State
+from worker.ledger.transitions import Ledger, SendGate
 from worker.limits.inflight import InFlight, Lease
 from worker.limits.ratelimit import Permit, RateLimiter
 from worker.provider.client import ProviderClient

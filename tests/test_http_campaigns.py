@@ -17,7 +17,8 @@ from tests.helpers import run_dialer, settings_env
 from worker.campaigns.control import Campaigns
 from worker.http import create_app
 from worker.http.openapi import OPENAPI_DOC
-from worker.ledger.transitions import Ledger, State
+from worker.ledger.states import State
+from worker.ledger.transitions import Ledger
 from worker.settings import Settings
 
 KEY = "campaigns-api-key-0123456789"

@@ -10,7 +10,9 @@ import redis.asyncio as aioredis
 
 from tests.helpers import server_ms
 from worker.ledger.producer import Producer
-from worker.ledger.transitions import FINAL_STATES, STALE_ERROR, JobRecord, Ledger, State
+from worker.ledger.record import JobRecord
+from worker.ledger.states import FINAL_STATES, STALE_ERROR, State
+from worker.ledger.transitions import Ledger
 from worker.models import CallRequest
 from worker.settings import Settings
 from worker.store.keys import Keys

@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from worker.http import create_app
 from worker.ledger.producer import CallJob, Producer
-from worker.ledger.transitions import Ledger, State
+from worker.ledger.states import State
+from worker.ledger.transitions import Ledger
 from worker.models import CallRequest
 from worker.settings import Settings
 from worker.store.keys import Keys

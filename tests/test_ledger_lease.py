@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 
 from tests.helpers import server_ms
 from worker.ledger.producer import Producer
-from worker.ledger.transitions import Ledger, State
+from worker.ledger.states import State
+from worker.ledger.transitions import Ledger
 from worker.limits.inflight import InFlight
 from worker.settings import Settings
 from worker.store.keys import Keys

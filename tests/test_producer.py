@@ -14,7 +14,8 @@ from redis.exceptions import ResponseError
 from tests.helpers import published, server_ms, snapshot
 from worker.errors import InvalidRequest
 from worker.ledger.producer import CallJob, Producer, enqueue_call, enqueue_many, new_job_ids
-from worker.ledger.transitions import Ledger, State
+from worker.ledger.states import State
+from worker.ledger.transitions import Ledger
 from worker.models import CallRequest
 from worker.settings import Settings
 from worker.store.keys import Keys, in_progress_key_prefix, result_key_prefix, retry_key_prefix

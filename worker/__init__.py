@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         SettingsError,
     )
     from worker.ledger.producer import CallJob, EnqueueResult, Producer, enqueue_call, enqueue_many
-    from worker.ledger.transitions import JobRecord, State
+    from worker.ledger.record import JobRecord
+    from worker.ledger.states import State
     from worker.models import CallRequest, PlayItem, ReleaseEvent
     from worker.settings import Settings, load_settings
 
@@ -49,8 +50,8 @@ _EXPORTS: dict[str, str] = {
     "Producer": "worker.ledger.producer",
     "enqueue_call": "worker.ledger.producer",
     "enqueue_many": "worker.ledger.producer",
-    "JobRecord": "worker.ledger.transitions",
-    "State": "worker.ledger.transitions",
+    "JobRecord": "worker.ledger.record",
+    "State": "worker.ledger.states",
     "CallRequest": "worker.models",
     "PlayItem": "worker.models",
     "ReleaseEvent": "worker.models",

@@ -26,7 +26,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.helpers import free_port, wait_until
-from worker.ledger.transitions import FINAL_STATES, JobRecord, State
+from worker.ledger.record import JobRecord
+from worker.ledger.states import FINAL_STATES, State
 from worker.settings import Settings
 from worker.store.keys import Keys
 

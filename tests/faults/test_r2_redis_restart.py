@@ -34,7 +34,7 @@ from tests.faults.conftest import (
 from tests.helpers import RedisServer, load_records, settings_env, wait_until
 from worker.campaigns import Campaigns
 from worker.campaigns.launch import LaunchOptions, launch_file
-from worker.ledger.transitions import State
+from worker.ledger.states import State
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(600 if FULL else 180)]

@@ -40,7 +40,7 @@ from tests.faults.conftest import (
     wait_final,
 )
 from tests.helpers import enqueue_all, load_records, settings_env
-from worker.ledger.transitions import State
+from worker.ledger.states import State
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(600 if FULL else 240)]

@@ -41,7 +41,7 @@ from worker.campaigns.launch import LaunchError, LaunchOptions, launch_file
 from worker.errors import InvalidRequest
 from worker.http import create_app
 from worker.ledger.producer import CallJob, Producer
-from worker.ledger.transitions import State
+from worker.ledger.states import State
 from worker.models import CallRequest
 from worker.settings import Settings
 from worker.store.keys import Keys

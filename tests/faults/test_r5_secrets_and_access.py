@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from tests.faults.conftest import FULL, Procs, SimProcess, body, fault_settings, report
 from tests.helpers import free_port, settings_env, snapshot, wait_until
-from worker.ledger.transitions import FINAL_STATES
+from worker.ledger.states import FINAL_STATES
 from worker.provider.client import ProviderClient
 from worker.provider.signature import sign
 from worker.sandbox.simulator import SimulatorConfig

@@ -40,7 +40,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from worker.errors import DialerError
-from worker.ledger.transitions import OUTCOMES, State
+from worker.ledger.states import OUTCOMES, State
 from worker.rules import valid_campaign_name
 from worker.settings import Settings
 from worker.store import scripts

@@ -46,7 +46,8 @@ from redis.asyncio import Redis
 from worker.campaigns.control import CampaignSpec
 from worker.errors import InvalidRequest
 from worker.ledger.producer import Producer
-from worker.ledger.transitions import JobRecord, Ledger
+from worker.ledger.record import JobRecord
+from worker.ledger.transitions import Ledger
 from worker.models import ReleaseEvent
 from worker.rules import valid_job_id
 from worker.settings import Settings

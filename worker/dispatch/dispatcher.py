@@ -53,7 +53,9 @@ from worker.errors import (
     ProviderError,
     RetryableError,
 )
-from worker.ledger.transitions import Claim, JobRecord, Ledger, State
+from worker.ledger.record import JobRecord
+from worker.ledger.states import State
+from worker.ledger.transitions import Claim, Ledger
 from worker.limits.inflight import InFlight, Lease
 from worker.limits.ratelimit import Limit, Permit, RateLimiter
 from worker.models import CallRequest

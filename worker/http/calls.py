@@ -35,7 +35,7 @@ from worker.http.schemas import (
     JobView,
 )
 from worker.ledger.producer import CallJob, EnqueueResult
-from worker.ledger.transitions import JobRecord
+from worker.ledger.record import JobRecord
 from worker.metrics import observe_enqueued
 from worker.models import CallRequest, field_errors
 from worker.rules import JOB_ID_PATTERN
