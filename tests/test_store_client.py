@@ -9,9 +9,9 @@ import pytest
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.helpers import free_port
+from tests.helpers import free_port, run_dialer, settings_env
 from worker.settings import Settings
-from worker.store.client import CappedBackoff, api_client, cli_client, worker_client
+from worker.store.client import CappedBackoff, api_client, cli_client, masked_url, worker_client
 from worker.store.connections import DialerConnectionPool
 
 
@@ -72,3 +72,28 @@ async def test_a_percent_encoded_password_reaches_redis(settings: Settings) -> N
             assert redis.connection_pool.connection_kwargs["password"] == "p@ss:w/o#rd%"
         finally:
             await redis.aclose()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("redis://:hunter2@h:1/0", "redis://:***@h:1/0"),
+    ("rediss://bob:p%40ss@h:6380/2", "rediss://bob:***@h:6380/2"),
+    ("redis://bob:pw@h:notaport/0", "redis://bob:***@h:notaport/0"),
+])
+def test_masked_url_hides_only_the_password(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [("job", "x"), ("dead-letter", "list"), ("campaign", "list"),
+                                     ("suppress", "list"), ("worker", "--check"),
+                                     ("enqueue", "--called", "13800000001", "--voice-id", "v")])
+async def test_a_cli_command_says_in_one_line_that_redis_is_away(settings: Settings, command: tuple[str, ...]) -> None:
+    env = {**settings_env(settings), "DIALER_REDIS_URL": f"redis://bob:s3cr%40t@127.0.0.1:{free_port()}/0"}
+    started = time.monotonic()
+    rc, out, err = await run_dialer(*command, env=env, timeout=30)
+    assert time.monotonic() - started < 10
+    assert rc != 0, (out, err)
+    assert "Traceback" not in err and "s3cr" not in err + out
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: Redis is not reachable at redis://bob:***@127.0.0.1:"), err

@@ -37,7 +37,12 @@ def _run(coro_fn: Callable[[Settings], Awaitable[T]]) -> T:
     from worker import logs
 
     logs.configure(settings.log_level, settings.log_format)
-    return asyncio.run(coro_fn(settings))  # type: ignore[arg-type]
+    from worker.store.client import UNREACHABLE, unreachable
+
+    try:
+        return asyncio.run(coro_fn(settings))  # type: ignore[arg-type]
+    except UNREACHABLE as exc:
+        raise click.ClickException(unreachable(settings, exc)) from None
 
 
 class _Lazy(NamedTuple):
@@ -170,8 +175,8 @@ def enqueue(called: str | None, voice_id: str | None, voice_file_name: str | Non
             play_times: int | None, callback_url: str | None, job_id: str | None, campaign: str | None,
             json_file: TextIO | None) -> None:
     """Enqueue calls. Prints one line per job: its id and whether it was new."""
-    from worker.dispatch.engine import open_pool
     from worker.ledger.producer import CallJob, Producer
+    from worker.store.client import cli_client
 
     jobs: list[CallJob] = []
     problems: list[str] = []
@@ -213,7 +218,7 @@ def enqueue(called: str | None, voice_id: str | None, voice_file_name: str | Non
         raise click.ClickException(f"{len(problems)} item(s) are not valid JSON objects; nothing was enqueued")
 
     async def go(settings: Settings) -> int:
-        pool = await open_pool(settings)
+        pool = cli_client(settings)
         try:
             results = await Producer(pool, settings).enqueue_many(jobs)
         finally:
@@ -243,11 +248,11 @@ def enqueue(called: str | None, voice_id: str | None, voice_file_name: str | Non
 @click.argument("job_id")
 def job(job_id: str) -> None:
     """Show one job's ledger record as JSON."""
-    from worker.dispatch.engine import open_pool
     from worker.ledger.transitions import Ledger
+    from worker.store.client import cli_client
 
     async def go(settings: Settings) -> dict[str, Any] | None:
-        pool = await open_pool(settings)
+        pool = cli_client(settings)
         try:
             record = await Ledger(pool, settings).get(job_id)
         finally:
@@ -270,11 +275,11 @@ def dead_letter() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def dead_list(limit: int, as_json: bool) -> None:
     """List dead-lettered jobs with their last error."""
-    from worker.dispatch.engine import open_pool
     from worker.ledger.transitions import Ledger
+    from worker.store.client import cli_client
 
     async def go(settings: Settings) -> list[dict[str, Any]]:
-        pool = await open_pool(settings)
+        pool = cli_client(settings)
         try:
             return [r.as_dict() for r in await Ledger(pool, settings).list_dead(limit)]
         finally:
@@ -292,14 +297,14 @@ def dead_list(limit: int, as_json: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Requeue every dead-lettered job.")
 def dead_requeue(job_ids: tuple[str, ...], all_: bool) -> None:
     """Put dead-lettered jobs back on their queues (attempts start again)."""
-    from worker.dispatch.engine import open_pool
     from worker.ledger.producer import Producer
+    from worker.store.client import cli_client
 
     if not job_ids and not all_:
         raise click.UsageError("give JOB_ID(s) or --all")
 
     async def go(settings: Settings) -> tuple[int, list[str]]:
-        pool = await open_pool(settings)
+        pool = cli_client(settings)
         try:
             producer = Producer(pool, settings)
             if all_:

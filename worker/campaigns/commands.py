@@ -30,7 +30,7 @@ def _with_redis(fn: Callable[[Redis, Settings], Awaitable[T]], usage: tuple[type
     from worker import logs
     from worker.errors import DialerError
     from worker.settings import load_settings
-    from worker.store.client import cli_client
+    from worker.store.client import UNREACHABLE, cli_client, unreachable
 
     try:
         settings = load_settings()
@@ -51,6 +51,8 @@ def _with_redis(fn: Callable[[Redis, Settings], Awaitable[T]], usage: tuple[type
         raise click.UsageError(str(exc)) from None
     except DialerError as exc:
         raise click.ClickException(str(exc)) from None
+    except UNREACHABLE as exc:
+        raise click.ClickException(unreachable(settings, exc)) from None
 
 
 @click.group("campaign")

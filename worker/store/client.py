@@ -20,6 +20,7 @@ password percent-encoded as URLs require is decoded by redis-py).
 from __future__ import annotations
 
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -30,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from worker.settings import Settings
 from worker.store.connections import DialerConnectionPool
 
-__all__ = ["api_client", "cli_client", "worker_client"]
+__all__ = ["UNREACHABLE", "api_client", "cli_client", "masked_url", "unreachable", "worker_client"]
 
 R = TypeVar("R", bound=Redis)
 
@@ -100,3 +101,26 @@ def cli_client(settings: Settings) -> Redis:
         socket_connect_timeout=_CLI_CONNECT_TIMEOUT_S,
     )
     return client
+
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+"""What a command meets when Redis is away (refused, unreachable, not answering in time)."""
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for a log line or an error message."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    except ValueError:
+        return "(unparseable DIALER_REDIS_URL)"
+
+
+def unreachable(settings: Settings, exc: BaseException) -> str:
+    """The one line a command prints when Redis is away: where it looked and what happened."""
+    reason = str(exc).strip() or type(exc).__name__
+    return f"Redis is not reachable at {masked_url(settings.redis_url)} ({reason})"
