@@ -107,7 +107,7 @@ def _probe() -> None:
         permits[id(asyncio.current_task())] = time.monotonic()
         return await send_once(self, *args, **kwargs)
 
-    # From the guard's last check (before_send returned) to the request's headers on the socket: the
+    # From the guard's last check (the gate's open() returned) to the request's headers on the socket: the
     # part of a request's lateness that no late-permit check can see.
     posts: dict[int, float] = {}
     post_gaps: list[float] = []

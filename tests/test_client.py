@@ -53,17 +53,23 @@ async def client(sim_settings: Settings, redis_client: aioredis.Redis) -> AsyncI
 
 
 class Counter:
-    """A before_send hook that counts its calls and can run an action before the n-th request."""
+    """A request gate that counts the requests it lets out and can run an action before the n-th one."""
 
     def __init__(self, actions: dict[int, Any] | None = None) -> None:
         self.calls = 0
+        self.resends: list[bool] = []
+        self.refusals = 0
         self.actions = actions or {}
 
-    async def __call__(self) -> None:
+    async def open(self, *, resend: bool) -> None:
         self.calls += 1
+        self.resends.append(resend)
         action = self.actions.get(self.calls)
         if action is not None:
             await action()
+
+    def refused(self) -> None:
+        self.refusals += 1
 
 
 # --- success and body -------------------------------------------------------------------------------
@@ -71,7 +77,7 @@ class Counter:
 
 async def test_success_sends_exact_body_and_headers(client: ProviderClient, sim: Sim) -> None:
     hook = Counter()
-    accepted = await client.create_voice_notification(REQUEST, before_send=hook)
+    accepted = await client.create_voice_notification(REQUEST, gate=hook)
 
     log = await sim.log()
     [entry] = log["requests"]
@@ -128,13 +134,13 @@ async def test_500_is_retryable_and_the_next_attempt_succeeds(client: ProviderCl
     await sim.configure(fail_500_rate=1.0)
     hook = Counter()
     with pytest.raises(RetryableError) as info:
-        await client.create_voice_notification(REQUEST, before_send=hook)
+        await client.create_voice_notification(REQUEST, gate=hook)
     assert not isinstance(info.value, AmbiguousError)
     assert info.value.status == 500 and info.value.ret_code == "500"
     assert "http=500" in info.value.describe()
 
     await sim.configure(fail_500_rate=0.0)
-    accepted = await client.create_voice_notification(REQUEST, before_send=hook)
+    accepted = await client.create_voice_notification(REQUEST, gate=hook)
 
     statuses = [r["status"] for r in await sim.requests()]
     assert statuses == [500, 200]
@@ -159,7 +165,7 @@ async def test_connection_refused_is_retryable(
     hook = Counter()
     async with ProviderClient.open(settings, redis_client) as client:
         with pytest.raises(RetryableError) as info:
-            await client.create_voice_notification(REQUEST, before_send=hook)
+            await client.create_voice_notification(REQUEST, gate=hook)
         assert not isinstance(info.value, AmbiguousError)
         assert info.value.status is None
         assert hook.calls == 1
@@ -248,14 +254,29 @@ async def test_401_refreshes_token_once_and_succeeds(client: ProviderClient, sim
     await client.create_voice_notification(REQUEST)
     await revoke(sim)
     hook = Counter()
-    accepted = await client.create_voice_notification(REQUEST, before_send=hook)
+    accepted = await client.create_voice_notification(REQUEST, gate=hook)
 
     log = await sim.log()
     assert [r["status"] for r in log["requests"]] == [200, 401, 200]
     assert log["requests"][-1]["callSerialNo"] == accepted.call_serial_no
     assert log["token_requests"] == 2
-    assert hook.calls == 2
+    assert hook.calls == 2 and hook.resends == [False, True]  # the gate knows the second is the re-send
+    assert hook.refusals == 1  # told of the 401 before the wait for a fresh token
     assert accepted.attempts == 1
+
+
+async def test_a_gate_that_refuses_sends_nothing_and_its_refusal_is_returned(
+    client: ProviderClient, sim: Sim
+) -> None:
+    class Closed:
+        async def open(self, *, resend: bool) -> str:
+            return "window closed"
+
+        def refused(self) -> None:
+            raise AssertionError("no request was answered")
+
+    assert await client.create_voice_notification(REQUEST, gate=Closed()) == "window closed"
+    assert await sim.requests() == []
 
 
 async def test_401_with_fresh_token_is_auth_error(client: ProviderClient, sim: Sim) -> None:
@@ -264,7 +285,7 @@ async def test_401_with_fresh_token_is_auth_error(client: ProviderClient, sim: S
 
     hook = Counter({1: revoke_now, 2: revoke_now})
     with pytest.raises(AuthError) as info:
-        await client.create_voice_notification(REQUEST, before_send=hook)
+        await client.create_voice_notification(REQUEST, gate=hook)
     assert info.value.status == 401
     log = await sim.log()
     assert [r["status"] for r in log["requests"]] == [401, 401]

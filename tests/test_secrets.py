@@ -88,13 +88,17 @@ async def test_no_secret_anywhere(
 
         hook_calls = 0
 
-        async def revoke_every_time() -> None:
-            nonlocal hook_calls
-            hook_calls += 1
-            await revoke()
+        class RevokeEveryTime:
+            async def open(self, *, resend: bool) -> None:
+                nonlocal hook_calls
+                hook_calls += 1
+                await revoke()
+
+            def refused(self) -> None:
+                pass
 
         # AuthError: every request is refused, even with a fresh token
-        await expect_error(client.create_voice_notification(REQUEST, before_send=revoke_every_time))
+        await expect_error(client.create_voice_notification(REQUEST, gate=RevokeEveryTime()))
         await remember_token()
 
         await sim.configure(fail_500_rate=1.0)

@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Literal
 
 from worker import logs, metrics
 from worker.dispatch.stats import SendStats
@@ -85,52 +86,25 @@ class Defer(Exception):
         super().__init__(f"defer {self.seconds:.2f}s: {reason}")
 
 
-class _NotSent(Exception):
-    """The ledger refused ``queued -> sending`` (cancelled or taken meanwhile): do not send."""
+RefusalKind = Literal["window", "parked", "capped", "not_sent", "out_of_time", "unsent", "requeue"]
 
 
-class _Parked(Exception):
-    """The campaign was paused while the job waited: the ledger parked it; do not send."""
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request did not leave, decided at its gate (:class:`_Gate`), as a value the run acts on:
 
+    - ``window``: the calling window closed (or the deadline passed) while it waited for its permit;
+    - ``parked``: the campaign was paused meanwhile (the ledger parked the job);
+    - ``capped``: the per-number cap was reached meanwhile (allowed again in ``wait_ms``);
+    - ``not_sent``: the ledger refused ``queued -> sending`` (cancelled, suppressed or taken meanwhile);
+    - ``out_of_time``: refused with a 401/403 and no time left for the re-send (the attempt counts);
+    - ``unsent``: ``sending``, but the request could not leave within the run's budget;
+    - ``requeue``: nothing changed, but no slot or permit within the run's budget.
+    """
 
-class _Capped(Exception):
-    """The per-number cap was reached while the job waited: do not send yet."""
-
-    def __init__(self, wait_ms: int) -> None:
-        self.wait_ms = wait_ms
-        super().__init__(f"number cap reached; allowed again in {wait_ms} ms")
-
-
-class _WindowClosed(Exception):
-    """The calling window closed (or the deadline passed) while the job waited for its permit."""
-
-
-class _OutOfTime(Exception):
-    """The re-send after a 401/403 could not get its permit or lease within the run's time budget."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class _Unsent(Exception):
-    """The job is ``sending`` but its request cannot leave in time (no fresh permit within the budget)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class _Attempt:
-    """What one provider attempt has done so far, for a cancellation to know what to record."""
-
-    __slots__ = ("begun", "out", "refused", "sends")
-
-    def __init__(self) -> None:
-        self.sends = 0  # requests the client asked to send (a second one after a 401)
-        self.begun = False  # begin_send was called: the ledger may say `sending`
-        self.out = False  # a request may be on its way or awaiting its answer
-        self.refused = False  # the first request was answered 401/403 (the attempt was made)
+    kind: RefusalKind
+    reason: str = ""
+    wait_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +255,9 @@ class Dispatcher:
             if plan.window is not None and not plan.window.is_open(_utc(now)):
                 return await self._outside_window(record, plan, now)
             permit = await self._permit(record, plan, run_deadline, order)
+            if permit is None:
+                # Saturated: give the worker slot back and queue again rather than overrun the job timeout.
+                raise Defer(0.0, "waited too long for a rate permit")
             try:
                 lease = await self.in_flight.enter(job_id, wait_s=max(run_deadline - self.clock(), 0.001))
             except TimeoutError:
@@ -315,32 +292,11 @@ class Dispatcher:
         to sleep) to go round again. The in-flight lease is taken by ``begin_send`` and given back by
         the script that records the outcome."""
         job_id = record.job_id
-        attempt = _Attempt()
+        gate = _Gate(self, record, plan, run_deadline, lease, permit, order)
         try:
-            accepted = await self._send_once(record, request, plan, run_deadline, lease, permit, order, attempt)
-        except _WindowClosed:
-            # The permit came after the window closed or the deadline passed: the loop decides.
-            return attempts, 0.0
-        except _Parked:
-            return Outcome("parked", attempts, "campaign paused")
-        except _Capped as capped:
-            return await self._capped(record, capped.wait_ms)
-        except _NotSent:
-            current = await self.ledger.get(job_id)
-            state = current.state if current else "missing"
-            return Outcome("skipped", attempts, f"state changed to {state} before sending")
-        except _OutOfTime as late:
-            # Refused with a 401 and no time left for the re-send: nothing was created.
-            await self.ledger.mark_retry(job_id, late.reason, lease)
-            raise Defer(0.0, late.reason) from None
-        except _Unsent as unsent:
-            # `sending`, but the request never left: back to queued, the attempt not counted.
-            await self.ledger.mark_unsent(job_id, lease)
-            raise Defer(0.0, unsent.reason) from None
+            result = await self._send_once(request, gate, run_deadline)
         except asyncio.CancelledError:
-            await asyncio.shield(self._cancelled(job_id, lease, attempt))
-            raise
-        except Defer:
+            await asyncio.shield(self._cancelled(job_id, lease, gate))
             raise
         except ProviderError as exc:
             attempts += 1
@@ -358,129 +314,67 @@ class Dispatcher:
             log.exception("job %s: unexpected error", job_id)
             await self.ledger.mark_final(job_id, State.UNKNOWN, f"unexpected error: {type(exc).__name__}", lease)
             return Outcome(State.UNKNOWN, attempts + 1, type(exc).__name__)
+        if isinstance(result, Refusal):
+            return await self._refused(record, lease, attempts, result)
+        accepted = result
         attempts += accepted.attempts
         await self.ledger.mark_sent(job_id, accepted.call_serial_no, lease)
         await self._count(ok=True)
         return Outcome(State.SENT, attempts, accepted.call_serial_no)
 
-    async def _permit(
-        self, record: JobRecord, plan: _Plan, run_deadline: float, order: float = 0.0, *, unsent: bool = False
-    ) -> Permit:
-        """A rate permit within the run's time budget; past it, the job is deferred (:class:`Defer`, or
-        :class:`_Unsent` when ``unsent``: the ledger says ``sending`` and must be put back first)."""
+    async def _permit(self, record: JobRecord, plan: _Plan, run_deadline: float, order: float = 0.0) -> Permit | None:
+        """A rate permit within the run's time budget, or None when the fleet is saturated past it."""
         try:
             permit = await self.limiter.permit(
                 record.priority, plan.extra, order, wait_s=max(run_deadline - self.clock(), 0.001)
             )
         except TimeoutError:
-            # Saturated: give the worker slot back and queue again rather than overrun the job timeout.
-            if unsent:
-                raise _Unsent("waited too long for a rate permit") from None
-            raise Defer(0.0, "waited too long for a rate permit") from None
+            return None
         metrics.observe_rate_wait(record.priority, permit.waited)
         return permit
 
-    async def _send_once(
-        self,
-        record: JobRecord,
-        request: CallRequest,
-        plan: _Plan,
-        run_deadline: float,
-        lease: Lease,
-        permit: Permit,
-        order: float,
-        attempt: _Attempt,
-    ) -> Accepted:
+    async def _refused(
+        self, record: JobRecord, lease: Lease, attempts: int, refusal: Refusal
+    ) -> Outcome | tuple[int, float]:
+        """Act on a gate's refusal: the run's outcome, (attempts, 0) to go round again, or :class:`Defer`."""
         job_id = record.job_id
+        match refusal.kind:
+            case "window":  # the loop decides: defer to the next opening, or expire
+                return attempts, 0.0
+            case "parked":
+                return Outcome("parked", attempts, "campaign paused")
+            case "capped":
+                return await self._capped(record, refusal.wait_ms)
+            case "not_sent":
+                current = await self.ledger.get(job_id)
+                state = current.state if current else "missing"
+                return Outcome("skipped", attempts, f"state changed to {state} before sending")
+            case "out_of_time":
+                # Refused with a 401 and no time left for the re-send: nothing was created.
+                await self.ledger.mark_retry(job_id, refusal.reason, lease)
+            case "unsent":
+                # `sending`, but the request never left: back to queued, the attempt not counted.
+                await self.ledger.mark_unsent(job_id, lease)
+        raise Defer(0.0, refusal.reason)
+
+    async def _send_once(self, request: CallRequest, gate: _Gate, run_deadline: float) -> Accepted | Refusal:
         loop = asyncio.get_running_loop()
         # Every wait before the first request (the client's token wait included) ends with the run's
-        # budget; the request itself, once it leaves, is never cut by it.
-        waits = asyncio.timeout_at(loop.time() + max(run_deadline - self.clock(), 0.001))
-
-        async def before_send() -> None:
-            nonlocal permit
-            attempt.sends += 1
-            if attempt.sends > 1:
-                # The client's one retry after a 401 is a provider attempt too: it takes its own permit,
-                # and extends the lease, within the run's time budget.
-                attempt.out = False  # the first request was answered (401/403)
-                try:
-                    async with asyncio.timeout(max(run_deadline - self.clock(), 0.001)):
-                        await self.in_flight.acquire(lease)
-                        permit = await self.limiter.permit(record.priority, plan.extra, order)
-                        while permit.late():
-                            self.late_permits += 1
-                            permit = await self.limiter.permit(record.priority, plan.extra, order)
-                except TimeoutError:
-                    raise _OutOfTime("HTTP 401/403; no time left in this run to re-send") from None
-                waits.reschedule(None)
-                attempt.out = True
-                return
-            while True:
-                # The last look before the request leaves: a job that waited for its permit across the
-                # window's closing or its deadline is not sent.
-                now = self.clock()
-                if (plan.window is not None and not plan.window.is_open(_utc(now))) or (
-                    record.deadline_ms is not None and now * 1000 >= record.deadline_ms
-                ):
-                    raise _WindowClosed
-                if permit.late():
-                    # A request this late after its slot could crowd a 1-s window past the limit: book
-                    # a new slot (this one is lost), while the job is still `queued`.
-                    self.late_permits += 1
-                    permit = await self._permit(record, plan, run_deadline, order)
-                    continue
-                # A paced request goes straight after this write: it does not queue behind other calls.
-                attempt.begun = True
-                gate = await self.ledger.begin_send(job_id, lease, now=permit.slot is not None)
-                if gate.reason != "busy":
-                    break
-                # The fleet is at its in-flight cap: wait for a lease (nothing was changed), then pass.
-                try:
-                    await self.in_flight.acquire(lease, wait_s=max(run_deadline - self.clock(), 0.001))
-                except TimeoutError:
-                    raise Defer(0.0, "waited too long for an in-flight slot") from None
-            if not gate.ok:
-                if gate.reason == "parked":
-                    raise _Parked
-                if gate.reason == "cap":
-                    raise _Capped(gate.retry_after_ms or 0)
-                # "state": the script may have run once already if the connection dropped and redis-py
-                # retried it; arq runs a job in one place at a time, so `sending` now can only be our own
-                # write.
-                current = await self.ledger.get(job_id) if gate.reason == "state" else None
-                if current is None or current.state != State.SENDING:
-                    raise _NotSent
-            while permit.late():
-                # begin_send itself (or the loop) made the request late: same rule, now `sending`.
-                self.late_permits += 1
-                permit = await self._permit(record, plan, run_deadline, order, unsent=True)
-            waits.reschedule(None)
-            attempt.out = True
-
-        async def on_refused() -> None:
-            # The first request was answered 401/403: nothing is out until the re-send, and the wait
-            # for a fresh token before it is bounded by the run's budget again, like the first one.
-            attempt.out = False
-            attempt.refused = True
-            waits.reschedule(loop.time() + max(run_deadline - self.clock(), 0.001))
-
+        # budget; the request itself, once it leaves, is never cut by it (the gate lifts the limit).
+        gate.waits = asyncio.timeout_at(loop.time() + max(run_deadline - self.clock(), 0.001))
         try:
-            async with waits:
+            async with gate.waits:
                 with metrics.track_in_flight():
-                    return await self.client.create_voice_notification(
-                        request, before_send=before_send, on_refused=on_refused
-                    )
+                    return await self.client.create_voice_notification(request, gate=gate)
         except TimeoutError:
-            if not waits.expired():
+            if not gate.waits.expired():
                 raise
-            if attempt.refused and not attempt.out:
+            if gate.refused_once and not gate.out:
                 # Refused with a 401/403 and the budget ran out before the re-send: nothing was created.
-                raise _OutOfTime("HTTP 401/403; no time left in this run to re-send") from None
+                return Refusal("out_of_time", "HTTP 401/403; no time left in this run to re-send")
             # The budget ran out while waiting (for the token, most likely): no request left.
-            if attempt.begun:
-                raise _Unsent("no time left in this run before the request could leave") from None
-            raise Defer(0.0, "no time left in this run before the request could leave") from None
+            reason = "no time left in this run before the request could leave"
+            return Refusal("unsent" if gate.begun else "requeue", reason)
 
     async def _count(self, *, ok: bool, kind: str | None = None) -> None:
         if self.stats is not None:
@@ -550,7 +444,7 @@ class Dispatcher:
             return Outcome("skipped", record.attempts, "no longer queued")
         raise Defer(wait_ms / 1000, f"{cap} reached")
 
-    async def _cancelled(self, job_id: str, lease: Lease, attempt: _Attempt) -> None:
+    async def _cancelled(self, job_id: str, lease: Lease, attempt: _Gate) -> None:
         """The run was cancelled (shutdown past the drain time, the end of its time budget)."""
         if attempt.out:
             await self._cancelled_mid_request(job_id, lease)
@@ -567,6 +461,104 @@ class Dispatcher:
         record = await self.ledger.get(job_id)
         if record is not None and record.state == State.SENDING:
             await self.ledger.mark_final(job_id, State.UNKNOWN, "cancelled mid-request", lease)
+
+
+class _Gate:
+    """The dispatcher's side of one provider attempt (:class:`~worker.provider.client.RequestGate`): the
+    last checks and waits before each request leaves, and what the attempt has done so far, so that a
+    cancellation knows what to record."""
+
+    def __init__(self, d: Dispatcher, record: JobRecord, plan: _Plan, run_deadline: float, lease: Lease,
+                 permit: Permit, order: float) -> None:
+        self.d, self.record, self.plan, self.run_deadline = d, record, plan, run_deadline
+        self.lease, self.permit, self.order = lease, permit, order
+        self.waits: asyncio.Timeout = asyncio.timeout(None)
+        self.sends = 0  # requests the client asked to send (a second one after a 401)
+        self.begun = False  # begin_send was called: the ledger may say `sending`
+        self.out = False  # a request may be on its way or awaiting its answer
+        self.refused_once = False  # the first request was answered 401/403 (the attempt was made)
+
+    def _budget(self) -> float:
+        return max(self.run_deadline - self.d.clock(), 0.001)
+
+    async def open(self, *, resend: bool) -> Refusal | None:
+        self.sends += 1
+        if resend:
+            return await self._open_resend()
+        d, record, plan = self.d, self.record, self.plan
+        while True:
+            # The last look before the request leaves: a job that waited for its permit across the
+            # window's closing or its deadline is not sent.
+            now = d.clock()
+            if (plan.window is not None and not plan.window.is_open(_utc(now))) or (
+                record.deadline_ms is not None and now * 1000 >= record.deadline_ms
+            ):
+                return Refusal("window")
+            if self.permit.late():
+                # A request this late after its slot could crowd a 1-s window past the limit: book a new
+                # slot (this one is lost), while the job is still `queued`.
+                d.late_permits += 1
+                permit = await d._permit(record, plan, self.run_deadline, self.order)
+                if permit is None:
+                    return Refusal("requeue", "waited too long for a rate permit")
+                self.permit = permit
+                continue
+            # A paced request goes straight after this write: it does not queue behind other calls.
+            self.begun = True
+            gate = await d.ledger.begin_send(record.job_id, self.lease, now=self.permit.slot is not None)
+            if gate.reason != "busy":
+                break
+            # The fleet is at its in-flight cap: wait for a lease (nothing was changed), then pass.
+            try:
+                await d.in_flight.acquire(self.lease, wait_s=self._budget())
+            except TimeoutError:
+                return Refusal("requeue", "waited too long for an in-flight slot")
+        if not gate.ok:
+            if gate.reason == "parked":
+                return Refusal("parked")
+            if gate.reason == "cap":
+                return Refusal("capped", wait_ms=gate.retry_after_ms or 0)
+            # "state": the script may have run once already if the connection dropped and redis-py
+            # retried it; the engine runs a job in one place at a time, so `sending` now can only be our
+            # own write.
+            current = await d.ledger.get(record.job_id) if gate.reason == "state" else None
+            if current is None or current.state != State.SENDING:
+                return Refusal("not_sent")
+        while self.permit.late():
+            # begin_send itself (or the loop) made the request late: same rule, now `sending`.
+            d.late_permits += 1
+            permit = await d._permit(record, plan, self.run_deadline, self.order)
+            if permit is None:
+                return Refusal("unsent", "waited too long for a rate permit")
+            self.permit = permit
+        self.waits.reschedule(None)
+        self.out = True
+        return None
+
+    async def _open_resend(self) -> Refusal | None:
+        # The client's one retry after a 401 is a provider attempt too: it takes its own permit, and
+        # extends the lease, within the run's time budget.
+        d, record, plan = self.d, self.record, self.plan
+        self.out = False  # the first request was answered (401/403)
+        try:
+            async with asyncio.timeout(self._budget()):
+                await d.in_flight.acquire(self.lease)
+                self.permit = await d.limiter.permit(record.priority, plan.extra, self.order)
+                while self.permit.late():
+                    d.late_permits += 1
+                    self.permit = await d.limiter.permit(record.priority, plan.extra, self.order)
+        except TimeoutError:
+            return Refusal("out_of_time", "HTTP 401/403; no time left in this run to re-send")
+        self.waits.reschedule(None)
+        self.out = True
+        return None
+
+    def refused(self) -> None:
+        # The first request was answered 401/403: nothing is out until the re-send, and the wait for a
+        # fresh token before it is bounded by the run's budget again, like the first one.
+        self.out = False
+        self.refused_once = True
+        self.waits.reschedule(asyncio.get_running_loop().time() + self._budget())
 
 
 def _utc(ts: float) -> datetime:

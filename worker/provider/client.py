@@ -26,11 +26,11 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from pydantic import SecretStr, ValidationError
@@ -49,7 +49,21 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BeforeSend = Callable[[], Awaitable[None]]
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class RequestGate(Protocol[R_co]):
+    """What stands between a call and the wire: the dispatcher's rate permit, in-flight slot and last
+    checks. :meth:`ProviderClient.create_voice_notification` asks it before each request."""
+
+    async def open(self, *, resend: bool) -> R_co | None:
+        """Awaited immediately before a request leaves (``resend``: the one after a 401/403). None lets
+        it leave; anything else is a refusal, returned to the caller with nothing sent."""
+
+    def refused(self) -> None:
+        """The first request was answered 401/403: nothing is out until the re-send."""
+
 
 RETRYABLE_RET_CODES = frozenset({"1", "3"})
 # 500 is the provider's documented "business failure"; 503 and 429 mean the request was turned away.
@@ -227,14 +241,15 @@ class ProviderClient:
     # --- createVoiceNotification --------------------------------------------------------------------
 
     async def create_voice_notification(
-        self, request: CallRequest, *, before_send: BeforeSend | None = None, on_refused: BeforeSend | None = None
-    ) -> Accepted:
+        self, request: CallRequest, *, gate: RequestGate[R] | None = None
+    ) -> Accepted | R:
         """One logical attempt: one HTTP request, plus one more with a fresh token after a 401/403.
 
-        ``before_send`` is awaited immediately before each HTTP request (the dispatcher takes its
-        rate permit and in-flight slot there); ``on_refused`` as soon as the first one is answered
-        401/403, before the wait for a fresh token (from then on no request is out until the re-send).
-        Raises a :class:`ProviderError` subclass on failure.
+        ``gate`` (the dispatcher's) is asked immediately before each HTTP request whether it may leave
+        (it takes its rate permit and in-flight slot there); when it refuses, nothing is sent and its
+        refusal is returned. It is told as soon as the first request is answered 401/403, before the
+        wait for a fresh token (from then on no request is out until the re-send). Raises a
+        :class:`ProviderError` subclass on failure.
         """
         tokens = self.tokens
         if tokens is None:
@@ -242,15 +257,15 @@ class ProviderClient:
         body = self._encode_body(request)
         token = await tokens.get()
         for auth_try in (1, 2):
-            if before_send is not None:
-                await before_send()
+            if gate is not None and (refusal := await gate.open(resend=auth_try == 2)) is not None:
+                return refusal
             started = time.monotonic()
             status, raw = await self._post_create(token, body)
             latency = time.monotonic() - started
             if status not in (401, 403):
                 return self._classify(status, raw, latency)
-            if auth_try == 1 and on_refused is not None:
-                await on_refused()
+            if auth_try == 1 and gate is not None:
+                gate.refused()
             await tokens.invalidate(token)
             if auth_try == 2:
                 raise AuthError(f"HTTP {status} even with a fresh access token", status=status)
