@@ -34,18 +34,16 @@ from worker import metrics
 from worker.http.auth import Identity
 from worker.http.errors import ApiError
 from worker.http.routing import Access, Route
+from worker.limits.ratelimit import gcra_script
 from worker.settings import Settings
-from worker.store import scripts
 from worker.store.keys import Keys
 
 __all__ = ["RETRY_AFTER_DOC", "Throttle", "throttled"]
 
 log = logging.getLogger(__name__)
 
-# The dispatch limiter's script, read as a shared resource rather than through its private loader. Its
-# calling convention (KEYS = limits; ARGV = n, n horizons, then interval/tau/max-gap per key; reply =
-# retry, Redis now, delays) is documented at the top of the script; tests/test_http_throttle.py pins
-# the behaviour this module relies on.
+# The fleet limiter's GCRA script (worker.limits.ratelimit.gcra_script); tests/test_http_throttle.py
+# pins the behaviour this module relies on.
 _US = 1_000_000
 _WARN_EVERY_S = 60.0
 
@@ -66,7 +64,7 @@ class Throttle:
         self.burst = settings.http_rate_burst
         self.enabled = self.rate > 0
         self._keys = Keys(settings.key_prefix)
-        self._script = scripts.register(redis, "limits/gcra.lua")
+        self._script = gcra_script(redis)
         interval = math.ceil(_US / self.rate) if self.enabled else 0
         # One slot wanted, horizon 0 (book only a slot that is due now); interval, tau, no gap cap.
         self._args = [1, 0, interval, (self.burst - 1) * interval, -1]

@@ -54,6 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -109,6 +110,14 @@ def reserve_horizon(priority: int, rate: float, reserve_ahead_s: float) -> float
     if lowest <= 0:
         return 0.0
     return float(reserve_ahead_s * (lowest / reserve_ahead_s) ** ((priority - 1) / 8))
+
+
+def gcra_script(redis: Redis) -> AsyncScript:
+    """The GCRA script (``gcra.lua``) on ``redis``: the fleet's call rate and the HTTP service's per-key
+    throttle (:mod:`worker.http.throttle`) book their slots with it. Its calling convention (KEYS =
+    limits; ARGV = n, n horizons, then interval/tau/max-gap per key; reply = retry, Redis now, delays)
+    is documented at the top of the script."""
+    return scripts.register(redis, "limits/gcra.lua")
 
 
 @dataclass(frozen=True)
@@ -297,7 +306,7 @@ class RateLimiter:
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._keys = Keys(settings.key_prefix)
-        self._script = scripts.register(redis, "limits/gcra.lua")
+        self._script = gcra_script(redis)
         self._pipe = AutoPipeline.of(redis)
         self._global = (
             Limit("global", settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
