@@ -89,7 +89,7 @@ class _Layout:
     ledger: bool = True  # False: no ledger hash while queued
     ledger_ttl: bool = True
     arq_job: bool = False  # an arq job string per queued job (written at enqueue, as before claim.lua)
-    short_arq: bool = False  # arq job {"f":"dial","et":ms}: codec.loads_job fills t, a and k
+    short_arq: bool = False  # arq job {"f":"dial","et":ms}: engine.loads_job fills t, a and k
     body_in_arq: bool = False  # the body rides in the arq job ("b"), not in the ledger hash
     pieces: bool = True  # the body in pieces of <= _PIECE bytes (body, b1, b2 ...) as enqueue.lua writes it
 
