@@ -284,7 +284,7 @@ async def test_r4_cli_enqueue_json_refuses_nasty_input_without_a_traceback(
 @pytest.fixture
 async def api(settings: Settings, redis_client: aioredis.Redis) -> AsyncIterator[str]:
     # http_rate_limit 0: the throttle's bookkeeping key would show in the "refused request changed
-    # nothing" snapshots; the throttle is tested in tests/test_http_throttle.py.
+    # nothing" snapshots; the throttle is tested in tests/http/test_throttle.py.
     s = settings.model_copy(update={"api_keys": [SecretStr(API_KEY)], "http_max_batch": 10,
                                     "http_max_body_bytes": 64 * 1024, "http_rate_limit": 0})
     server = TestServer(create_app(s, redis_client, open_provider=False), host="127.0.0.1")

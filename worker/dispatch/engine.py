@@ -3,7 +3,7 @@
 Everything arq-specific is here: arq's client class and job codec, its per-job keys as our Lua uses
 them, the claim and finish scripts that replace arq's per-job round trips, and a ``Worker`` subclass
 that overrides arq internals. The internals it touches are listed in :data:`ARQ_INTERNALS`, and a
-contract test (tests/test_engine_contract.py) fails, naming the attribute, when an arq
+contract test (tests/dispatch/test_engine_contract.py) fails, naming the attribute, when an arq
 release renames or removes one. The rest of the dialer sees :func:`queue_worker`, :func:`open_pool`,
 and the :class:`~worker.dispatch.dispatcher.Defer` exception, which a run raises
 to go back on its queue.
@@ -59,7 +59,7 @@ ARQ_INTERNALS: dict[str, tuple[str, ...]] = {
     "Function": ("coroutine", "timeout_s"),
     "Retry()": ("defer_score",),
 }
-"""What the seam touches of arq beyond its documented API; tests/test_engine_contract.py
+"""What the seam touches of arq beyond its documented API; tests/dispatch/test_engine_contract.py
 checks each on the installed arq."""
 
 Reject = Callable[[str, str], Awaitable[Any]]

@@ -42,7 +42,7 @@ __all__ = ["RETRY_AFTER_DOC", "Throttle", "throttled"]
 
 log = logging.getLogger(__name__)
 
-# The fleet limiter's GCRA script (worker.limits.ratelimit.gcra_script); tests/test_http_throttle.py
+# The fleet limiter's GCRA script (worker.limits.ratelimit.gcra_script); tests/http/test_throttle.py
 # pins the behaviour this module relies on.
 _US = 1_000_000
 _WARN_EVERY_S = 60.0

@@ -6,7 +6,7 @@ All keys start with ``settings.key_prefix`` (default ``dialer:``), except arq's 
 The ledger scripts derive a job's campaign keys, queue and suppression keys from the prefix and the
 job's record (a campaign's counters are found from the job alone, e.g. by the callback receiver), so
 they assume one Redis instance, as arq does; the formats here and in ``ledger/*.lua`` and
-``campaigns/*.lua`` must stay in step (``tests/test_scripts.py`` checks each script).
+``campaigns/*.lua`` must stay in step (``tests/store/test_scripts.py`` checks each script).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ async def test_a_queued_job_is_its_ledger_record_and_queue_entry_only(
     res = await producer.enqueue(body(priority="3"), job_id="order-42")
     after = await server_ms(redis_client)
     assert (res.job_id, res.status, res.state, res.errors) == ("order-42", "accepted", "queued", ())
-    # No arq job: the worker's claim writes it (tests/test_claim.py). Besides the enqueue sequence
+    # No arq job: the worker's claim writes it (tests/dispatch/test_claim.py). Besides the enqueue sequence
     # counter, nothing else is stored.
     assert await redis_client.exists(keys.arq_job("order-42")) == 0
     assert sorted(await redis_client.keys("*")) == sorted(

@@ -43,7 +43,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 AUTH2 = {"Authorization": f"Bearer {KEY2}"}
 DASH_AUTH = {"Authorization": f"Bearer {DASH}"}
 SLOW = 0.1  # requests/s: one slot every 10 s, so nothing refills while a test exhausts a burst
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 Client = TestClient[Any, Any]
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from worker.store import scripts
 from worker.store.keys import Keys
 
-WORKER = Path(__file__).resolve().parents[1] / "worker"
+WORKER = Path(__file__).resolve().parents[2] / "worker"
 INCLUDED = {"store/clock.lua", "ledger/counts.lua", "ledger/keep_alive.lua", "ledger/gate.lua", "ledger/park.lua",
             "limits/lease.lua"}
 SCRIPTS = sorted(name for p in WORKER.rglob("*.lua") if (name := str(p.relative_to(WORKER))) not in INCLUDED)
