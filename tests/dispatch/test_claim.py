@@ -193,6 +193,26 @@ async def test_a_cancelled_run_stays_queued_to_run_again(
     assert slots_free(w)
 
 
+async def test_a_run_that_outlives_its_in_progress_key_is_not_started_again_by_its_own_worker(
+    settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
+) -> None:
+    # A run that lasts past its in-progress key's TTL (a cancellation's ledger write on a stalled Redis)
+    # made the next poll of the same worker start it a second time, and the first run's end then
+    # failed with a KeyError that killed the worker's poll loop (fault suite R1, under load).
+    [job_id] = await enqueue(settings, redis_client, 1)
+    runs = Runs(hold_s=0.5)
+    w = make_worker(pools[0], settings, runs)
+    await w.start_jobs(await queue_ids(redis_client, settings))
+    await asyncio.sleep(0.1)
+    await redis_client.delete(in_progress_key_prefix + job_id)  # as if its TTL ran out
+    await w.start_jobs(await queue_ids(redis_client, settings))
+    first = w.tasks[job_id]
+    await finish(w)
+    assert runs.runs == [(job_id, "w")]  # started once
+    assert first.exception() is None and not w.job_tasks
+    assert slots_free(w)
+
+
 async def test_two_workers_racing_for_the_same_ids_never_both_run_one(
     settings: Settings, redis_client: aioredis.Redis, pools: list[ArqRedis]
 ) -> None:

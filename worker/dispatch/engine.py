@@ -218,9 +218,15 @@ class QueueWorker(Worker):
         good: list[bytes] = []
         for raw in job_ids:
             try:
-                raw.decode()
+                job_id = raw.decode()
             except UnicodeDecodeError:
                 await self._quarantine(raw, "queue entry's job id is not UTF-8")
+                continue
+            running = self.tasks.get(job_id)
+            if running is not None and not running.done():
+                # Still running here, though its in-progress key is gone (a run that outlived the key's
+                # TTL, e.g. a cancellation's ledger write on a stalled Redis): never start it twice in one
+                # process, which would also lose track of the first run.
                 continue
             good.append(raw)
         # A place under max_jobs per job we may start, taken as arq takes them (its counter and semaphore
@@ -311,7 +317,8 @@ class QueueWorker(Worker):
             log.exception("job %s failed, %s: %s", job_id, type(exc).__name__, exc)
             self.jobs_failed += 1
         finally:
-            del self.job_tasks[job_id]
+            if self.job_tasks.get(job_id) is task:
+                del self.job_tasks[job_id]
         await asyncio.shield(self._finish(job_id, outcome, ttl))
 
     async def _finish(self, job_id: str, outcome: str, ttl_ms: str = "") -> None:
