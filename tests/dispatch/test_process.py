@@ -150,6 +150,30 @@ async def test_500_forever_dead_letters_with_reason_and_requeue_sends_it(
     assert out.strip() == ""
 
 
+async def test_the_total_retry_budget_dead_letters_before_the_attempts_run_out(
+    sim: Sim, sim_settings: Settings
+) -> None:
+    # retry_max_total_s, not retry_max_attempts, ends this job: 500s forever, backoffs of at most 0.1 s.
+    settings = sim_settings.model_copy(update={
+        "retry_max_attempts": 1000, "retry_max_total_s": 1.0, "retry_base_s": 0.02, "retry_max_backoff_s": 0.1,
+        "rate_limit": 0})
+    await sim.configure(fail_500_rate=1.0)
+    [job_id] = await enqueue(settings, [CallJob(request=body("40000002"), job_id="budget-total")])
+    async with running(settings):
+        await wait_for(lambda: _is_dead(settings, job_id), 20, what="the job to be dead-lettered")
+    rec = (await records(settings, [job_id]))[job_id]
+    assert rec is not None and "gave up after" in (rec.last_error or "") and "500" in (rec.last_error or "")
+    stamps = [r["ts"] for r in await sim.requests()]
+    assert 3 <= len(stamps) < 1000 and len(stamps) == rec.attempts
+    # The last attempt starts once the budget is spent, not a full backoff (or more) later.
+    assert 1.0 <= stamps[-1] - stamps[0] < 1.0 + 0.1 + 0.5
+
+
+async def _is_dead(settings: Settings, job_id: str) -> bool:
+    rec = (await records(settings, [job_id]))[job_id]
+    return rec is not None and rec.state == State.DEAD
+
+
 @pytest.mark.slow
 async def test_kill_9_mid_request_loses_nothing_and_calls_nobody_twice(sim: Sim, sim_settings: Settings) -> None:
     settings = sim_settings.model_copy(
