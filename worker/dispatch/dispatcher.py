@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 # Leave this much of a run's time budget for the request itself and the ledger writes after it, so a
 # run never overruns the engine's job timeout (which would lose track of a call in flight).
 _RUN_SLACK_S = 5.0
+# A job whose backoff was cut to end at its retry time budget gets its last try if its queue hands it
+# back within this long after the budget; later, it is dead-lettered without one.
+_BUDGET_GRACE_S = 0.5
 END_BEFORE_JOB_TIMEOUT_S = 2.0
 """:meth:`Dispatcher.run_job` ends every run this long before the engine's job timeout, whatever the run
 waits for, and puts the job back on its queue; the waits of :meth:`Dispatcher.dial` end earlier."""
@@ -252,6 +255,14 @@ class Dispatcher:
             if record.deadline_ms is not None and now * 1000 >= record.deadline_ms:
                 await self.ledger.mark_final(job_id, State.EXPIRED, "deadline passed before the call was made")
                 return Outcome(State.EXPIRED, attempts)
+            if attempts > 0 and now - first_try_s >= self.settings.retry_max_total_s + _BUDGET_GRACE_S:
+                # The retry time budget ran out while the job waited (on its queue, for a permit): no
+                # attempt after the budget. (A backoff ends at the budget at the latest, for one last try.)
+                current = await self.ledger.get(job_id)  # the last error may be this run's
+                reason = (current.last_error if current else None) or record.last_error or "no error recorded"
+                await self.ledger.dead_letter(job_id, f"gave up after {attempts} attempts: {reason}"
+                                              f" (retry time budget of {self.settings.retry_max_total_s:g} s spent)")
+                return Outcome(State.DEAD, attempts, reason)
             if plan.window is not None and not plan.window.is_open(_utc(now)):
                 return await self._outside_window(record, plan, now)
             permit = await self._permit(record, plan, run_deadline, order)
@@ -299,13 +310,19 @@ class Dispatcher:
             await asyncio.shield(self._cancelled(job_id, lease, gate))
             raise
         except ProviderError as exc:
-            attempts += 1
+            if gate.sends == 0:
+                # No request left (the access token could not be had): not an attempt of this call.
+                return await self._no_token(record, exc)
+            # The attempt the ledger counted (begin_send): the record and the error say the same number.
+            attempts = max(gate.attempt, attempts)
             await self._count(ok=False, kind=metrics.error_kind(exc))
             outcome = await self._failed(job_id, exc, attempts, first_try_s, record.deadline_ms, lease)
             if outcome is not None:
                 return outcome
             metrics.observe_outcome("retried", record.priority, record.campaign)
-            delay = backoff_delay(attempts, self.settings)
+            # No backoff runs past the retry time budget: the next attempt comes at its end at the latest.
+            remaining = first_try_s + self.settings.retry_max_total_s - self.clock()
+            delay = min(backoff_delay(attempts, self.settings), max(remaining, 0.0))
             if delay > self.settings.retry_inprocess_max_s or self.clock() + delay > run_deadline:
                 raise Defer(delay, exc.describe()) from None
             return attempts, delay
@@ -313,14 +330,27 @@ class Dispatcher:
             # A bug or an unexpected library error: never leave a job silently in `sending`.
             log.exception("job %s: unexpected error", job_id)
             await self.ledger.mark_final(job_id, State.UNKNOWN, f"unexpected error: {type(exc).__name__}", lease)
-            return Outcome(State.UNKNOWN, attempts + 1, type(exc).__name__)
+            return Outcome(State.UNKNOWN, max(gate.attempt, attempts), type(exc).__name__)
         if isinstance(result, Refusal):
-            return await self._refused(record, lease, attempts, result)
+            counted = result.kind == "out_of_time"  # answered 401/403: the attempt stays counted
+            return await self._refused(record, lease, max(gate.attempt, attempts) if counted else attempts, result)
         accepted = result
-        attempts += accepted.attempts
+        attempts = max(gate.attempt, attempts)
         await self.ledger.mark_sent(job_id, accepted.call_serial_no, lease)
         await self._count(ok=True)
         return Outcome(State.SENT, attempts, accepted.call_serial_no)
+
+    async def _no_token(self, record: JobRecord, exc: ProviderError) -> Outcome:
+        """The access token could not be had, so no request left: the job waits on its queue (the wait not
+        counted against its retry time budget), its attempts untouched, with the reason as its error."""
+        job_id = record.job_id
+        reason = f"no access token: {exc.describe()}"
+        await self.ledger.mark_retry(job_id, reason)
+        delay = backoff_delay(1, self.settings)
+        now_ms = int(self.clock() * 1000)
+        if await self.ledger.postpone(job_id, now_ms, now_ms + int(delay * 1000)) is None:
+            return Outcome("skipped", record.attempts, "no longer queued")
+        raise Defer(delay, reason)
 
     async def _permit(self, record: JobRecord, plan: _Plan, run_deadline: float, order: float = 0.0) -> Permit | None:
         """A rate permit within the run's time budget, or None when the fleet is saturated past it."""
@@ -477,6 +507,7 @@ class _Gate:
         self.begun = False  # begin_send was called: the ledger may say `sending`
         self.out = False  # a request may be on its way or awaiting its answer
         self.refused_once = False  # the first request was answered 401/403 (the attempt was made)
+        self.attempt = 0  # the attempt number begin_send recorded in the ledger (0: none)
 
     def _budget(self) -> float:
         return max(self.run_deadline - self.d.clock(), 0.001)
@@ -506,6 +537,8 @@ class _Gate:
             # A paced request goes straight after this write: it does not queue behind other calls.
             self.begun = True
             gate = await d.ledger.begin_send(record.job_id, self.lease, now=self.permit.slot is not None)
+            if gate.ok:
+                self.attempt = gate.attempts
             if gate.reason != "busy":
                 break
             # The fleet is at its in-flight cap: wait for a lease (nothing was changed), then pass.

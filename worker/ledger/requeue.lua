@@ -26,7 +26,8 @@ if redis.call('EXISTS', KEYS[7]) == 1 then
 end
 local snow = ms(now_ms())
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', '0', 'updated', snow)
-redis.call('HDEL', KEYS[1], 'first')
+-- A fresh start: the old run's error and time budget do not carry over (the error stays in the logs).
+redis.call('HDEL', KEYS[1], 'first', 'err')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 count_move(ARGV[4], counted_campaign(h[3], h[4]), state, 'queued', tonumber(ARGV[2]))
 -- arq's own try counter and old result would make the new run look exhausted or finished; a leftover
