@@ -57,14 +57,15 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server child process; restartable on the same port and data dir (for outage tests)."""
 
-    def __init__(self, workdir: Path, *extra: str) -> None:
+    def __init__(self, workdir: Path, *extra: str, password: str | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.exit("redis-server is not installed: run ./scripts/test, which installs it", returncode=2)
         self.exe = exe
         self.port = free_port()
         self.workdir = workdir
-        self.extra = extra
+        self.extra = (*extra, "--requirepass", password) if password is not None else extra
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,7 +78,7 @@ class RedisServer:
              "--dir", str(self.workdir), "--protected-mode", "no", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         deadline = time.monotonic() + 10
         while True:
             try:

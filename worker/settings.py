@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +24,36 @@ CREATE_PATH = "/apiaccess/rest/voiceNotification/v2/createVoiceNotification"
 MIN_HTTP_RATE = 0.01
 """Slowest non-zero HTTP throttle (one request per 100 s): keeps every schedule, burst included, well
 inside the exact integer range of the Lua script's numbers (microseconds in a double)."""
+
+
+REDIS_URL_RULE = (
+    "must be redis://[[user]:password@]host[:port][/db], rediss://... (TLS) or unix:///path/redis.sock[?db=N], "
+    "with a port of 1-65535 and a numeric db; percent-encode @ : / # % ? in the user name or password "
+    "(%40 %3A %2F %23 %25 %3F)"
+)
+"""What :func:`redis_url_is_valid` checks, as the one line a refused DIALER_REDIS_URL gives."""
+
+
+def redis_url_is_valid(url: str) -> bool:
+    """True when ``url`` is a Redis URL redis-py reads as meant: a known scheme, a host (or a socket
+    path), a port of 1-65535, a numeric db, nothing after ``#``. (redis-py ignores a db it cannot read
+    and takes a missing host as localhost, so a password typed with a bare ``/`` or ``#`` would
+    otherwise connect somewhere else, or show part of itself in an error.)"""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not a number or out of range
+    except ValueError:
+        return False
+    if parts.fragment or "#" in url:
+        return False
+    if parts.scheme == "unix":
+        return bool(parts.path) and not parts.netloc.rpartition("@")[2]
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return False
+    if port == 0:
+        return False
+    db = parts.path.removeprefix("/")
+    return db == "" or (db.isascii() and db.isdigit())
 
 
 class Settings(BaseSettings):
@@ -185,6 +216,14 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="`text` for terminals, `json` for one JSON object per line."
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        # The message never repeats the value: a password typed without percent-encoding would show.
+        if not redis_url_is_valid(v):
+            raise ValueError(REDIS_URL_RULE)
+        return v
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -10,7 +10,8 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.helpers import free_port, run_dialer, settings_env
-from worker.settings import Settings
+from worker.errors import SettingsError
+from worker.settings import Settings, load_settings
 from worker.store.client import CappedBackoff, api_client, cli_client, masked_url, worker_client
 from worker.store.connections import DialerConnectionPool
 
@@ -97,3 +98,38 @@ async def test_a_cli_command_says_in_one_line_that_redis_is_away(settings: Setti
     assert "Traceback" not in err and "s3cr" not in err + out
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: Redis is not reachable at redis://bob:***@127.0.0.1:"), err
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:6379/0", "127.0.0.1:6379", "redis://127.0.0.1:notaport/0", "redis://127.0.0.1:70000/0",
+    "redis://[::1/0", "redis:///0", "redis://127.0.0.1:6379/zero",
+    # Passwords typed without percent-encoding: "/" ends the host part, "#" starts a fragment, "?" a query.
+    "redis://:pa/ss9@127.0.0.1:6379/0", "redis://:pa#ss9@127.0.0.1:6379/0", "redis://:pa?ss9@127.0.0.1:6379/0",
+])
+def test_a_malformed_redis_url_is_refused_by_the_settings_naming_the_rule_not_the_value(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(redis_url=url)
+    message = str(caught.value)
+    assert "DIALER_REDIS_URL: must be redis://" in message and "percent-encode" in message
+    assert "ss9" not in message and "notaport" not in message
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "redis://localhost", "rediss://bob:p%40ss@h:6380/2",
+                                 "redis://:p%2F%23%3F@[::1]:6379", "unix:///run/redis.sock?db=3"])
+def test_well_formed_redis_urls_are_accepted(url: str) -> None:
+    assert load_settings(redis_url=url).redis_url == url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [("job", "x"), ("campaign", "list"), ("suppress", "list"), ("worker",),
+                                     ("worker", "--check"), ("serve",),
+                                     ("enqueue", "--called", "13800000001", "--voice-id", "v")])
+async def test_every_command_refuses_a_malformed_redis_url_in_one_line(
+    settings: Settings, command: tuple[str, ...]
+) -> None:
+    env = {**settings_env(settings), "DIALER_REDIS_URL": "redis://:hunter/22@127.0.0.1:6379/0"}
+    rc, out, err = await run_dialer(*command, env=env, timeout=30)
+    assert rc != 0, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: invalid settings: DIALER_REDIS_URL: must be redis://"), err
+    assert "hunter" not in err + out and "22" not in lines[0].split("must be")[0]

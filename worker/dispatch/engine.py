@@ -129,9 +129,14 @@ def loads_job(raw: bytes) -> dict[str, Any]:
 
 async def open_pool(settings: Settings) -> ArqRedis:
     """The worker process's Redis client (:func:`worker.store.client.worker_client`, as arq's client class
-    with our codec): every command waits for Redis however long it is away."""
+    with our codec): every command waits for Redis however long it is away (logging a WARNING once while
+    it does); cancel the wait to give up, and the pool is closed."""
     pool = client.worker_client(settings, ArqRedis, job_serializer=dumps, job_deserializer=loads_job)
-    await pool.ping()
+    try:
+        await pool.ping()
+    except BaseException:
+        await pool.aclose()
+        raise
     return pool
 
 

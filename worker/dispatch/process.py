@@ -40,6 +40,11 @@ __all__ = ["DialerProcess", "check_health", "parse_queues", "run_process"]
 log = logging.getLogger(__name__)
 
 
+_SHUTDOWN_REDIS_S = 5.0
+"""How long a stopping process waits for Redis to clear its heartbeats and end its runs (Redis may be
+away: retries there are forever)."""
+
+
 def parse_queues(spec: str) -> list[int]:
     """``"1-3,7"`` -> ``[1, 2, 3, 7]``; ``"all"`` -> 1..9. Raises ValueError naming the bad part."""
     if spec.strip().lower() in ("", "all"):
@@ -75,7 +80,17 @@ class DialerProcess:
 
     async def run(self) -> None:
         settings = self.settings
-        pool = await engine.open_pool(settings)
+        # Redis may be away at start-up (open_pool waits for it, forever): a stop meanwhile ends the wait.
+        opening = asyncio.ensure_future(engine.open_pool(settings))
+        stopped = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait([opening, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not opening.done():
+            log.info("stopped while waiting for Redis")
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+            return
+        pool = opening.result()
         limiter = RateLimiter(pool, settings)
         in_flight = InFlight(pool, settings)
         stats = SendStats(pool, settings)
@@ -101,9 +116,10 @@ class DialerProcess:
                     # Burst mode: each worker returns when its queue is empty; wait for them all.
                     await asyncio.gather(*runs)
                 stop.cancel()
-                for w in self.workers:
-                    with contextlib.suppress(Exception):
-                        await w.clear_health()
+                # Redis may be away: the heartbeats expire by themselves, so do not wait for it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        asyncio.gather(*(w.clear_health() for w in self.workers)), _SHUTDOWN_REDIS_S)
         finally:
             for task in background:
                 task.cancel()
@@ -128,7 +144,9 @@ class DialerProcess:
                 await asyncio.wait(pending, timeout=5)
         for r in runs:
             r.cancel()
-        await asyncio.gather(*runs, return_exceptions=True)
+        # A cancelled run finishing its bookkeeping may wait for an absent Redis: bounded.
+        if runs:
+            await asyncio.wait(runs, timeout=_SHUTDOWN_REDIS_S)
 
 
 async def _wake_on_enqueue(pool: Redis, channel: str, workers: dict[str, engine.QueueWorker]) -> None:

@@ -19,6 +19,10 @@ password percent-encoded as URLs require is decoded by redis-py).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -33,7 +37,10 @@ from worker.store.connections import DialerConnectionPool
 
 __all__ = ["UNREACHABLE", "api_client", "cli_client", "masked_url", "unreachable", "worker_client"]
 
+log = logging.getLogger(__name__)
+
 R = TypeVar("R", bound=Redis)
+T = TypeVar("T")
 
 # A worker opens its socket quickly or not at all (arq's default connect timeout); reads have no
 # timeout, as before: a command waits for its answer however long a busy Redis takes.
@@ -62,11 +69,55 @@ class CappedBackoff(AbstractBackoff):
         return float(min(self._cap, self._base * 2 ** min(failures, 32)))
 
 
-def worker_retry() -> dict[str, Any]:
+class OutageRetry(Retry):
+    """redis-py's ``Retry`` (forever when ``retries=-1``) that tells the log about an outage: one
+    WARNING when Redis becomes unreachable, naming the URL (password masked), and one when it answers
+    again; nothing per retry. One instance serves every connection of a pool, so a process logs an
+    outage once, not once per connection or command. A single failure that the immediate retry cures
+    (an idle connection closed by Redis) is not an outage and is not logged."""
+
+    def __init__(self, backoff: AbstractBackoff, retries: int, where: str) -> None:
+        super().__init__(backoff, retries)
+        self.where = where
+        self.down_since: float | None = None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OutageRetry:
+        # redis-py deep-copies the Retry into every connection; the outage state must stay shared (and
+        # a call's own state lives in call_with_retry's locals, so sharing is safe).
+        return self
+
+    async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[[Any], Any]) -> T:
+        self._backoff.reset()  # type: ignore[no-untyped-call]
+        failures = 0
+        while True:
+            try:
+                result = await do()
+            except self._supported_errors as error:
+                failures += 1
+                await fail(error)
+                if failures >= 2 and self.down_since is None:
+                    self.down_since = time.monotonic()
+                    log.warning("Redis is not reachable at %s (%s); retrying until it is back",
+                                self.where, _reason(error))
+                if 0 <= self._retries < failures:
+                    raise error
+                backoff = self._backoff.compute(failures)
+                if backoff > 0:
+                    await asyncio.sleep(backoff)
+            else:
+                if self.down_since is not None:
+                    log.warning("Redis is reachable again at %s (after %.1f s)",
+                                self.where, time.monotonic() - self.down_since)
+                    self.down_since = None
+                return result
+
+
+def worker_retry(url: str = "") -> dict[str, Any]:
     """The retry settings of a worker's connections: every command and every socket opening is
-    retried forever with capped backoff when Redis is unreachable, restarting or loading."""
+    retried forever with capped backoff when Redis is unreachable, restarting or loading; an outage
+    is logged once (:class:`OutageRetry`)."""
     return {
-        "retry": Retry(CappedBackoff(), retries=-1),
+        "retry": OutageRetry(CappedBackoff(), retries=-1, where=masked_url(url)),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
     }
 
@@ -75,7 +126,7 @@ def worker_client(settings: Settings, redis_class: type[R] = Redis, **client_kwa
     """A worker process's Redis client. ``redis_class`` and ``client_kwargs`` let the queue engine's
     seam make its own client class (arq's) on the same pool."""
     pool = DialerConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=_WORKER_CONNECT_TIMEOUT_S, **worker_retry()
+        settings.redis_url, socket_connect_timeout=_WORKER_CONNECT_TIMEOUT_S, **worker_retry(settings.redis_url)
     )
     redis = redis_class(connection_pool=pool, **client_kwargs)
     redis.auto_close_connection_pool = True  # the pool is the client's own: aclose() closes it
@@ -120,7 +171,10 @@ def masked_url(url: str) -> str:
         return "(unparseable DIALER_REDIS_URL)"
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__
+
+
 def unreachable(settings: Settings, exc: BaseException) -> str:
     """The one line a command prints when Redis is away: where it looked and what happened."""
-    reason = str(exc).strip() or type(exc).__name__
-    return f"Redis is not reachable at {masked_url(settings.redis_url)} ({reason})"
+    return f"Redis is not reachable at {masked_url(settings.redis_url)} ({_reason(exc)})"
