@@ -128,3 +128,21 @@ def test_response_and_release_event_models() -> None:
                                          "somethingNew": "kept"})
     assert event.release_reason == "4" and event.call_serial_no == "1197765398201387012"
     assert isinstance(CallRequest.model_json_schema(by_alias=True)["properties"]["playList"], dict)
+
+
+@pytest.mark.parametrize("called", ["13800000077\n", "13800000077\r\n", "\n13800000077", "+13800000077\n",
+                                    "1380000\n0077", "\uff11\uff13\uff18", "+" + "1" * 32])
+def test_called_must_match_whole_and_not_end_in_a_line_break(called: str) -> None:
+    """``re.match`` with ``$`` let "13800000077\\n" through (``$`` matches before a final newline)."""
+    assert "called" in refused(ok_body(called=called))
+
+
+def test_called_holds_up_to_32_characters_as_the_seed_says() -> None:
+    assert parse_request(ok_body(called="1" * 32)).called == "1" * 32  # 31 digits was the limit
+    assert parse_request(ok_body(called="+" + "1" * 31)).called == "+" + "1" * 31
+    assert "at most 32" in refused(ok_body(called="1" * 33))["called"]
+
+
+@pytest.mark.parametrize("url", ["http://h/x\n", "https://h/a b", "http://h\r\nX-Evil: 1"])
+def test_callback_url_must_match_whole(url: str) -> None:
+    assert "callBackUrl" in refused(ok_body(callBackUrl=url))

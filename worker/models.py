@@ -26,7 +26,9 @@ from pydantic.alias_generators import to_camel
 
 from worker.errors import FieldError, InvalidRequest
 
-CALLED_RE = re.compile(r"^\+?[0-9]{1,31}$")
+CALLED_RE = re.compile(r"\+?[0-9]{1,32}")
+"""``called`` (used with ``fullmatch``, and at most 32 characters: the seed's ``string(32)``)."""
+CALLBACK_URL_RE = re.compile(r"https?://[^/\s]+(?:/\S*)?")
 FORBIDDEN_PARAM_CHARS = frozenset("${}")
 PRIORITIES = tuple(str(p) for p in range(1, 10))
 DEFAULT_PRIORITY = "9"
@@ -81,15 +83,15 @@ class CallRequest(_SeedModel):
     @field_validator("called")
     @classmethod
     def _called(cls, v: str) -> str:
-        if not CALLED_RE.match(v):
+        if not CALLED_RE.fullmatch(v):
             raise ValueError("must be digits with an optional leading '+'")
         return v
 
     @field_validator("call_back_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError("must be an http:// or https:// URL with a host")
+        if v is not None and not CALLBACK_URL_RE.fullmatch(v):
+            raise ValueError("must be an http:// or https:// URL with a host (no blanks or line breaks)")
         return v
 
     @field_validator("priority", mode="before")

@@ -18,6 +18,7 @@ __all__ = [
     "JOB_ID_PATTERN",
     "PRIORITY_LEVELS",
     "normalize_number",
+    "strip_number_formatting",
     "valid_campaign_name",
     "valid_job_id",
     "valid_timezone",
@@ -30,7 +31,9 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 CAMPAIGN_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN.strip("^$"))
 _CAMPAIGN_RE = re.compile(CAMPAIGN_PATTERN.strip("^$"))
-_STRIP = re.compile(r"[\s\-.()]")
+_FORMATTING = re.compile(r"[ \t\n\r\f\v\-.()]")
+"""What a written number may hold besides its digits and leading '+': ASCII blanks, '-', '.', '(' and ')'
+(the same set as ``number_key`` in ``worker/ledger/gate.lua``; ``tests/test_rules.py`` compares them)."""
 _DIGITS = re.compile(r"[0-9]{1,32}")
 
 
@@ -55,11 +58,19 @@ def valid_timezone(name: object) -> bool:
     return True
 
 
+def strip_number_formatting(raw: str) -> str:
+    """A written number without its formatting (``" +86 (138) 0000-0001 "`` -> ``"+8613800000001"``):
+    what a campaign file's ``called`` cell becomes before it is validated as the seed's ``called``."""
+    return _FORMATTING.sub("", raw)
+
+
 def normalize_number(raw: str) -> str:
-    """The do-not-call key of a phone number; raises ValueError naming the rule."""
+    """The do-not-call, per-number-cap and campaign job-id key of a phone number: its digits, without
+    formatting or the leading '+'. The one place numbers are normalised (``gate.lua``'s ``number_key``
+    agrees); raises ValueError naming the rule."""
     if not isinstance(raw, str):
         raise ValueError("must be a string of digits")
-    text = _STRIP.sub("", raw).removeprefix("+")
+    text = strip_number_formatting(raw).removeprefix("+")
     if not _DIGITS.fullmatch(text):
         raise ValueError("must be 1-32 digits, with an optional leading '+' (spaces, '-', '.', '(', ')' ignored)")
     return text

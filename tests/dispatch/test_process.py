@@ -289,6 +289,21 @@ async def test_cli_enqueue_reports_new_duplicate_and_field_errors(sim_settings: 
     assert rc == 0 and json.loads(out)["state"] == "queued"
 
 
+@pytest.mark.slow
+async def test_cli_enqueue_refuses_a_called_with_a_line_break(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """``dialer enqueue --called $'13800000077\\n' --campaign c`` was accepted, as job "c:13800000077\\n"."""
+    from tests.helpers import snapshot
+
+    env = settings_env(settings)
+    before = await snapshot(redis_client)
+    rc, out, err = await run_dialer("enqueue", "--called", "13800000077\n", "--voice-id", "1", "--campaign", "c",
+                                    env=env)
+    assert rc == 1 and "called:" in err and "Traceback" not in err, (rc, out, err)
+    assert await snapshot(redis_client) == before
+
+
 async def test_past_deadline_expires_without_dialling_and_not_before_waits(
     sim: Sim, sim_settings: Settings
 ) -> None:

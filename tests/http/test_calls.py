@@ -148,6 +148,9 @@ async def test_campaign_not_before_and_deadline(
         ({"playTimes": "2"}, {}, "playTimes"),
         ({"priority": "0"}, {}, "priority"),
         ({}, {"Idempotency-Key": "has space"}, "Idempotency-Key"),
+        ({"called": "13800000077\n", "campaign": "nl"}, {}, "called"),
+        ({"called": "13800000077\n"}, {}, "called"),
+        ({"callBackUrl": "http://h/x\n"}, {}, "callBackUrl"),
     ],
 )
 async def test_invalid_input_is_422_naming_the_field(

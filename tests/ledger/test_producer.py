@@ -88,7 +88,7 @@ async def test_not_before_and_deadline(
 
 async def test_job_ids(redis_client: aioredis.Redis, producer: Producer, ledger: Ledger) -> None:
     by_campaign = await producer.enqueue(body("+8613800000001"), campaign="spring.promo-1")
-    assert by_campaign.job_id == "spring.promo-1:+8613800000001"
+    assert by_campaign.job_id == "spring.promo-1:8613800000001"  # the number as normalize_number gives it
     rec = await ledger.get(by_campaign.job_id)
     assert rec is not None and rec.campaign == "spring.promo-1"
     explicit = await producer.enqueue(body(), job_id="a.b:c@d_e-f", campaign="spring")
@@ -357,3 +357,27 @@ async def test_a_batch_wakes_each_queue_it_made_due_once_and_no_other(
     await producer.enqueue_many([body(called="8613800000004")], not_before=later)  # due in an hour
     assert sorted(await published(sub, 0.5)) == [keys.queue(2).encode(), keys.queue(7).encode()]
     await sub.aclose()
+
+
+@pytest.mark.parametrize("called", ["13800000077\n", "13800000077\r\n", "+13800000077\n"])
+async def test_a_called_with_a_line_break_is_refused_and_stores_nothing(
+    redis_client: aioredis.Redis, producer: Producer, called: str
+) -> None:
+    """It used to pass (``$`` matches before a final newline), skip the do-not-call list and the
+    campaign's dedupe (its key differed from the number's), and store the job id "c:13800000077\n"."""
+    before = await snapshot(redis_client)
+    with pytest.raises(InvalidRequest) as exc:
+        await producer.enqueue(body(called), campaign="c")
+    assert [e.field for e in exc.value.errors] == ["called"]
+    [res] = await producer.enqueue_many([body(called)], campaign="c")
+    assert res.status == "rejected" and res.errors[0].field == "called"
+    assert await snapshot(redis_client) == before
+
+
+async def test_a_campaign_job_id_is_the_normalised_number_so_plus_and_digits_dedupe(producer: Producer) -> None:
+    first = await producer.enqueue(body("+8613800000009"), campaign="dd")
+    again = await producer.enqueue(body("8613800000009"), campaign="dd")
+    assert first.job_id == again.job_id == "dd:8613800000009"
+    assert (first.status, again.status) == ("accepted", "duplicate")
+    longest = await producer.enqueue(body("1" * 32), campaign="x" * 64)
+    assert longest.status == "accepted" and longest.job_id == "x" * 64 + ":" + "1" * 32

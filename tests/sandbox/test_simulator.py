@@ -284,6 +284,8 @@ async def test_unknown_fields_and_nulls_are_ignored(sim: Sim) -> None:
         (with_(called=""), "5"),
         (with_(called="12ab"), "5"),
         (with_(called="1" * 33), "5"),
+        (with_(called="+" + "1" * 32), "5"),  # the seed's string(32): 33 characters
+        (with_(called="13800000077\n"), "5"),
         (with_(playList=...), "11"),
         (with_(playList=[]), "11"),
         (with_(playList=[{"voiceId": "1"}] * 6), "11"),
@@ -330,6 +332,9 @@ async def test_bad_priority_or_non_object_body_is_400(sim: Sim, body: Any) -> No
 
 async def test_all_valid_priorities_and_plus_numbers_pass(sim: Sim) -> None:
     token = await sim.token()
+    for called in ("1" * 32, "+" + "1" * 31):  # the seed's string(32), which the dialer accepts too
+        status, data = await sim.call(with_(called=called), token)
+        assert (status, data["retCode"]) == (200, "0"), called
     for p in "123456789":
         status, data = await sim.call(with_(priority=p, called="+8613800000000"), token)
         assert (status, data["retCode"]) == (200, "0")

@@ -44,7 +44,6 @@ import csv
 import gc
 import io
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ from worker.campaigns.suppression import Suppression
 from worker.errors import FieldError
 from worker.ledger.producer import CallJob, Producer
 from worker.models import CallRequest, PlayItem, field_errors
-from worker.rules import normalize_number, valid_job_id, valid_timezone
+from worker.rules import normalize_number, strip_number_formatting, valid_job_id, valid_timezone
 from worker.settings import Settings
 from worker.windows import WindowError, parse_days, parse_hours
 
@@ -74,7 +73,6 @@ __all__ = [
 CSV_COLUMNS = ("called", "priority", "callerPresent", "templateParams", "voiceId", "templateId",
                "voiceFileName", "playTimes", "id", "timezone")
 _SOURCES = ("voiceId", "templateId", "voiceFileName")
-_CALLED_STRIP = re.compile(r"[\s\-.()]")
 _ENQUEUE_CHUNK = 10_000
 
 
@@ -269,7 +267,7 @@ def _defaults(opts: LaunchOptions) -> dict[str, Any]:
 
 
 def _clean_called(value: Any) -> Any:
-    return _CALLED_STRIP.sub("", value) if isinstance(value, str) else value
+    return strip_number_formatting(value) if isinstance(value, str) else value
 
 
 def _csv_body(row: dict[str, str], spec: CampaignSpec) -> tuple[dict[str, Any], list[FieldError]]:
@@ -440,12 +438,16 @@ def _validate_rows(
             report.rejected += [RowError(line, e.field, e.rule) for e in errors]
             continue
         number = normalize_number(request.called)
+        row_id = job_id or f"{opts.name}:{number}"
+        if not valid_job_id(row_id):  # a derived id is checked like a given one
+            report.rejected.append(RowError(line, "called", f"gives the job id {row_id!r}, which is not valid"))
+            continue
         key = job_id or number
         if key in first_line:
             report.duplicates_in_file += 1
             continue
         first_line[key] = line
-        rows.append(_Row(line, request, job_id or f"{opts.name}:{number}", number, tz))
+        rows.append(_Row(line, request, row_id, number, tz))
     report.valid = len(rows)
     return rows
 

@@ -226,7 +226,7 @@ def routes(settings: Settings) -> list[Route]:
                          schema={"type": "string", "pattern": JOB_ID_PATTERN})
     idem = Param("Idempotency-Key", "header",
                  "The job id. A repeat with the same call returns the first job (200); with a different "
-                 "call, 409. Default: `<campaign>:<called>` when a campaign is given, else a new id.",
+                 "call, 409. Default: `<campaign>:<number>` when a campaign is given, else a new id.",
                  schema={"type": "string", "pattern": JOB_ID_PATTERN})
     return [
         Route(

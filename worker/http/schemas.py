@@ -25,7 +25,7 @@ def _iso_text(v: Any) -> Any:
 
 IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 
-_CAMPAIGN_DOC = "Campaign name; with no explicit id the job id is `<campaign>:<called>` (one call per number)."
+_CAMPAIGN_DOC = "Campaign name; with no explicit id the job id is `<campaign>:<number>` (one call per number)."
 _NOT_BEFORE_DOC = "Do not dial before this time (ISO 8601 with a UTC offset)."
 _DEADLINE_DOC = "Give up at this time: the job becomes `expired` and is never dialled (ISO 8601 with offset)."
 
@@ -51,7 +51,7 @@ class BatchItem(CallCreate):
     """One item of ``POST /v1/calls:batch``; ``id`` is its idempotency key."""
 
     id: str | None = Field(
-        None, description="Idempotency key (job id); default `<campaign>:<called>` or a new id.",
+        None, description="Idempotency key (job id); default `<campaign>:<number>` or a new id.",
         json_schema_extra={"pattern": JOB_ID_PATTERN},
     )
 

@@ -2,10 +2,15 @@
 -- @include store/clock.lua
 -- @include ledger/counts.lua
 
--- The do-not-call and per-number-cap key of a number: `called` without its leading '+' (the same rule
--- as worker.campaigns.suppression.normalize_number for a valid `called`).
+-- The do-not-call and per-number-cap key of a number, or nil if it is not one: the same rule as
+-- worker.rules.normalize_number (tests/test_rules.py feeds both the same numbers): ASCII blanks, '-',
+-- '.', '(' and ')' removed, then one leading '+', then 1-32 ASCII digits.
 local function number_key(called)
-  local n = string.gsub(called, '^%+', '')
+  local n = (string.gsub(called, '[ \t\n\r\f\v%-%.%(%)]', ''))
+  n = (string.gsub(n, '^%+', ''))
+  if #n < 1 or #n > 32 or string.find(n, '[^0-9]') then
+    return nil
+  end
   return n
 end
 
@@ -23,7 +28,8 @@ local function gate(P, job_id, tag, counted, called, now, cap_calls, cap_window,
   if not tag then
     return 'ok'
   end
-  local num = number_key(called)
+  -- A stored `called` was validated (digits, optional '+'); anything else cannot be on the list.
+  local num = number_key(called) or called
   if redis.call('SISMEMBER', P .. 'suppress', num) == 1 then
     return 'suppressed'
   end

@@ -8,7 +8,7 @@
     res.job_id, res.status   # ("spring-promo:8899", "accepted"); again -> "duplicate"
 
 Nothing is written for input that fails validation (:class:`~worker.errors.InvalidRequest` names each
-field and rule). The job id is the idempotency key: an explicit ``job_id``, else ``"<campaign>:<called>"``,
+field and rule). The job id is the idempotency key: an explicit ``job_id``, else ``"<campaign>:<number>"``,
 else a new random id (16 characters of ``a-z 2-7``, 80 random bits: see :func:`new_job_ids`). One Lua
 script (``enqueue.lua``) stores each item all-or-nothing, a batch of items per script call.
 
@@ -37,7 +37,7 @@ from redis.commands.core import AsyncScript
 
 from worker.errors import FieldError, InvalidRequest
 from worker.models import CallRequest, field_errors
-from worker.rules import valid_campaign_name, valid_job_id, valid_timezone
+from worker.rules import normalize_number, valid_campaign_name, valid_job_id, valid_timezone
 from worker.settings import Settings, load_settings
 from worker.store import scripts
 from worker.store.client import cli_client
@@ -186,6 +186,25 @@ def _validate(request: Any) -> tuple[CallRequest | None, list[FieldError]]:
         return None, field_errors(exc)
 
 
+def _job_id(
+    req: CallRequest, job_id: str | None, opts: _Options, new_id: Callable[[], str]
+) -> tuple[str, list[FieldError]]:
+    """The job id: the given one, else ``<campaign>:<number>`` (the number normalised by
+    :func:`~worker.rules.normalize_number`, as launch and the do-not-call list do), else a new random id.
+    A derived id is checked like any other (it becomes part of Redis keys and the ``Location`` URL)."""
+    if job_id is not None:
+        return job_id, []
+    if not opts.campaign:
+        return new_id(), []
+    try:
+        derived = f"{opts.campaign}:{normalize_number(req.called)}"
+    except ValueError as exc:  # not for a validated `called`; kept so no unchecked id is ever stored
+        return "", [FieldError("called", str(exc))]
+    if not valid_job_id(derived):
+        return "", [FieldError("called", f"gives the job id {derived!r}, which is not a valid job id")]
+    return derived, []
+
+
 class Producer:
     """Enqueues calls into Redis. ``redis`` may decode responses or not; share one per process."""
 
@@ -219,7 +238,10 @@ class Producer:
         errors += opt_errors
         if errors or req is None:
             raise InvalidRequest(errors)
-        call = self._script_call(req, job_id, opts, _one_id)
+        job_id, id_errors = _job_id(req, job_id, opts, _one_id)
+        if id_errors:
+            raise InvalidRequest(id_errors)
+        call = self._script_call(req, job_id, opts)
         flags, *states = await self._enqueue(keys=[], args=[*self._consts, call.packed])
         if text(flags) == "1":
             return EnqueueResult(call.job_id, "accepted", _QUEUED)
@@ -313,7 +335,11 @@ class Producer:
         if errors or req is None:
             results[index] = EnqueueResult(job_id, "rejected", None, tuple(errors), index)
             return None
-        return self._script_call(req, job_id, opts, new_id, index)
+        jid, id_errors = _job_id(req, job_id, opts, new_id)
+        if id_errors:
+            results[index] = EnqueueResult(job_id, "rejected", None, tuple(id_errors), index)
+            return None
+        return self._script_call(req, jid, opts, index)
 
     async def _send(self, part: list[_Call], results: list[EnqueueResult | None], gate: asyncio.Semaphore) -> None:
         script = self._enqueue
@@ -373,12 +399,8 @@ class Producer:
             replies = await pipe.execute()
         return sum(1 for r in replies if isinstance(r, bytes | str) and text(r) == "requeued")
 
-    def _script_call(
-        self, req: CallRequest, job_id: str | None, opts: _Options, new_id: Callable[[], str], index: int = 0
-    ) -> _Call:
+    def _script_call(self, req: CallRequest, job_id: str, opts: _Options, index: int = 0) -> _Call:
         called = req.called
-        if job_id is None:
-            job_id = f"{opts.campaign}:{called}" if opts.campaign else new_id()
         prio = req.priority
         # model_dump_json is compact and UTF-8 (no \u escapes): the same document as body(), smaller.
         body = req.model_dump_json(by_alias=True, exclude_none=True, exclude_unset=True)
