@@ -5,18 +5,21 @@
 
 ``code`` is stable (clients branch on it); ``message`` is for people; ``fields`` is empty unless input
 was refused. Handlers raise :class:`ApiError`; :func:`error_middleware` turns it, aiohttp's own HTTP
-errors (404, 405, 413), Redis outages (503) and anything unexpected (500, no internals) into that shape.
+errors (404, 405, 413), Redis outages and a full Redis (503) and anything unexpected (500, no internals) into
+that shape. No log line it writes carries a request body or an exception's text (which may hold one).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import FieldError, InvalidRequest
@@ -129,7 +132,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.warning("%s %s: Redis unavailable (%s)", request.method, request.path, type(exc).__name__)
         return error_response(503, "redis_unavailable", "Redis is unavailable; try again shortly.",
                               headers={"Retry-After": _RETRY_AFTER_S})
-    except Exception:
-        # The traceback goes to the log; the client learns only that it was our fault.
-        log.exception("%s %s: unhandled error", request.method, request.path)
+    except Exception as exc:
+        if redis_is_full(exc):
+            log.warning("%s %s: Redis is full (maxmemory reached, writes refused)", request.method, request.path)
+            return error_response(503, "redis_full", "Redis is full (out of memory); try again later.",
+                                  headers={"Retry-After": _RETRY_AFTER_S})
+        # Where it failed goes to the log, not the exception's text: redis-py puts a failed pipeline's
+        # command and arguments (request bodies, phone numbers) in it. The client learns only that it
+        # was our fault.
+        log.error("%s %s: unhandled error %s\n%s", request.method, request.path, type(exc).__name__,
+                  _frames(exc))
         return error_response(500)
+
+
+def redis_is_full(exc: BaseException) -> bool:
+    """True for Redis's refusal of a write under ``maxmemory`` with ``noeviction`` (``-OOM``), from a
+    command, a script or a pipeline."""
+    if isinstance(exc, OutOfMemoryError):
+        return True
+    return isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc)
+
+
+def _frames(exc: BaseException) -> str:
+    """The traceback's frames (file, line, function, source line) without the exception's message."""
+    return "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__))).rstrip()
