@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -176,5 +177,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def unreachable(settings: Settings, exc: BaseException) -> str:
-    """The one line a command prints when Redis is away: where it looked and what happened."""
+    """The one line a command prints when Redis is away or refuses the URL's user and password: where it
+    looked (password masked) and what happened."""
+    if isinstance(exc, AuthenticationError):
+        return (f"Redis refused the login at {masked_url(settings.redis_url)} ({_reason(exc)}); check the user "
+                "and password in DIALER_REDIS_URL (percent-encoded: @ %40, : %3A, / %2F, # %23, % %25)")
     return f"Redis is not reachable at {masked_url(settings.redis_url)} ({_reason(exc)})"
