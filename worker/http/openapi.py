@@ -100,7 +100,7 @@ def _refine_seed(components: dict[str, Any]) -> None:
         if schema is None:
             continue
         props = schema["properties"]
-        props["called"]["pattern"] = CALLED_RE.pattern
+        props["called"]["pattern"] = f"^{CALLED_RE.pattern}$"
         props["called"]["description"] = "Number to call: digits with an optional leading '+', up to 32."
         props["priority"] = {
             "anyOf": [{"type": "string", "enum": list(PRIORITIES)}, {"type": "integer", "minimum": 1, "maximum": 9}],
