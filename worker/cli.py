@@ -165,8 +165,9 @@ def _json_items(stream: TextIO) -> Iterator[tuple[int, Any]]:
 @click.option("--caller-present", help="Number shown to the callee (CLIP).")
 @click.option("--play-times", type=int, default=None, help="Times the message plays, 1..5.")
 @click.option("--callback-url", help="URL the provider POSTs the release event to.")
-@click.option("--id", "job_id", help="Idempotency key: enqueuing the same id again is a no-op.")
-@click.option("--campaign", help="Campaign name (job id defaults to campaign:called).")
+@click.option("--id", "job_id", help="Idempotency key: enqueuing the same id again is a no-op. No ':' "
+              "(ids with ':' are the dialer's own: <campaign>:<number>, <id>:r<k>).")
+@click.option("--campaign", help="Campaign name (job id defaults to <campaign>:<number>).")
 @click.option("--json", "json_file", type=click.File("r"), default=None,
               help="Seed-shaped bodies: one JSON object, a JSON array, or JSONL; '-' for stdin. "
               "An 'id' key in a body is its idempotency key.")

@@ -2,8 +2,8 @@
 and a phone number may be. The producer, the campaign launcher, the HTTP schemas (their OpenAPI
 patterns) and the metrics' label guard all use these, so they cannot drift apart.
 
-    >>> valid_job_id("order-4711"), valid_campaign_name("spring sale")
-    (True, False)
+    >>> valid_job_id("order-4711"), valid_producer_id("spring:8899"), valid_campaign_name("spring sale")
+    (True, False, False)
     >>> normalize_number(" +86 (138) 0000-0001 ")
     '8613800000001'
 """
@@ -17,10 +17,13 @@ __all__ = [
     "CAMPAIGN_PATTERN",
     "JOB_ID_PATTERN",
     "PRIORITY_LEVELS",
+    "PRODUCER_ID_PATTERN",
+    "PRODUCER_ID_RULE",
     "normalize_number",
     "strip_number_formatting",
     "valid_campaign_name",
     "valid_job_id",
+    "valid_producer_id",
     "valid_timezone",
 ]
 
@@ -28,8 +31,16 @@ PRIORITY_LEVELS = range(1, 10)
 """A call's priority, 1 (most urgent) to 9; one queue per level."""
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+PRODUCER_ID_PATTERN = r"^[A-Za-z0-9._@-]{1,128}$"
+"""A job id a producer chooses (``Idempotency-Key``, a batch item's or a file row's ``id``, ``job_id=``,
+``dialer enqueue --id``): a job id without ':'. Every id the dialer derives for itself has a ':'
+(``<campaign>:<number>`` for a campaign row, ``<first id>:r<k>`` for a redial; campaign names have none),
+so no producer can take one in advance and silently suppress a campaign row or a redial."""
+PRODUCER_ID_RULE = ("must be 1-128 characters of A-Z a-z 0-9 . _ @ - (no ':': ids with ':' are reserved "
+                    "for those the dialer derives, <campaign>:<number> and <id>:r<k>)")
 CAMPAIGN_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 _JOB_ID_RE = re.compile(JOB_ID_PATTERN.strip("^$"))
+_PRODUCER_ID_RE = re.compile(PRODUCER_ID_PATTERN.strip("^$"))
 _CAMPAIGN_RE = re.compile(CAMPAIGN_PATTERN.strip("^$"))
 _FORMATTING = re.compile(r"[ \t\n\r\f\v\-.()]")
 """What a written number may hold besides its digits and leading '+': ASCII blanks, '-', '.', '(' and ')'
@@ -40,6 +51,11 @@ _DIGITS = re.compile(r"[0-9]{1,32}")
 def valid_job_id(job_id: object) -> bool:
     """1-128 of ``A-Z a-z 0-9 . _ : @ -`` (the whole string; it becomes part of Redis keys and URLs)."""
     return isinstance(job_id, str) and _JOB_ID_RE.fullmatch(job_id) is not None
+
+
+def valid_producer_id(job_id: object) -> bool:
+    """A job id a producer may choose: :func:`valid_job_id` without ':' (see ``PRODUCER_ID_PATTERN``)."""
+    return isinstance(job_id, str) and _PRODUCER_ID_RE.fullmatch(job_id) is not None
 
 
 def valid_campaign_name(name: object) -> bool:

@@ -304,6 +304,19 @@ async def test_cli_enqueue_refuses_a_called_with_a_line_break(
     assert await snapshot(redis_client) == before
 
 
+@pytest.mark.slow
+async def test_cli_enqueue_refuses_an_id_with_a_colon(settings: Settings, redis_client: aioredis.Redis) -> None:
+    """``dialer enqueue --id c:13800000001`` took campaign c's row for that number in advance."""
+    from tests.helpers import snapshot
+
+    env = settings_env(settings)
+    before = await snapshot(redis_client)
+    rc, out, err = await run_dialer("enqueue", "--called", "13800000001", "--voice-id", "1", "--id",
+                                    "c:13800000001", env=env)
+    assert rc == 1 and "id:" in err and "reserved" in err and "Traceback" not in err, (rc, out, err)
+    assert await snapshot(redis_client) == before
+
+
 async def test_past_deadline_expires_without_dialling_and_not_before_waits(
     sim: Sim, sim_settings: Settings
 ) -> None:

@@ -221,10 +221,10 @@ async def test_batch_limits_and_batch_wide_errors(client: TestClient[Any, Any], 
 
 
 async def test_get_call(client: TestClient[Any, Any], api_settings: Settings, redis_client: aioredis.Redis) -> None:
-    await client.post("/v1/calls", json=body(), headers={**AUTH, "Idempotency-Key": "g:1@x.y"})
-    r = await client.get("/v1/calls/g:1@x.y", headers=AUTH)
+    await client.post("/v1/calls", json=body(), headers={**AUTH, "Idempotency-Key": "g.1@x.y"})
+    r = await client.get("/v1/calls/g.1@x.y", headers=AUTH)
     assert r.status == 200
-    record = await Ledger(redis_client, api_settings).get("g:1@x.y")
+    record = await Ledger(redis_client, api_settings).get("g.1@x.y")
     assert record is not None and await r.json() == record.as_dict()
     for missing in ("/v1/calls/nope", "/v1/calls/" + "x" * 300):
         r = await client.get(missing, headers=AUTH)
@@ -442,3 +442,24 @@ async def test_session_cookie_is_secure_behind_an_https_public_url(
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
         r = await c.post("/login", data={"key": KEY}, allow_redirects=False)
         assert r.status == 303 and r.cookies[COOKIE]["secure"]
+
+
+async def test_an_idempotency_key_or_item_id_with_a_colon_is_refused_and_derived_ids_still_work(
+    client: TestClient[Any, Any], redis_client: aioredis.Redis
+) -> None:
+    """``Idempotency-Key: spring:8899`` took the id of spring's row for 8899 in advance: the real row
+    then came back as a "duplicate" of a call nobody launched. ':' is reserved for the dialer's ids."""
+    r = await client.post("/v1/calls", json=body(), headers={**AUTH, "Idempotency-Key": "spring:8899"})
+    assert r.status == 422
+    data = await r.json()
+    assert_error(data, "validation_failed")
+    [field] = data["error"]["fields"]
+    assert field["field"] == "Idempotency-Key" and "reserved" in field["rule"], field
+    r = await client.post("/v1/calls:batch", json={"items": [{**body(), "id": "spring:8899:r1"}]}, headers=AUTH)
+    assert r.status == 200
+    [item] = (await r.json())["results"]
+    assert item["status"] == "rejected" and item["errors"][0]["field"] == "id", item
+    assert await redis_client.dbsize() == 0
+    r = await client.post("/v1/calls", json=body(campaign="spring"), headers=AUTH)
+    assert r.status == 202 and r.headers["Location"] == "/v1/calls/spring:8899"
+    assert (await client.get("/v1/calls/spring:8899", headers=AUTH)).status == 200

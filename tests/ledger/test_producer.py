@@ -91,8 +91,8 @@ async def test_job_ids(redis_client: aioredis.Redis, producer: Producer, ledger:
     assert by_campaign.job_id == "spring.promo-1:8613800000001"  # the number as normalize_number gives it
     rec = await ledger.get(by_campaign.job_id)
     assert rec is not None and rec.campaign == "spring.promo-1"
-    explicit = await producer.enqueue(body(), job_id="a.b:c@d_e-f", campaign="spring")
-    assert explicit.job_id == "a.b:c@d_e-f"
+    explicit = await producer.enqueue(body(), job_id="a.b@d_e-f", campaign="spring")
+    assert explicit.job_id == "a.b@d_e-f"
     random = await producer.enqueue(body())
     assert random.job_id is not None and re.fullmatch(r"[a-z2-7]{16}", random.job_id)
     rec = await ledger.get(random.job_id)
@@ -381,3 +381,32 @@ async def test_a_campaign_job_id_is_the_normalised_number_so_plus_and_digits_ded
     assert (first.status, again.status) == ("accepted", "duplicate")
     longest = await producer.enqueue(body("1" * 32), campaign="x" * 64)
     assert longest.status == "accepted" and longest.job_id == "x" * 64 + ":" + "1" * 32
+
+
+@pytest.mark.parametrize("taken", ["spring:8613800000001", "spring:8613800000001:r1", "order-1:r1", ":"])
+async def test_a_producer_cannot_take_an_id_the_dialer_derives(
+    redis_client: aioredis.Redis, producer: Producer, taken: str
+) -> None:
+    """A producer's id with ':' could be a campaign row's (<campaign>:<number>) or a redial's (<id>:r<k>):
+    taken in advance, it silently turned the real one into a "duplicate". ':' is the dialer's."""
+    before = await snapshot(redis_client)
+    with pytest.raises(InvalidRequest) as exc:
+        await producer.enqueue(body(), job_id=taken)
+    [err] = exc.value.errors
+    assert err.field == "id" and "no ':'" in err.rule and "reserved" in err.rule
+    [res] = await producer.enqueue_many([CallJob(body(), job_id=taken)])
+    assert res.status == "rejected" and res.errors[0].field == "id" and "reserved" in res.errors[0].rule
+    assert await snapshot(redis_client) == before
+
+
+async def test_the_dialers_own_derived_ids_keep_working(producer: Producer, ledger: Ledger) -> None:
+    row = await producer.enqueue(body("+8613800000001"), campaign="spring")
+    assert (row.job_id, row.status) == ("spring:8613800000001", "accepted")
+    redial = await producer.enqueue(body("+8613800000001"), derived_id="spring:8613800000001:r1", campaign="spring")
+    assert (redial.job_id, redial.status) == ("spring:8613800000001:r1", "accepted")
+    assert (await ledger.get("spring:8613800000001:r1")) is not None
+    with pytest.raises(InvalidRequest) as exc:  # a derived id is checked as a job id
+        await producer.enqueue(body(), derived_id="x" * 126 + ":r1")
+    assert exc.value.errors[0].field == "id"
+    with pytest.raises(InvalidRequest):
+        await producer.enqueue(body(), job_id="a", derived_id="a:r1")

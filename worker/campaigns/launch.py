@@ -11,7 +11,7 @@ Files:
 
 * CSV with a header row. ``called`` is required; optional columns ``priority``, ``callerPresent``,
   ``templateParams`` (``|``-separated), ``voiceId``, ``templateId``, ``voiceFileName``, ``playTimes``,
-  ``id`` (idempotency key; default ``<campaign>:<number>``) and ``timezone`` (the callee's IANA zone,
+  ``id`` (idempotency key, without ':'; default ``<campaign>:<number>``) and ``timezone`` (the callee's IANA zone,
   overriding ``--timezone``). An unknown column refuses the whole file (a typo would drop data silently).
 * JSONL (``.jsonl``/``.ndjson``/``.json``, or a file starting with ``{``): one seed-shaped request body
   per line, plus optional ``id`` and ``timezone`` keys.
@@ -61,7 +61,14 @@ from worker.campaigns.suppression import Suppression
 from worker.errors import FieldError
 from worker.ledger.producer import CallJob, Producer
 from worker.models import CallRequest, PlayItem, field_errors
-from worker.rules import normalize_number, strip_number_formatting, valid_job_id, valid_timezone
+from worker.rules import (
+    PRODUCER_ID_RULE,
+    normalize_number,
+    strip_number_formatting,
+    valid_job_id,
+    valid_producer_id,
+    valid_timezone,
+)
 from worker.settings import Settings
 from worker.windows import WindowError, parse_days, parse_hours
 
@@ -169,6 +176,8 @@ class _Row:
     job_id: str
     number: str
     timezone: str | None
+    given_id: str | None
+    """The row's own ``id``; None: the producer derives ``job_id`` (``<campaign>:<number>``) itself."""
 
 
 Progress = Callable[[int, int], None]
@@ -430,8 +439,8 @@ def _validate_rows(
                 request = CallRequest.model_validate(body)
             except ValidationError as exc:
                 errors += [FieldError(_csv_field(e.field) if csv_mode else e.field, e.rule) for e in field_errors(exc)]
-        if job_id is not None and not valid_job_id(job_id):
-            errors.append(FieldError("id", "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"))
+        if job_id is not None and not valid_producer_id(job_id):
+            errors.append(FieldError("id", PRODUCER_ID_RULE))
         if tz is not None and not valid_timezone(tz):
             errors.append(FieldError("timezone", "must be an IANA time zone such as Europe/Paris"))
         if errors or request is None:
@@ -447,7 +456,7 @@ def _validate_rows(
             report.duplicates_in_file += 1
             continue
         first_line[key] = line
-        rows.append(_Row(line, request, row_id, number, tz))
+        rows.append(_Row(line, request, row_id, number, tz, job_id))
     report.valid = len(rows)
     return rows
 
@@ -578,7 +587,7 @@ async def _launch(
     for start in range(0, len(todo), _ENQUEUE_CHUNK):
         part = todo[start : start + _ENQUEUE_CHUNK]
         results = await producer.enqueue_many(
-            [CallJob(request=r.request, job_id=r.job_id, timezone=r.timezone) for r in part],
+            [CallJob(request=r.request, job_id=r.given_id, timezone=r.timezone) for r in part],
             campaign=opts.name,
             deadline=deadline,
         )

@@ -241,7 +241,7 @@ class Outcomes:
             return None
         try:
             await self._producer.enqueue(
-                record.body, job_id=redial_id, campaign=record.campaign, not_before=_utc(run_at),
+                record.body, derived_id=redial_id, campaign=record.campaign, not_before=_utc(run_at),
                 deadline=None if record.deadline_ms is None else _utc(record.deadline_ms / 1000),
                 timezone=record.timezone,
             )

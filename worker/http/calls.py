@@ -38,7 +38,7 @@ from worker.ledger.producer import CallJob, EnqueueResult
 from worker.ledger.record import JobRecord
 from worker.metrics import observe_enqueued
 from worker.models import CallRequest, field_errors
-from worker.rules import JOB_ID_PATTERN
+from worker.rules import JOB_ID_PATTERN, PRODUCER_ID_PATTERN
 from worker.settings import Settings
 from worker.store.decode import as_dict
 from worker.store.keys import Keys
@@ -226,8 +226,9 @@ def routes(settings: Settings) -> list[Route]:
                          schema={"type": "string", "pattern": JOB_ID_PATTERN})
     idem = Param("Idempotency-Key", "header",
                  "The job id. A repeat with the same call returns the first job (200); with a different "
-                 "call, 409. Default: `<campaign>:<number>` when a campaign is given, else a new id.",
-                 schema={"type": "string", "pattern": JOB_ID_PATTERN})
+                 "call, 409. No ':' (ids with ':' are the dialer's own: `<campaign>:<number>`, `<id>:r<k>`). "
+                 "Default: `<campaign>:<number>` when a campaign is given, else a new id.",
+                 schema={"type": "string", "pattern": PRODUCER_ID_PATTERN})
     return [
         Route(
             "POST", "/v1/calls", create_call, "Enqueue one call", Access.API, tag="calls",

@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from pydantic.alias_generators import to_camel
 
 from worker.models import CallRequest, ReleaseEvent
-from worker.rules import CAMPAIGN_PATTERN, JOB_ID_PATTERN
+from worker.rules import CAMPAIGN_PATTERN, PRODUCER_ID_PATTERN
 
 
 def _iso_text(v: Any) -> Any:
@@ -51,8 +51,9 @@ class BatchItem(CallCreate):
     """One item of ``POST /v1/calls:batch``; ``id`` is its idempotency key."""
 
     id: str | None = Field(
-        None, description="Idempotency key (job id); default `<campaign>:<number>` or a new id.",
-        json_schema_extra={"pattern": JOB_ID_PATTERN},
+        None, description="Idempotency key (job id), without ':' (ids with ':' are the dialer's own: "
+        "`<campaign>:<number>`, `<id>:r<k>`); default `<campaign>:<number>` or a new id.",
+        json_schema_extra={"pattern": PRODUCER_ID_PATTERN},
     )
 
 

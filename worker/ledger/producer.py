@@ -37,7 +37,14 @@ from redis.commands.core import AsyncScript
 
 from worker.errors import FieldError, InvalidRequest
 from worker.models import CallRequest, field_errors
-from worker.rules import normalize_number, valid_campaign_name, valid_job_id, valid_timezone
+from worker.rules import (
+    PRODUCER_ID_RULE,
+    normalize_number,
+    valid_campaign_name,
+    valid_job_id,
+    valid_producer_id,
+    valid_timezone,
+)
 from worker.settings import Settings, load_settings
 from worker.store import scripts
 from worker.store.client import cli_client
@@ -109,6 +116,7 @@ class CallJob:
 
     request: CallRequest | dict[str, Any]
     job_id: str | None = None
+    """The producer's id (idempotency key): no ':' (ids with ':' are the dialer's own)."""
     campaign: str | None = None
     not_before: datetime | None = None
     deadline: datetime | None = None
@@ -142,12 +150,16 @@ def _check_options(
     not_before: datetime | None,
     deadline: datetime | None,
     timezone: str | None = None,
+    derived: bool = False,
 ) -> tuple[_Options, list[FieldError]]:
     errors: list[FieldError] = []
     if timezone is not None and not valid_timezone(timezone):
         errors.append(FieldError("timezone", "must be an IANA time zone such as Europe/Paris"))
-    if job_id is not None and not valid_job_id(job_id):
-        errors.append(FieldError("id", "must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"))
+    if derived:
+        if job_id is None or not valid_job_id(job_id):
+            errors.append(FieldError("id", "a derived job id must be 1-128 characters of A-Z a-z 0-9 . _ : @ -"))
+    elif job_id is not None and not valid_producer_id(job_id):
+        errors.append(FieldError("id", PRODUCER_ID_RULE))
     if campaign is not None and not valid_campaign_name(campaign):
         errors.append(FieldError("campaign", "must be 1-64 characters of A-Z a-z 0-9 . _ -"))
     nb = dl = ""
@@ -226,15 +238,25 @@ class Producer:
         not_before: datetime | None = None,
         deadline: datetime | None = None,
         timezone: str | None = None,
+        derived_id: str | None = None,
     ) -> EnqueueResult:
         """Enqueue one call. Raises InvalidRequest (nothing stored) on bad input.
+
+        ``job_id`` is a producer's id: no ':' (``rules.PRODUCER_ID_PATTERN``; ids with ':' are the
+        dialer's own). ``derived_id`` is for the dialer itself only: an id it derived (a redial's
+        ``<id>:r<k>``), checked with ``rules.valid_job_id``; give one of the two, not both.
 
         ``not_before`` defers the call; ``deadline`` is when the worker gives up on it (state
         ``expired``). Both must be timezone-aware. ``timezone`` is the callee's IANA zone for the
         campaign's calling window (default: the campaign's own).
         """
         req, errors = _validate(request)
-        opts, opt_errors = _check_options(job_id, campaign, not_before, deadline, timezone)
+        if derived_id is not None and job_id is not None:
+            raise InvalidRequest([FieldError("id", "give job_id or derived_id, not both")])
+        derived = derived_id is not None
+        opts, opt_errors = _check_options(derived_id if derived else job_id, campaign, not_before, deadline,
+                                          timezone, derived)
+        job_id = derived_id if derived else job_id
         errors += opt_errors
         if errors or req is None:
             raise InvalidRequest(errors)
