@@ -192,3 +192,51 @@ async def test_r3_provider_slower_than_the_in_flight_cap_loses_nothing(
     assert not rec.lost, f"{len(rec.lost)} jobs lost ({dict(counts)}), e.g. {[records[j] for j in rec.lost[:2]]}"
     assert rec.states == {State.SENT: jobs} and not rec.multi_called
     assert timeouts == 0, "a run outlived the job timeout: arq dropped it"
+
+
+async def test_r3_wrong_app_secret_pauses_the_fleet_and_nothing_is_burnt(
+    settings: Settings, redis_client: aioredis.Redis, procs: Procs
+) -> None:
+    """The provider refuses the fleet's AK/SK (tokenByAkSk 401) for a while, then accepts it (the operator
+    fixed it): no job may be dead-lettered or charged an attempt meanwhile, each worker says so in one
+    WARNING naming the settings (never their values), tokenByAkSk is asked with backoff (not per job),
+    and every job is sent once the credentials work, without anybody restarting anything."""
+    jobs = scale(200, 1000)
+    wrong_s = 6.0
+    s = fault_settings(settings, rate_limit=0, retry_max_attempts=3, retry_max_total_s=2.0,
+                       token_refused_retry_max_s=2.0)
+    secret = s.app_secret.get_secret_value()
+    sim = SimProcess(procs, settings_env(s))
+    await sim.start({"app_secret": "someone-rotated-it"})
+    s = s.model_copy(update={"api_base_url": sim.url})
+    ids = await enqueue_all(redis_client, s, [body(f"3800000{i:04d}", priority=5) for i in range(jobs)])
+    workers = [await procs.start(f"worker{i}", "worker", env=settings_env(s)) for i in range(2)]
+    await asyncio.sleep(wrong_s)
+    during = await load_records(redis_client, s, ids)
+    states_during = Counter(str(r.state) if r else "missing" for r in during.values())
+    attempts_during = sum(r.attempts for r in during.values() if r)
+    await sim.sync()
+    asked_while_wrong = sim.token_requests
+    t0 = time.monotonic()
+    await sim.configure(app_secret=secret)
+    counts = await wait_final(redis_client, s, ids, 60, workers)
+    resumed_s = time.monotonic() - t0
+    for w in workers:
+        assert await w.stop() == 0
+    await sim.sync()
+    records = await load_records(redis_client, s, ids)
+    rec = reconcile(records, sim.requests)
+    outputs = [w.output() for w in workers]
+    warnings = [sum(1 for line in out.splitlines() if "WARNING" in line and "DIALER_APP_SECRET" in line)
+                for out in outputs]
+    report("R3 wrong app secret (tokenByAkSk refused, then fixed)", {
+        **rec.figures(), "refused for s": wrong_s, "states while refused": dict(states_during),
+        "attempts charged while refused": attempts_during, "tokenByAkSk calls while refused": asked_while_wrong,
+        "WARNINGs naming the AK/SK per worker": warnings, "all sent after the fix, s": round(resumed_s, 1),
+    })
+    assert states_during == {State.QUEUED: jobs} and attempts_during == 0
+    # Backoff 1, 2, 2 ... s over ~6 s from each of 2 workers' views: a handful, not one per job.
+    assert asked_while_wrong <= 10, asked_while_wrong
+    assert warnings == [1, 1], warnings
+    assert all(secret not in out and "someone-rotated-it" not in out for out in outputs)
+    assert rec.states == {State.SENT: jobs} and not rec.lost and not rec.multi_called, dict(counts)

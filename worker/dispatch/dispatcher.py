@@ -86,6 +86,7 @@ class Defer(Exception):
         self.reason = reason
         self.priority = 0
         self.campaign: str | None = None
+        self.quiet = False  # logged at DEBUG: the fleet waits for one cause, said once elsewhere
         super().__init__(f"defer {self.seconds:.2f}s: {reason}")
 
 
@@ -182,7 +183,8 @@ class Dispatcher:
                     raise
                 d = exc if isinstance(exc, Defer) else Defer(0.0, "run ended ahead of the job timeout")
                 metrics.observe_outcome("deferred", d.priority, d.campaign)
-                log.info("job %s deferred %.2fs: %s", job_id, d.seconds, d.reason, extra=logs.job_fields(
+                log.log(logging.DEBUG if d.quiet else logging.INFO, "job %s deferred %.2fs: %s", job_id, d.seconds,
+                        d.reason, extra=logs.job_fields(
                     job_id, campaign=d.campaign, priority=d.priority, outcome="deferred", error=d.reason))
                 raise d from None
         metrics.observe_outcome(str(outcome.state), outcome.priority, outcome.campaign)
@@ -249,13 +251,14 @@ class Dispatcher:
         # The time budget counts from the first provider attempt (campaign jobs may be paced hours
         # ahead of their enqueue time; pauses and window waits move it forward).
         first_try_s = record.first_attempt_ms / 1000 if record.first_attempt_ms is not None else started
+        budget = _Budget(first_try_s, fixed=record.first_attempt_ms is not None)
         attempts = record.attempts
         while True:
             now = self.clock()
             if record.deadline_ms is not None and now * 1000 >= record.deadline_ms:
                 await self.ledger.mark_final(job_id, State.EXPIRED, "deadline passed before the call was made")
                 return Outcome(State.EXPIRED, attempts)
-            if attempts > 0 and now - first_try_s >= self.settings.retry_max_total_s + _BUDGET_GRACE_S:
+            if attempts > 0 and now - budget.first_s >= self.settings.retry_max_total_s + _BUDGET_GRACE_S:
                 # The retry time budget ran out while the job waited (on its queue, for a permit): no
                 # attempt after the budget. (A backoff ends at the budget at the latest, for one last try.)
                 current = await self.ledger.get(job_id)  # the last error may be this run's
@@ -265,6 +268,9 @@ class Dispatcher:
                 return Outcome(State.DEAD, attempts, reason)
             if plan.window is not None and not plan.window.is_open(_utc(now)):
                 return await self._outside_window(record, plan, now)
+            if self._token_pause() > 0:
+                # tokenByAkSk refuses the AK/SK (the token manager said so once): take no permit, wait.
+                return await self._wait_for_token(record, self._token_pause(), "the fleet waits for an access token")
             permit = await self._permit(record, plan, run_deadline, order)
             if permit is None:
                 # Saturated: give the worker slot back and queue again rather than overrun the job timeout.
@@ -277,7 +283,7 @@ class Dispatcher:
                 raise Defer(0.0, "waited too long for an in-flight slot") from None
             try:
                 step = await self._attempt(
-                    record, request, plan, run_deadline, lease, attempts, first_try_s, permit, order
+                    record, request, plan, run_deadline, lease, attempts, budget, permit, order
                 )
             finally:
                 await self.in_flight.leave(lease)
@@ -295,7 +301,7 @@ class Dispatcher:
         run_deadline: float,
         lease: Lease,
         attempts: int,
-        first_try_s: float,
+        budget: _Budget,
         permit: Permit,
         order: float,
     ) -> Outcome | tuple[int, float]:
@@ -306,6 +312,7 @@ class Dispatcher:
         gate = _Gate(self, record, plan, run_deadline, lease, permit, order)
         try:
             result = await self._send_once(request, gate, run_deadline)
+            budget.started(gate)
         except asyncio.CancelledError:
             await asyncio.shield(self._cancelled(job_id, lease, gate))
             raise
@@ -315,6 +322,8 @@ class Dispatcher:
                 return await self._no_token(record, exc)
             # The attempt the ledger counted (begin_send): the record and the error say the same number.
             attempts = max(gate.attempt, attempts)
+            budget.started(gate)
+            first_try_s = budget.first_s
             await self._count(ok=False, kind=metrics.error_kind(exc))
             outcome = await self._failed(job_id, exc, attempts, first_try_s, record.deadline_ms, lease)
             if outcome is not None:
@@ -343,14 +352,25 @@ class Dispatcher:
     async def _no_token(self, record: JobRecord, exc: ProviderError) -> Outcome:
         """The access token could not be had, so no request left: the job waits on its queue (the wait not
         counted against its retry time budget), its attempts untouched, with the reason as its error."""
-        job_id = record.job_id
         reason = f"no access token: {exc.describe()}"
-        await self.ledger.mark_retry(job_id, reason)
-        delay = backoff_delay(1, self.settings)
+        await self.ledger.mark_retry(record.job_id, reason)
+        pause = self._token_pause()
+        return await self._wait_for_token(record, pause or backoff_delay(1, self.settings), reason, quiet=pause > 0)
+
+    def _token_pause(self) -> float:
+        """Seconds the fleet still waits for tokenByAkSk to accept its AK/SK (0: none): in memory, no I/O."""
+        pause_s = getattr(getattr(self.client, "tokens", None), "pause_s", None)
+        return float(pause_s()) if callable(pause_s) else 0.0
+
+    async def _wait_for_token(self, record: JobRecord, delay: float, reason: str, *, quiet: bool = True) -> Outcome:
+        """Put the job back on its queue for ``delay`` s: attempts untouched, the wait not counted against
+        its retry time budget (like a calling window's)."""
         now_ms = int(self.clock() * 1000)
-        if await self.ledger.postpone(job_id, now_ms, now_ms + int(delay * 1000)) is None:
+        if await self.ledger.postpone(record.job_id, now_ms, now_ms + max(int(delay * 1000), 1)) is None:
             return Outcome("skipped", record.attempts, "no longer queued")
-        raise Defer(delay, reason)
+        d = Defer(delay, reason)
+        d.quiet = quiet
+        raise d
 
     async def _permit(self, record: JobRecord, plan: _Plan, run_deadline: float, order: float = 0.0) -> Permit | None:
         """A rate permit within the run's time budget, or None when the fleet is saturated past it."""
@@ -493,6 +513,19 @@ class Dispatcher:
             await self.ledger.mark_final(job_id, State.UNKNOWN, "cancelled mid-request", lease)
 
 
+class _Budget:
+    """When a job's retry time budget started: its first request (the ledger's ``first``, or this run's)."""
+
+    __slots__ = ("first_s", "fixed")
+
+    def __init__(self, first_s: float, *, fixed: bool) -> None:
+        self.first_s, self.fixed = first_s, fixed
+
+    def started(self, gate: _Gate) -> None:
+        if not self.fixed and gate.sent_at is not None:
+            self.first_s, self.fixed = gate.sent_at, True
+
+
 class _Gate:
     """The dispatcher's side of one provider attempt (:class:`~worker.provider.client.RequestGate`): the
     last checks and waits before each request leaves, and what the attempt has done so far, so that a
@@ -508,6 +541,7 @@ class _Gate:
         self.out = False  # a request may be on its way or awaiting its answer
         self.refused_once = False  # the first request was answered 401/403 (the attempt was made)
         self.attempt = 0  # the attempt number begin_send recorded in the ledger (0: none)
+        self.sent_at: float | None = None  # the dispatcher's clock when the first request left
 
     def _budget(self) -> float:
         return max(self.run_deadline - self.d.clock(), 0.001)
@@ -566,6 +600,7 @@ class _Gate:
             self.permit = permit
         self.waits.reschedule(None)
         self.out = True
+        self.sent_at = d.clock()
         return None
 
     async def _open_resend(self) -> Refusal | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -23,10 +24,48 @@ from worker.store.keys import Keys
 log = logging.getLogger(__name__)
 
 _REDIS_PING_TIMEOUT_S = 2.0
+PROVIDER_CHECK_TTL_S = 5.0
+"""``/readyz`` reuses its provider check this long: probes cannot turn into tokenByAkSk calls."""
+
+
+class _ProviderCheck:
+    """The last provider check's answer and when it was made (per app)."""
+
+    def __init__(self) -> None:
+        self.answer = ""
+        self.at = -PROVIDER_CHECK_TTL_S
+        self.lock = asyncio.Lock()
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+_CHECKS: weakref.WeakKeyDictionary[web.Application, _ProviderCheck] = weakref.WeakKeyDictionary()
+
+
+async def _provider_check(app: web.Application, settings: Settings) -> str:
+    """The provider's readiness, checked at most once per ``PROVIDER_CHECK_TTL_S`` (concurrent probes
+    share one check); while tokenByAkSk refuses the AK/SK the token manager answers from the fleet's
+    pause in Redis without asking the provider."""
+    cache = _CHECKS.setdefault(app, _ProviderCheck())
+    async with cache.lock:
+        loop = asyncio.get_running_loop()
+        if loop.time() - cache.at < PROVIDER_CHECK_TTL_S:
+            return cache.answer
+        provider = app[PROVIDER].client
+        if provider is None or provider.tokens is None:
+            return "not checked: the provider client is not open"
+        try:
+            # The shared token: from memory or Redis when valid, else one tokenByAkSk call fleet-wide.
+            await asyncio.wait_for(provider.tokens.get(), settings.request_timeout_s + _REDIS_PING_TIMEOUT_S)
+            answer = "ok"
+        except ProviderError as exc:
+            answer = exc.describe()  # secret-free by contract
+        except (RedisError, OSError, TimeoutError) as exc:
+            answer = f"failed ({type(exc).__name__})"
+        cache.answer, cache.at = answer, loop.time()
+        return answer
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -38,20 +77,10 @@ async def readyz(request: web.Request) -> web.Response:
         checks["redis"] = "ok"
     except (RedisError, OSError, TimeoutError) as exc:
         checks["redis"] = f"unreachable ({type(exc).__name__})"
-    provider = app[PROVIDER].client
     if checks["redis"] != "ok":
         checks["provider"] = "not checked: Redis is unreachable"
-    elif provider is None or provider.tokens is None:
-        checks["provider"] = "not checked: the provider client is not open"
     else:
-        try:
-            # The shared token: from memory or Redis when valid, else one tokenByAkSk call fleet-wide.
-            await asyncio.wait_for(provider.tokens.get(), settings.request_timeout_s + _REDIS_PING_TIMEOUT_S)
-            checks["provider"] = "ok"
-        except ProviderError as exc:
-            checks["provider"] = exc.describe()  # secret-free by contract
-        except (RedisError, OSError, TimeoutError) as exc:
-            checks["provider"] = f"failed ({type(exc).__name__})"
+        checks["provider"] = await _provider_check(app, settings)
     ready = all(v == "ok" for v in checks.values())
     if not ready:
         log.info("not ready: %s", "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"))
@@ -86,7 +115,8 @@ def routes(settings: Settings) -> list[Route]:
               responses={200: Reply("The process is alive.", Health)}, uses_redis=False),
         Route("GET", "/readyz", readyz, "Readiness", Access.OPEN, tag="operations", operation_id="readyz",
               description="Ready when Redis answers a PING and the fleet's provider token can be had "
-              "(from the shared cache, or by one tokenByAkSk call).",
+              "(from the shared cache, or by one tokenByAkSk call). The provider check is reused for 5 s, and "
+              "while tokenByAkSk refuses the AK/SK it is answered from the fleet's pause without asking again.",
               responses={200: Reply("Ready.", Ready), 503: Reply("Not ready; checks say why.", Ready)},
               uses_redis=False),
         Route("GET", "/metrics", metrics_endpoint, "Prometheus metrics", Access.OPEN, tag="operations",

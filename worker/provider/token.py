@@ -109,6 +109,32 @@ def _describe(exc: BaseException) -> str:
     return exc.describe() if isinstance(exc, ProviderError) else type(exc).__name__
 
 
+@dataclass(frozen=True)
+class _Pause:
+    """The fleet's pause while tokenByAkSk refuses (``Keys.token_refused``): no process asks before
+    ``until_ms`` (Redis clock); ``step_s`` is the wait that led to it (doubled at each refusal)."""
+
+    until_ms: float
+    step_s: float
+    why: str
+    status: int | None = None
+
+
+def _decode_pause(raw: Any) -> _Pause | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        status = data.get("status")
+        return _Pause(float(data["until"]), float(data["step"]), str(data.get("why") or "tokenByAkSk refused"),
+                      int(status) if isinstance(status, int) else None)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+_FIRST_REFUSED_WAIT_S = 1.0
+
+
 def _encode(token: Token) -> str:
     return json.dumps({"v": token.value.get_secret_value(), "exp": token.expires_at, "at": token.obtained_at})
 
@@ -136,6 +162,14 @@ class TokenManager:
         self._revoked: deque[Token] = deque(maxlen=_REVOKED_MEMORY)
         self.refreshes = 0
         """tokenByAkSk calls made by this process (failed ones included)."""
+        self._paused_until = 0.0  # time.monotonic() until which tokenByAkSk is known to refuse
+        self._pause_why = ""
+        self._warned = False  # this process said (WARNING) that the fleet is paused
+
+    def pause_s(self) -> float:
+        """Seconds left of the fleet's pause while tokenByAkSk refuses the AK/SK, as this process last saw it
+        (0: none). Costs nothing: the dispatcher asks it before every rate permit."""
+        return max(self._paused_until - time.monotonic(), 0.0)
 
     def __repr__(self) -> str:
         return f"<TokenManager key={self._keys.token!r} refreshes={self.refreshes}>"
@@ -199,8 +233,32 @@ class TokenManager:
     def _is_revoked(self, token: Token | None) -> bool:
         return any(token is not None and bad._same(token) for bad in self._revoked)
 
+    def _paused(self, pause: _Pause, server_now_ms: float, mono: float) -> AuthError:
+        """Remember the fleet's pause (and say so once); the error for the caller: no token can be had until
+        the pause ends (:meth:`pause_s`)."""
+        wait = max(pause.until_ms - server_now_ms, 0.0) / 1000
+        self._paused_until = mono + wait
+        self._pause_why = pause.why
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "%s: the app key or secret (DIALER_APP_KEY / DIALER_APP_SECRET) is most likely wrong; this "
+                "worker takes no jobs while no access token can be had (they wait, none is burnt) and asks "
+                "tokenByAkSk again with backoff (next in %.0f s, at most every %g s)",
+                pause.why, wait, self._settings.token_refused_retry_max_s,
+            )
+        return AuthError(f"{pause.why}; the fleet waits {wait:.1f} s before asking again",
+                                  status=pause.status)
+
+    def _resumed(self) -> None:
+        self._paused_until = 0.0
+        if self._warned:
+            self._warned = False
+            log.warning("tokenByAkSk gives an access token again: taking jobs again")
+
     def _remember(self, token: Token, server_now_s: float, mono: float, recheck_in: float = 0.0) -> Token:
         """Cache ``token``; ``mono`` is the monotonic time at which Redis said ``server_now_s``."""
+        self._resumed()
         remaining = token.expires_at - server_now_s
         self._cached = _Cached(
             token,
@@ -249,9 +307,12 @@ class TokenManager:
         owner = secrets.token_hex(16)
         margin_ms = int(settings.refresh_margin_s * 1000)
         while True:
-            taken, raw, now_ms = await self._get_or_lock(
-                keys=[self._keys.token, self._keys.token_lock], args=[owner, self._lock_ttl_ms, margin_ms]
+            res = await self._get_or_lock(
+                keys=[self._keys.token, self._keys.token_lock, self._keys.token_refused],
+                args=[owner, self._lock_ttl_ms, margin_ms],
             )
+            taken, raw, now_ms = res[0], res[1], res[2]
+            pause = _decode_pause(res[3] if len(res) > 3 else None)
             # TIME ran inside the script, a little before this: deadlines derived from it err early.
             mono = time.monotonic()
             server_now = int(now_ms) / 1000
@@ -266,13 +327,16 @@ class TokenManager:
                 usable = self._still_valid(stored, cached, server_now_s=server_now)
                 if usable is not None:
                     return self._remember(usable, server_now, mono, recheck_in=_RECHECK_OTHER_S)
+                if pause is not None and pause.until_ms > int(now_ms):
+                    # tokenByAkSk refused a moment ago: nobody asks it again before the pause ends.
+                    raise self._paused(pause, int(now_ms), mono)
                 if time.monotonic() > deadline:
                     raise RetryableError("timed out waiting for another worker to refresh the access token")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _POLL_MAX_S)
                 continue
             try:
-                return await self._fetch_and_store(server_now, mono, stored)
+                return await self._fetch_and_store(server_now, mono, stored, pause)
             finally:
                 try:
                     await self._release(keys=[self._keys.token_lock], args=[owner])
@@ -280,17 +344,24 @@ class TokenManager:
                     # The lock's PX frees it anyway; the token we got is still good.
                     log.warning("could not release the token refresh lock: %s", _describe(exc))
 
-    async def _fetch_and_store(self, server_now: float, mono: float, stored: Token | None) -> Token:
+    async def _fetch_and_store(
+        self, server_now: float, mono: float, stored: Token | None, pause: _Pause | None = None
+    ) -> Token:
         self.refreshes += 1
         try:
             fetched = await self._fetch()
-        except Exception:
+        except Exception as exc:
             metrics.observe_token_refresh(False)
             # Prefer the token in Redis over ours: another process may have a newer one.
             if stored is not None and stored.expires_at > server_now:
                 self._remember(stored, server_now, mono)
+            elif isinstance(exc, AuthError):
+                # Refused: pause the fleet (every process reads this before asking), with backoff.
+                raise await self._pause_fleet(exc, server_now, mono, pause) from None
             raise
         metrics.observe_token_refresh(True)
+        if pause is not None:
+            await self._redis.delete(self._keys.token_refused)
         if fetched.lifetime_s <= 0:
             raise AuthError("tokenByAkSk returned a token that has already expired")
         # Restamp on the server clock, counting the lifetime from before the request (conservative).
@@ -298,3 +369,18 @@ class TokenManager:
         await self._redis.set(self._keys.token, _encode(token), pxat=int(token.expires_at * 1000))
         log.info("access token refreshed; it expires in %.0f s", token.lifetime_s)
         return self._remember(token, server_now, mono)
+
+    async def _pause_fleet(
+        self, exc: AuthError, server_now: float, mono: float, previous: _Pause | None
+    ) -> AuthError:
+        limit = self._settings.token_refused_retry_max_s
+        step = min(previous.step_s * 2 if previous is not None else _FIRST_REFUSED_WAIT_S, limit)
+        now_ms = server_now * 1000
+        pause = _Pause(now_ms + step * 1000, step, str(exc), exc.status)  # our own text: no secret
+        data = json.dumps({"until": pause.until_ms, "step": step, "why": pause.why, "status": exc.status})
+        try:
+            # Kept past its end so the next refusal doubles the step; gone by itself if nobody asks again.
+            await self._redis.set(self._keys.token_refused, data, px=int((step + limit) * 1000))
+        except RedisError as rexc:
+            log.debug("could not store the fleet's token pause: %s", type(rexc).__name__)
+        return self._paused(pause, now_ms, mono)

@@ -1,10 +1,15 @@
 -- Read the shared access token; if it is missing, unreadable or inside its refresh margin, try to
 -- take the refresh lock in the same step, so whoever gets the lock has seen the latest token.
--- KEYS[1] token key, KEYS[2] lock key
+-- KEYS[1] token key, KEYS[2] lock key, KEYS[3] (optional) the fleet's pause while tokenByAkSk refuses
 -- ARGV[1] lock owner id, ARGV[2] lock ttl (ms), ARGV[3] refresh margin (ms)
--- Returns {lock_taken 0|1, stored token JSON or nil, Redis server time (ms)}.
+-- Returns {lock_taken 0|1, stored token JSON or nil, Redis server time (ms), pause JSON or nil}: while
+-- the pause lasts ("until" ahead) nobody takes the lock, so nobody calls tokenByAkSk.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local pause = false
+if KEYS[3] then
+  pause = redis.call('GET', KEYS[3])
+end
 local raw = redis.call('GET', KEYS[1])
 if raw then
   local ok, tok = pcall(cjson.decode, raw)
@@ -13,13 +18,19 @@ if raw then
     -- a short-lived token gets at most a tenth of its life as margin (token.MAX_MARGIN_SHARE)
     local margin = math.min(tonumber(ARGV[3]), (exp - tonumber(tok['at']) * 1000) * 0.1)
     if exp - now > margin then
-      return {0, raw, now}
+      return {0, raw, now, pause}
     end
   else
     raw = false
   end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, raw, now}
+if pause then
+  local ok, p = pcall(cjson.decode, pause)
+  if ok and type(p) == 'table' and tonumber(p['until']) and tonumber(p['until']) > now then
+    return {0, raw, now, pause}
+  end
 end
-return {0, raw, now}
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, raw, now, pause}
+end
+return {0, raw, now, pause}

@@ -82,6 +82,11 @@ class Keys:
     def token_lock(self) -> str:
         return f"{self.prefix}token:lock"
 
+    @property
+    def token_refused(self) -> str:
+        """The fleet's pause while tokenByAkSk refuses the AK/SK: JSON {"until": ms, "step": s}, with a TTL."""
+        return f"{self.prefix}token:refused"
+
     def rate(self, name: str) -> str:
         """GCRA state (theoretical arrival time) of one limit: "global" or "campaign:<name>"."""
         return f"{self.prefix}rl:{name}"
