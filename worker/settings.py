@@ -73,6 +73,16 @@ class Settings(BaseSettings):
         "dialer:", min_length=1,
         description="Prefix of every Redis key we own (two fleets may share one Redis with different prefixes).",
     )
+    redis_tls_ca_file: str | None = Field(
+        None, description="PEM file of the CA(s) that signed the Redis server's certificate (`rediss://` only); "
+        "unset = the system's trusted CAs. The server's certificate and host name are always verified.",
+    )
+    redis_tls_cert_file: str | None = Field(
+        None, description="PEM client certificate presented to Redis (`rediss://` with `tls-auth-clients yes`).",
+    )
+    redis_tls_key_file: str | None = Field(
+        None, description="PEM private key of DIALER_REDIS_TLS_CERT_FILE (unset: the key is in the certificate file).",
+    )
 
     # --- Provider ----------------------------------------------------------------------------------
     api_base_url: str = Field(
@@ -96,10 +106,6 @@ class Settings(BaseSettings):
     )
     token_refresh_margin_s: float = Field(
         60.0, ge=0, description="Refresh this long before the token expires (capped at a tenth of its lifetime)."
-    )
-    token_refused_retry_max_s: float = Field(
-        30.0, gt=0, description="While tokenByAkSk refuses the AK/SK the fleet takes no jobs and asks again "
-        "after 1 s, doubling up to this long; jobs wait, none is dead-lettered."
     )
     request_timeout_s: float = Field(10.0, gt=0, description="Total time allowed for one provider request.")
     connect_timeout_s: float = Field(3.0, gt=0, description="Time allowed to open a connection.")
@@ -229,6 +235,11 @@ class Settings(BaseSettings):
             raise ValueError(REDIS_URL_RULE)
         return v
 
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file", mode="before")
+    @classmethod
+    def _empty_file_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _key_list(cls, v: Any) -> Any:
@@ -280,6 +291,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _margin_below_lifetime(self) -> Settings:
+        tls_files = (self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
+        if any(tls_files) and not self.redis_url.startswith("rediss://"):
+            raise ValueError("DIALER_REDIS_TLS_* files are set but DIALER_REDIS_URL does not start with rediss://")
+        if self.redis_tls_key_file and not self.redis_tls_cert_file:
+            raise ValueError("DIALER_REDIS_TLS_KEY_FILE needs DIALER_REDIS_TLS_CERT_FILE")
         if self.retry_base_s > self.retry_max_backoff_s:
             raise ValueError("DIALER_RETRY_BASE_S must not exceed DIALER_RETRY_MAX_BACKOFF_S")
         if self.number_cap_calls > 0 and self.number_cap_days <= 0:

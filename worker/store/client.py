@@ -8,7 +8,9 @@ outage differently.
 * :func:`cli_client`: a command run by a person fails within seconds when Redis is away.
 
 All three take the URL from ``settings.redis_url`` (``redis://``, ``rediss://``, ``unix://``; a
-password percent-encoded as URLs require is decoded by redis-py).
+password percent-encoded as URLs require is decoded by redis-py) and, for ``rediss://``, the TLS
+options of :func:`tls_options` (certificate and host name verified; CA and client certificate from
+``DIALER_REDIS_TLS_*``).
 
     redis = cli_client(settings)
     try:
@@ -36,7 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from worker.settings import Settings
 from worker.store.connections import DialerConnectionPool
 
-__all__ = ["UNREACHABLE", "api_client", "cli_client", "masked_url", "unreachable", "worker_client"]
+__all__ = ["UNREACHABLE", "api_client", "cli_client", "masked_url", "tls_options", "unreachable", "worker_client"]
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +125,27 @@ def worker_retry(url: str = "") -> dict[str, Any]:
     }
 
 
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """redis-py's TLS options for a ``rediss://`` URL (none otherwise): the server's certificate is
+    verified against DIALER_REDIS_TLS_CA_FILE (or the system's CAs) and so is its host name (redis-py
+    does not check the host name unless told to); a client certificate when one is set."""
+    if urlsplit(settings.redis_url).scheme != "rediss":
+        return {}
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": settings.redis_tls_ca_file,
+        "ssl_certfile": settings.redis_tls_cert_file,
+        "ssl_keyfile": settings.redis_tls_key_file,
+    }
+
+
 def worker_client(settings: Settings, redis_class: type[R] = Redis, **client_kwargs: Any) -> R:  # type: ignore[assignment]
     """A worker process's Redis client. ``redis_class`` and ``client_kwargs`` let the queue engine's
     seam make its own client class (arq's) on the same pool."""
     pool = DialerConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=_WORKER_CONNECT_TIMEOUT_S, **worker_retry(settings.redis_url)
+        settings.redis_url, socket_connect_timeout=_WORKER_CONNECT_TIMEOUT_S, **worker_retry(settings.redis_url),
+        **tls_options(settings),
     )
     redis = redis_class(connection_pool=pool, **client_kwargs)
     redis.auto_close_connection_pool = True  # the pool is the client's own: aclose() closes it
@@ -141,6 +159,7 @@ def api_client(settings: Settings) -> Redis:
         socket_timeout=_API_SOCKET_TIMEOUT_S,
         socket_connect_timeout=_API_CONNECT_TIMEOUT_S,
         health_check_interval=_API_HEALTH_CHECK_S,
+        **tls_options(settings),
     )
     return client
 
@@ -151,6 +170,7 @@ def cli_client(settings: Settings) -> Redis:
         settings.redis_url,
         socket_timeout=_CLI_SOCKET_TIMEOUT_S,
         socket_connect_timeout=_CLI_CONNECT_TIMEOUT_S,
+        **tls_options(settings),
     )
     return client
 
