@@ -367,7 +367,7 @@ def demo(calls: int, workers: int, rate: float, latency_ms: float) -> None:
     from worker.demo import DemoOptions, run_demo
 
     opts = DemoOptions(calls=calls, workers=workers, rate=rate, latency_ms=latency_ms)
-    sys.exit(asyncio.run(run_demo(_settings(), opts)))
+    sys.exit(asyncio.run(run_demo(None, opts)))  # never the environment's settings: its own Redis
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``dialer demo``: a whole local system in one command, against the built-in provider simulator.
 
-Starts a private ``redis-server`` (unless ``DIALER_REDIS_URL`` is set), the simulator with signed result
+Starts a private ``redis-server`` (always: never a Redis a fleet may share), the simulator with signed result
 callbacks, ``dialer serve`` (a generated API key; its dashboard URL is printed) and worker processes;
 writes a CSV of generated numbers with mixed priorities and launches it as a campaign (the same path as
 ``dialer campaign launch``) that redials unanswered calls once after a short delay; shows live progress
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -36,7 +37,7 @@ from worker.campaigns.launch import LaunchOptions, launch_file
 from worker.settings import Settings
 from worker.store.client import cli_client
 
-_ENV_REDIS = "DIALER_REDIS_URL"
+_ENV_PREFIX = "DIALER_"
 _CALLBACK_GRACE_S = 20.0
 """Once nothing is left to send, how long to wait for the last result callbacks."""
 
@@ -60,17 +61,39 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _DemoSettings(Settings):
+    """The demo's settings: defaults and what the demo sets, never the environment or a ``.env`` file (an
+    exported DIALER_REDIS_URL may name a real fleet's Redis, DIALER_API_BASE_URL a real provider)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of the demo's children: this one without any DIALER_* variable (the demo sets its
+    own); they run in the demo's own directory, so no ``.env`` is read either."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIX)}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 @contextlib.contextmanager
 def _redis_server(workdir: str) -> Iterator[str]:
-    """A throwaway redis-server, or the one DIALER_REDIS_URL names."""
-    if os.environ.get(_ENV_REDIS):
-        yield os.environ[_ENV_REDIS]
-        return
+    """A throwaway redis-server on a free port, whatever DIALER_REDIS_URL says."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise SystemExit(
-            "dialer demo needs redis-server on PATH (Debian/Ubuntu: apt-get install redis-server), "
-            "or DIALER_REDIS_URL pointing at a Redis you own. ./scripts/demo installs it for you."
+            "dialer demo needs redis-server on PATH (Debian/Ubuntu: apt-get install redis-server); it always "
+            "starts a private one. ./scripts/demo installs it for you."
         )
     port = _free_port()
     proc = subprocess.Popen(
@@ -110,24 +133,24 @@ async def _wait_http(url: str, wait_s: float = 15) -> None:
             await asyncio.sleep(0.1)
 
 
-async def run_demo(base: Settings, options: DemoOptions) -> int:
+async def run_demo(base: Settings | None, options: DemoOptions) -> int:
+    """Run the demo. ``base`` is ignored (kept for callers): the demo's settings never come from the
+    environment, so an exported DIALER_* variable cannot point it at a real fleet or provider."""
     console = Console()
     with tempfile.TemporaryDirectory(prefix="dialer-demo-") as tmp, _redis_server(tmp) as redis_url:
         sim_port, serve_port = _free_port(), _free_port()
         # Throwaway secrets of this run: the API key opens the dashboard; the shared key signs callbacks.
         api_key, shared_key = secrets.token_hex(16), secrets.token_hex(16)
         public_url = f"http://127.0.0.1:{serve_port}"
-        settings = base.model_copy(update={
-            "redis_url": redis_url, "api_base_url": f"http://127.0.0.1:{sim_port}", "token_url": None,
-            "rate_limit": options.rate, "public_url": public_url,
-        })
-        env = {**os.environ, "DIALER_REDIS_URL": redis_url, "DIALER_API_BASE_URL": settings.api_base_url,
+        settings: Settings = _DemoSettings(
+            redis_url=redis_url, api_base_url=f"http://127.0.0.1:{sim_port}", token_url=None,
+            rate_limit=options.rate, public_url=public_url,
+        )
+        env = {**_child_env(), "DIALER_REDIS_URL": redis_url, "DIALER_API_BASE_URL": settings.api_base_url,
                "DIALER_RATE_LIMIT": str(options.rate), "DIALER_LOG_LEVEL": "WARNING",
                "DIALER_METRICS_PORT": "0",  # several workers on one host: no shared metrics port
                "DIALER_PUBLIC_URL": public_url, "DIALER_CALLBACK_SHARED_KEY": shared_key,
                "DIALER_CALLBACK_SIGNATURE_MODE": "sha256"}
-        for name in ("DIALER_TOKEN_URL", "DIALER_DASHBOARD_KEY"):
-            env.pop(name, None)
         serve_env = {**env, "DIALER_API_KEYS": api_key, "DIALER_HTTP_HOST": "127.0.0.1",
                      "DIALER_HTTP_PORT": str(serve_port)}
         cmd = [sys.executable, "-m", "worker.cli"]
@@ -135,14 +158,14 @@ async def run_demo(base: Settings, options: DemoOptions) -> int:
         children = [
             subprocess.Popen([*cmd, "simulator", "--port", str(sim_port), "--latency-ms", str(options.latency_ms),
                               "--jitter-ms", "40", "--fail-500-rate", "0.03", "--callbacks"],
-                             env=env, stdout=quiet, stderr=quiet),
-            subprocess.Popen([*cmd, "serve"], env=serve_env, stdin=quiet, stdout=quiet, stderr=quiet),
+                             env=env, stdout=quiet, stderr=quiet, cwd=tmp),
+            subprocess.Popen([*cmd, "serve"], env=serve_env, stdin=quiet, stdout=quiet, stderr=quiet, cwd=tmp),
         ]
         try:
             await _wait_http(f"{settings.api_base_url}/_sim/health")
             await _configure_simulator(settings.api_base_url, options, shared_key)
             await _wait_http(f"{public_url}/healthz")
-            children += [subprocess.Popen([*cmd, "worker"], env=env, stdin=subprocess.DEVNULL)
+            children += [subprocess.Popen([*cmd, "worker"], env=env, stdin=subprocess.DEVNULL, cwd=tmp)
                          for _ in range(options.workers)]
             console.print(f"dashboard: {public_url}/?key={api_key}  (a throwaway key of this demo)", soft_wrap=True)
             return await _drive(console, settings, options, Path(tmp))

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
+import redis
 
-from tests.helpers import run_dialer
+from tests.helpers import RedisServer, run_dialer
 
 pytestmark = pytest.mark.slow  # every test here starts a child process
 
@@ -32,3 +34,24 @@ async def test_demo_runs_a_small_campaign_to_completion() -> None:
     assert final["settings"]["redial"] == {"max": 1, "after_s": 2.0}
     assert final["settings"]["callback_url"].endswith("/v1/callbacks/release")
     assert re.search(rf"result callbacks: {final['total']} signed callbacks accepted", out)
+
+
+async def test_demo_never_uses_an_exported_redis_or_provider(tmp_path: Path) -> None:
+    # A real fleet's Redis and provider exported in the shell: the demo must dial none of its numbers
+    # through them (it used DIALER_REDIS_URL, so a fleet on that Redis would have called 2,000 people).
+    fleet = RedisServer(tmp_path)
+    fleet.start()
+    try:
+        env = {"DIALER_REDIS_URL": fleet.url, "DIALER_API_BASE_URL": "http://127.0.0.1:9",
+               "DIALER_APP_KEY": "real-ak", "DIALER_APP_SECRET": "real-sk-0123456789", "DIALER_KEY_PREFIX": "x:"}
+        rc, out, err = await run_dialer("demo", "--calls", "30", "--rate", "400", env=env, timeout=60)
+        assert rc == 0, out + err
+        assert "reconciled: every job sent exactly once" in out
+        client = redis.Redis(port=fleet.port)
+        try:
+            # Nothing written, and nobody but this test (and its start-up ping) ever connected.
+            assert client.dbsize() == 0 and client.info("stats")["total_connections_received"] <= 2
+        finally:
+            client.close()
+    finally:
+        fleet.stop()
