@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     token_refresh_margin_s: float = Field(
         60.0, ge=0, description="Refresh this long before the token expires (capped at a tenth of its lifetime)."
     )
+    token_refused_retry_max_s: float = Field(
+        30.0, gt=0, description="While tokenByAkSk refuses the AK/SK the fleet takes no jobs and asks again "
+        "after 1 s, doubling up to this long; jobs wait, none is dead-lettered."
+    )
     request_timeout_s: float = Field(10.0, gt=0, description="Total time allowed for one provider request.")
     connect_timeout_s: float = Field(3.0, gt=0, description="Time allowed to open a connection.")
     callback_url_base64: bool = Field(
