@@ -32,7 +32,8 @@ SECRET_FIELDS = frozenset(
 """``extra=`` field names whose values are never written, whatever they hold."""
 _MASK = "[redacted]"
 
-JOB_FIELDS = ("job_id", "campaign", "priority", "attempt", "outcome", "latency_ms", "status", "ret_code", "error")
+JOB_FIELDS = ("job_id", "campaign", "priority", "attempt", "outcome", "latency_ms", "status", "ret_code", "serial",
+              "error")
 """The fields of a job event, in the order text mode prints them."""
 
 
@@ -47,9 +48,11 @@ def job_fields(
     status: int | None = None,
     ret_code: str | None = None,
     error: str | None = None,
+    serial: str | None = None,
 ) -> dict[str, Any]:
     """The ``extra=`` dict of one job event; None values are left out. ``error`` must be secret-free
-    (``ProviderError.describe()`` is); ``latency_s`` is written as ``latency_ms``."""
+    (``ProviderError.describe()`` is) and is for failures only; a created call's callSerialNo goes in
+    ``serial``; ``latency_s`` is written as ``latency_ms``."""
     data: dict[str, Any] = {"job_id": job_id}
     if campaign is not None:
         data["campaign"] = campaign
@@ -65,6 +68,8 @@ def job_fields(
         data["status"] = status
     if ret_code is not None:
         data["ret_code"] = ret_code
+    if serial is not None:
+        data["serial"] = serial
     if error is not None:
         data["error"] = error
     return data

@@ -189,10 +189,13 @@ class Dispatcher:
                 raise d from None
         metrics.observe_outcome(str(outcome.state), outcome.priority, outcome.campaign)
         if log.isEnabledFor(logging.INFO):  # the structured fields cost more than the call itself
+            sent = outcome.state == State.SENT  # the detail is the callSerialNo, not an error
             log.info("job %s -> %s (attempts=%d) %s", job_id, outcome.state, outcome.attempts, outcome.detail,
                      extra=logs.job_fields(job_id, campaign=outcome.campaign, priority=outcome.priority,
                                            attempt=outcome.attempts, outcome=str(outcome.state),
-                                           latency_s=time.monotonic() - started, error=outcome.detail or None))
+                                           latency_s=time.monotonic() - started,
+                                           serial=(outcome.detail or None) if sent else None,
+                                           error=None if sent else outcome.detail or None))
         return str(outcome.state)
 
     async def dial(self, job_id: str, order: float = 0.0) -> Outcome:
