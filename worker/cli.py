@@ -336,7 +336,8 @@ def dead_requeue(job_ids: tuple[str, ...], all_: bool) -> None:
 @click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--max-rps", type=float, default=None)
 @click.option("--token-lifetime-s", type=int, default=None, help="Force this token lifetime.")
-@click.option("--callbacks/--no-callbacks", default=False, help="POST release events to callBackUrl.")
+@click.option("--callbacks/--no-callbacks", default=False,
+              help="POST release events to callBackUrl, signed with DIALER_CALLBACK_SHARED_KEY when set.")
 @click.option("--app-key", default=None, help="Accepted AK [DIALER_APP_KEY].")
 def simulator(host: str, port: int, latency_ms: float, jitter_ms: float, fail_500_rate: float,
               retcode1_rate: float, hang_rate: float, max_rps: float | None, token_lifetime_s: int | None,
@@ -353,6 +354,10 @@ def simulator(host: str, port: int, latency_ms: float, jitter_ms: float, fail_50
         latency_ms=latency_ms, jitter_ms=jitter_ms, fail_500_rate=fail_500_rate, retcode1_rate=retcode1_rate,
         hang_rate=hang_rate, max_rps=max_rps, token_lifetime_s=token_lifetime_s, callbacks=callbacks,
         callback_url_base64=settings.callback_url_base64,
+        # Signed like the provider, so `dialer serve` with the same DIALER_CALLBACK_SHARED_KEY accepts them.
+        callback_shared_key=None if settings.callback_shared_key is None
+        else settings.callback_shared_key.get_secret_value(),
+        callback_signature_mode=settings.callback_signature_mode,
     )
     run(host, port, config)
 

@@ -212,8 +212,13 @@ class Settings(BaseSettings):
     )
     callback_shared_key: SecretStr | None = Field(
         None, description="Shared key of the provider's release-event signature; a secret. Unset: the callback "
-        "route accepts unsigned events from anyone who can reach it (who can then record outcomes); set it in "
-        "production.",
+        "route refuses every event (401 `unsigned_callback`), unless DIALER_CALLBACK_INSECURE_UNSIGNED is true.",
+    )
+    callback_insecure_unsigned: bool = Field(
+        False, description="INSECURE: with no DIALER_CALLBACK_SHARED_KEY, accept unsigned result callbacks, so "
+        "anyone who can reach the route and knows a callSerialNo can record an outcome (and get a number "
+        "redialled). For a provider that does not sign, behind a network that only it can reach; `dialer "
+        "serve` logs a WARNING at start-up. Ignored when the shared key is set.",
     )
     callback_signature_mode: Literal["sha256", "hmac-sha256"] = Field(
         "sha256", description="Digest of that signature: `sha256` (SHA-256 of `key_timestamp_nonce_fields`) or "

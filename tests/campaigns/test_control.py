@@ -244,7 +244,7 @@ async def test_counters_follow_every_transition_exactly(
     assert recomputed == {k: v for k, v in expected.items() if k != "total"}
 
 
-async def test_record_outcome_counts_once_and_follows_changes(
+async def test_record_outcome_counts_once_and_the_first_outcome_stands(
     redis_client: aioredis.Redis, settings: Settings, tmp_path: Path
 ) -> None:
     await do_launch(redis_client, settings, numbers_csv(tmp_path, 2))
@@ -258,9 +258,10 @@ async def test_record_outcome_counts_once_and_follows_changes(
     await ledger.record_outcome(job, "answered", "1", {})  # the same callback twice
     status = await Campaigns(redis_client, settings).status("camp")
     assert status["outcomes"] == {"answered": 1, "unanswered": 0, "failed_to_connect": 0}
-    await ledger.record_outcome(job, "unanswered", "4")  # replaced: counters follow
-    assert (await Campaigns(redis_client, settings).status("camp"))["outcomes"]["unanswered"] == 1
-    assert (await Campaigns(redis_client, settings).status("camp"))["outcomes"]["answered"] == 0
+    kept = await ledger.record_outcome(job, "unanswered", "4")  # a later, different outcome is ignored
+    assert kept is not None and (kept.outcome, kept.release_reason) == ("answered", "1")
+    assert (await Campaigns(redis_client, settings).status("camp"))["outcomes"] == {
+        "answered": 1, "unanswered": 0, "failed_to_connect": 0}
     assert await ledger.record_outcome("nope", "answered", "0") is None
     with pytest.raises(ValueError, match="outcome"):
         await ledger.record_outcome(job, "maybe", "0")

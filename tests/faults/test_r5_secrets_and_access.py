@@ -201,7 +201,11 @@ async def test_r5_no_secret_anywhere_and_the_api_enforces_keys_and_signatures(
     assert await redis_client.hget(keys.job("r5-one"), "outcome") == before, "a refused callback was recorded"  # type: ignore[misc]  # redis-py's union
     checks["callback correctly signed"], _ = await _collect(
         "POST", cb, texts, expect=200, json={**forged, "signature": sign(forged, cb_key, stamp, nonce, "sha256")})
-    assert await redis_client.hget(keys.job("r5-one"), "outcome") != before, "the signed callback was not recorded"  # type: ignore[misc]  # redis-py's union
+    after = await redis_client.hget(keys.job("r5-one"), "outcome")  # type: ignore[misc]  # redis-py's union
+    if before is None:
+        assert after is not None, "the signed callback was not recorded"
+    else:  # accepted (200), but the call's first outcome stands: a signed, different one changes nothing
+        assert after == before, "a later callback replaced the call's first outcome"
 
     # --- everything else that could show a secret ---------------------------------------------------
     for port in (m1, m2):
@@ -261,3 +265,53 @@ async def test_r5_no_secret_anywhere_and_the_api_enforces_keys_and_signatures(
     assert not {k: v for k, v in leaks.items() if v}, f"secrets leaked: {leaks}"
     assert not {k: v for k, v in stored_leaks.items() if v}, f"secrets stored in Redis: {stored_leaks}"
     assert "Authorization" not in metrics_text and isinstance(dashboard, dict)
+
+
+async def test_r5_dialer_serve_refuses_unsigned_callbacks_by_default(
+    settings: Settings, redis_client: aioredis.Redis, procs: Procs
+) -> None:
+    """Issue 14 item 1: with no DIALER_CALLBACK_SHARED_KEY (the default) an unsigned release event used to
+    be recorded (and an answered call turned unanswered and redialled). Now 401 unless the operator sets
+    DIALER_CALLBACK_INSECURE_UNSIGNED=true, and `dialer serve` says why at start-up."""
+    from worker.ledger.producer import Producer
+    from worker.ledger.transitions import Ledger
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    s = fault_settings(settings, api_keys=[SecretStr(_secret("api-key"))], http_port=port)
+    assert s.callback_shared_key is None and not s.callback_insecure_unsigned
+    await Producer(redis_client, s).enqueue(body("5900000009"), job_id="r5-default")
+    ledger = Ledger(redis_client, s)
+    assert await ledger.mark_sending("r5-default")
+    await ledger.mark_sent("r5-default", "R5-SN-DEFAULT")
+    await ledger.record_outcome("r5-default", "answered", "1")
+    texts: list[str] = []
+    figures: dict[str, Any] = {}
+    for name, extra in (("default", {}), ("insecure opt-out", {"DIALER_CALLBACK_INSECURE_UNSIGNED": "true"})):
+        serve = await procs.start(f"serve-{name}", "serve", env={**settings_env(s), **extra})
+
+        async def up() -> bool:
+            try:
+                return (await _collect("GET", base + "/healthz", texts))[0] == 200
+            except aiohttp.ClientError:
+                assert serve.alive, serve.output()  # noqa: B023  # awaited within this iteration
+                return False
+
+        await wait_until(up, 30, 0.1, "dialer serve up")
+        event = {"callSerialNo": "R5-SN-DEFAULT", "called": "5900000009", "releaseReason": "4",
+                 "talkDuration": "0", "timestamp": str(int(time.time() * 1000)), "nonce": "1"}
+        status, data = await _collect("POST", base + "/v1/callbacks/release", texts, json=event)
+        await serve.stop()
+        start_up = [line for line in serve.output().splitlines() if "result callbacks" in line or "INSECURE" in line]
+        figures[f"unsigned callback, {name}"] = f"{status} {data['error']['code'] if status >= 400 else 'recorded'}"
+        figures[f"start-up line, {name}"] = start_up[0].split(" ", 3)[-1][:140] if start_up else "none"
+        if name == "default":
+            assert status == 401 and data["error"]["code"] == "unsigned_callback", data
+            assert start_up and "DIALER_CALLBACK_SHARED_KEY is not set" in start_up[0], serve.output()
+        else:
+            assert status == 200, data  # accepted, but the first outcome stands
+            assert start_up and "WARNING" in start_up[0] and "INSECURE" in start_up[0], serve.output()
+    rec = await ledger.get("r5-default")
+    assert rec is not None and rec.outcome == "answered" and rec.redials == ()
+    figures["outcome after both (answered first)"] = rec.outcome
+    report("R5 unsigned callbacks by default", figures)

@@ -4,6 +4,8 @@ simulator POSTing signed callbacks for calls a worker made."""
 
 from __future__ import annotations
 
+import functools
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,19 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from tests.helpers import Sim, do_launch, event, numbers_csv, post, running, serving, wait_until
+from tests.helpers import (
+    Sim,
+    do_launch,
+    event,
+    free_port,
+    numbers_csv,
+    post,
+    running,
+    serving,
+    settings_env,
+    start_dialer,
+    wait_until,
+)
 from worker.campaigns.control import Campaigns
 from worker.campaigns.outcomes import CALLBACK_PATH, outcome_of
 from worker.ledger.transitions import Ledger
@@ -28,6 +42,10 @@ def signed(e: dict[str, str], key: str = SHARED, mode: Any = "sha256") -> dict[s
     return {**e, "signature": sign(e, key, e["timestamp"], e["nonce"], mode)}
 
 
+def keyed(settings: Settings, mode: Any = "sha256") -> Settings:
+    return settings.model_copy(update={"callback_shared_key": SecretStr(SHARED), "callback_signature_mode": mode})
+
+
 async def sent_job(redis: aioredis.Redis, settings: Settings, tmp_path: Path, serial: str = "SN-1") -> Ledger:
     await do_launch(redis, settings, numbers_csv(tmp_path, 2))
     ledger = Ledger(redis, settings)
@@ -40,8 +58,7 @@ async def sent_job(redis: aioredis.Redis, settings: Settings, tmp_path: Path, se
 async def test_good_signature_records_and_counts_the_outcome(
     settings: Settings, redis_client: aioredis.Redis, tmp_path: Path, mode: str
 ) -> None:
-    keyed = settings.model_copy(update={"callback_shared_key": SecretStr(SHARED), "callback_signature_mode": mode})
-    async with serving(keyed, redis_client) as (url, served):
+    async with serving(keyed(settings, mode), redis_client) as (url, served):
         ledger = await sent_job(redis_client, served, tmp_path)
         status, body = await post(url, signed(event("SN-1", "1"), mode=mode))
         assert (status, body) == (200, {"retCode": "0", "retMsg": "success"})
@@ -56,8 +73,7 @@ async def test_good_signature_records_and_counts_the_outcome(
 async def test_bad_signatures_are_401_and_record_nothing(
     settings: Settings, redis_client: aioredis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    keyed = settings.model_copy(update={"callback_shared_key": SecretStr(SHARED), "callback_signature_mode": "sha256"})
-    async with serving(keyed, redis_client) as (url, served):
+    async with serving(keyed(settings), redis_client) as (url, served):
         ledger = await sent_job(redis_client, served, tmp_path)
         good = signed(event("SN-1", "4"))
         refused = {
@@ -86,17 +102,19 @@ async def test_bad_signatures_are_401_and_record_nothing(
 async def test_unknown_serial_and_malformed_events_are_refused_as_json(
     settings: Settings, redis_client: aioredis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with serving(settings, redis_client) as (url, served):
+    async with serving(keyed(settings), redis_client) as (url, served):
         ledger = await sent_job(redis_client, served, tmp_path)
-        status, data = await post(url, event("SN-404"))
+        status, data = await post(url, signed(event("SN-404")))
         assert status == 404 and data["error"]["code"] == "unknown_call"
         assert "no job has callSerialNo 'SN-404'" in caplog.text
         async with aiohttp.ClientSession() as s:
             async with s.post(url + CALLBACK_PATH, data=b"not json", headers={"Content-Type": "text/plain"}) as r:
                 assert r.status == 400 and (await r.json())["error"]["code"] == "malformed_json"
-        for body, field in (([1, 2], "body"), ({"releaseReason": "1"}, "callSerialNo"),
-                            ({k: v for k, v in event("SN-1").items() if k != "releaseReason"}, "releaseReason"),
-                            ({**event("SN-1"), "releaseReason": 4}, "releaseReason")):
+        stamp = {k: v for k, v in event("SN-1").items() if k in ("timestamp", "nonce")}
+        for body, field in (([1, 2], "body"), (signed({"releaseReason": "1", **stamp}), "callSerialNo"),
+                            (signed({k: v for k, v in event("SN-1").items() if k != "releaseReason"}),
+                             "releaseReason"),
+                            (signed({**event("SN-1"), "releaseReason": 4}), "releaseReason")):  # type: ignore[dict-item]
             status, data = await post(url, body)
             assert status == 422, body
             assert [f["field"] for f in data["error"]["fields"]] == [field]
@@ -104,15 +122,67 @@ async def test_unknown_serial_and_malformed_events_are_refused_as_json(
     assert rec is not None and rec.outcome is None  # none of them was recorded
 
 
-async def test_duplicate_callback_counts_once_and_unsigned_is_open_without_a_key(
+async def test_duplicate_callback_counts_once(
     settings: Settings, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
-    async with serving(settings, redis_client) as (url, served):
+    async with serving(keyed(settings), redis_client) as (url, served):
         await sent_job(redis_client, served, tmp_path)
+        once = signed(event("SN-1", "0"))
         for _ in range(3):
-            assert (await post(url, event("SN-1", "0")))[0] == 200
+            assert (await post(url, once))[0] == 200
     status = await Campaigns(redis_client, served).status("camp")
     assert status["outcomes"] == {"answered": 1, "unanswered": 0, "failed_to_connect": 0}
+
+
+async def test_unsigned_callbacks_are_refused_without_a_key_unless_the_insecure_opt_out_is_set(
+    settings: Settings, redis_client: aioredis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14 item 1: the default (no DIALER_CALLBACK_SHARED_KEY) used to accept anyone's unsigned event."""
+    assert settings.callback_shared_key is None and settings.callback_insecure_unsigned is False
+    async with serving(settings, redis_client) as (url, served):
+        ledger = await sent_job(redis_client, served, tmp_path)
+        for body in (event("SN-1", "4"), signed(event("SN-1", "4"))):  # a signature cannot be checked either
+            status, data = await post(url, body)
+            assert status == 401 and data["error"]["code"] == "unsigned_callback", data
+            assert "DIALER_CALLBACK_SHARED_KEY" in data["error"]["message"]
+    rec = await ledger.get(JOB)
+    assert rec is not None and rec.outcome is None and rec.redials == ()
+    assert "unsigned callbacks are refused without DIALER_CALLBACK_SHARED_KEY" in caplog.text
+    insecure = settings.model_copy(update={"callback_insecure_unsigned": True})
+    async with serving(insecure, redis_client) as (url, served):
+        assert (await post(url, event("SN-1", "4")))[0] == 200
+    rec = await ledger.get(JOB)
+    assert rec is not None and rec.outcome == "unanswered"
+
+
+async def test_serve_says_at_start_up_how_callbacks_are_authenticated(settings: Settings) -> None:
+    """`dialer serve` logs why callbacks are refused (no key), and a loud WARNING with the insecure opt-out."""
+    lines = {}
+    for name, extra in (("default", {}), ("insecure", {"DIALER_CALLBACK_INSECURE_UNSIGNED": "true"}),
+                        ("keyed", {"DIALER_CALLBACK_SHARED_KEY": SHARED})):
+        port = free_port()
+        env = {**settings_env(settings.model_copy(update={"http_port": port})), **extra}
+        proc = await start_dialer("serve", "--insecure-no-auth", env=env)
+        try:
+            await wait_until(functools.partial(_listening, port), timeout=20, what="dialer serve to listen")
+        finally:
+            proc.proc.send_signal(signal.SIGTERM)
+            _rc, _out, err = await proc.wait(30)
+        lines[name] = [line for line in err.splitlines() if "result callbacks" in line or "INSECURE" in line]
+    assert any("every event is refused (401 unsigned_callback) because DIALER_CALLBACK_SHARED_KEY is not set" in line
+               for line in lines["default"]), lines
+    assert any("WARNING" in line and "INSECURE: DIALER_CALLBACK_INSECURE_UNSIGNED=true" in line
+               for line in lines["insecure"]), lines
+    assert any("signed events only" in line for line in lines["keyed"]), lines
+    assert not any("INSECURE" in line for line in lines["default"] + lines["keyed"]), lines
+
+
+async def _listening(port: int) -> bool:
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
 
 
 @pytest.mark.parametrize(
@@ -126,9 +196,9 @@ def test_release_reason_mapping(reason: str, outcome: str) -> None:
 
 
 async def test_unknown_reason_keeps_its_code(settings: Settings, redis_client: aioredis.Redis, tmp_path: Path) -> None:
-    async with serving(settings, redis_client) as (url, served):
+    async with serving(keyed(settings), redis_client) as (url, served):
         ledger = await sent_job(redis_client, served, tmp_path)
-        assert (await post(url, event("SN-1", "77")))[0] == 200
+        assert (await post(url, signed(event("SN-1", "77"))))[0] == 200
     rec = await ledger.get(JOB)
     assert rec is not None and (rec.outcome, rec.release_reason) == ("failed_to_connect", "77")
 
@@ -137,11 +207,10 @@ async def test_simulator_callbacks_end_to_end(
     sim: Sim, sim_settings: Settings, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
     """Launch -> worker -> simulator -> signed HMAC callbacks -> dialer serve -> outcomes, reconciled."""
-    keyed = sim_settings.model_copy(update={"callback_shared_key": SecretStr(SHARED),
-                                            "callback_signature_mode": "hmac-sha256"})
+    hmac_keyed = keyed(sim_settings, "hmac-sha256")
     await sim.configure(callbacks=True, ring_time_s=0.05, answer_rate=0.5, seed=3, callback_shared_key=SHARED,
                         callback_signature_mode="hmac-sha256")
-    async with serving(keyed, redis_client) as (url, served):
+    async with serving(hmac_keyed, redis_client) as (url, served):
         report = await do_launch(redis_client, served, numbers_csv(tmp_path, 12))
         assert report.enqueued == 12
         campaigns = Campaigns(redis_client, served)

@@ -321,3 +321,18 @@ async def test_decoding_client(redis_url: str, settings: Settings) -> None:
         assert (await rec(ledger, job_id)).state == State.SENT
     finally:
         await r.aclose()
+
+
+async def test_the_first_outcome_of_a_call_stands(
+    redis_client: aioredis.Redis, settings: Settings, ledger: Ledger
+) -> None:
+    """Issue 14 item 1: a later, different outcome used to replace the first one (and move the counters)."""
+    job = await new_job(redis_client, settings)
+    assert await ledger.mark_sending(job)
+    await ledger.mark_sent(job, "SN-first")
+    first = await ledger.record_outcome(job, "answered", "1", {"tk": "6"})
+    assert first is not None and (first.outcome, first.release_reason, first.talk_duration_s) == ("answered", "1", 6)
+    again = await ledger.record_outcome(job, "answered", "0", {"tk": "9"})  # the same outcome: idempotent
+    later = await ledger.record_outcome(job, "unanswered", "4", {"tk": "0"})  # a different one: ignored
+    for r in (again, later, await ledger.get(job)):
+        assert r is not None and (r.outcome, r.release_reason, r.talk_duration_s) == ("answered", "1", 6)

@@ -30,6 +30,12 @@ The redial is made *before* the outcome is recorded, and both steps are idempote
 derived from the first job's, the outcome is recorded once): a callback delivered twice, or retried by the
 provider after a crash between the two steps, never makes two redials; and once a call's outcome is
 counted, its redial (if any) exists.
+
+**The first outcome stands.** Once a job has an outcome, a callback with a different one (a late event,
+or a forged one) changes nothing: no redial, nothing written or counted; it is logged at WARNING with the
+job id (never the number). So a callback can never get an answered call redialled. (Two *different*
+callbacks for one call arriving within the same few milliseconds could still both pass the check before
+either is recorded: the first recorded stands, and a redial the other one made is named in its WARNING.)
 """
 
 from __future__ import annotations
@@ -180,6 +186,13 @@ class Recorded:
     outcome: str
     record: JobRecord
     redial: str | None = None
+    ignored: bool = False
+    """True when the job already had a different outcome: the first outcome stands, this one changed nothing."""
+
+
+def _show(value: str) -> str:
+    """A short, log-safe rendering of an untrusted value."""
+    return repr(value)[:40]
 
 
 def _utc(ts: float) -> datetime:
@@ -206,15 +219,31 @@ class Outcomes:
             return None
         reason = event.release_reason or ""
         outcome = outcome_of(reason)
-        redial = await self._redial(record) if reason in REDIAL_REASONS else None
+        if record.outcome is not None and record.outcome != outcome:
+            return self._ignored(record, outcome, reason)
+        # The same outcome again (a retry or a replay) decides its redial by the reason that was recorded.
+        standing_reason = reason if record.outcome is None else (record.release_reason or "")
+        redial = await self._redial(record) if standing_reason in REDIAL_REASONS else None
         extra = {"tk": event.talk_duration} if event.talk_duration and event.talk_duration.isdigit() else {}
         updated = await self._ledger.record_outcome(job_id, outcome, reason, extra)
         if updated is None:
             return None
+        if updated.outcome != outcome:  # another callback's outcome landed in between: it stands
+            return self._ignored(updated, outcome, reason, redial)
         log.info("job %s: %s (releaseReason %s)%s", job_id, outcome, reason,
                  f"; redial {redial}" if redial else "",
                  extra={"job_id": job_id, "campaign": record.campaign, "outcome": outcome})
         return Recorded(job_id, outcome, updated, redial)
+
+    @staticmethod
+    def _ignored(record: JobRecord, outcome: str, reason: str, redial: str | None = None) -> Recorded:
+        """A callback whose outcome differs from the one the job has: the first stands; logged, not counted.
+        (``redial``: one made just before a concurrent callback's outcome landed; it stays, named in the log.)"""
+        log.warning("job %s: callback ignored: its outcome %s (releaseReason %s) differs from the %s recorded "
+                    "first, which stands%s", record.job_id, outcome, _show(reason), record.outcome,
+                    f"; redial {redial} was made before the first outcome landed" if redial else "",
+                    extra={"job_id": record.job_id, "campaign": record.campaign, "outcome": record.outcome})
+        return Recorded(record.job_id, record.outcome or outcome, record, redial, ignored=True)
 
     async def _redial(self, record: JobRecord) -> str | None:
         if record.campaign is None:

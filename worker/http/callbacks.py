@@ -9,9 +9,10 @@
 The route is authenticated by the event's **signature**, not by API keys (the provider has none): with
 ``DIALER_CALLBACK_SHARED_KEY`` set, an event whose signature does not verify (digest chosen by
 ``DIALER_CALLBACK_SIGNATURE_MODE``), or whose signed ``timestamp`` is more than a day old or five minutes
-ahead, is refused with 401 and nothing is recorded. Without a shared key the route is **open**: anyone
-who can reach it can record outcomes (and so trigger redials) for calls whose callSerialNo they know;
-set the key in production.
+ahead, is refused with 401 and nothing is recorded. Without a shared key every event is refused (401
+``unsigned_callback``), unless the operator opts out with ``DIALER_CALLBACK_INSECURE_UNSIGNED=true`` (then
+anyone who can reach the route can record outcomes for calls whose callSerialNo they know; ``dialer serve``
+says so with a WARNING at start-up).
 
 A known callSerialNo gets its outcome recorded (see :mod:`worker.campaigns.outcomes` for the
 releaseReason mapping and redials) and the provider's expected answer; an unknown one is 404 (the
@@ -40,7 +41,7 @@ from worker.models import field_errors
 from worker.provider.signature import verify
 from worker.settings import Settings
 
-__all__ = ["MAX_AGE_S", "MAX_AHEAD_S", "routes", "setup"]
+__all__ = ["MAX_AGE_S", "MAX_AHEAD_S", "UNSIGNED_REFUSED", "log_start_up", "routes", "setup"]
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,33 @@ def _show(value: Any) -> str:
     return repr(value)[:80]
 
 
+UNSIGNED_REFUSED = ("Unsigned result callbacks are refused: set DIALER_CALLBACK_SHARED_KEY to the provider's "
+                    "shared key (or, insecure, DIALER_CALLBACK_INSECURE_UNSIGNED=true).")
+
+
+def log_start_up(settings: Settings) -> None:
+    """Say at ``dialer serve``'s start-up how result callbacks are authenticated (loudly when they are not)."""
+    if settings.callback_shared_key is not None:
+        log.info("result callbacks: signed events only (DIALER_CALLBACK_SIGNATURE_MODE=%s)",
+                 settings.callback_signature_mode)
+    elif settings.callback_insecure_unsigned:
+        log.warning("INSECURE: DIALER_CALLBACK_INSECURE_UNSIGNED=true and no DIALER_CALLBACK_SHARED_KEY: result "
+                    "callbacks are accepted UNSIGNED, so anyone who can reach %s and knows a callSerialNo can "
+                    "record a call's outcome and get its number redialled", CALLBACK_PATH)
+    else:
+        log.info("result callbacks: every event is refused (401 unsigned_callback) because "
+                 "DIALER_CALLBACK_SHARED_KEY is not set; set it to the provider's shared key to record outcomes")
+
+
 def _check_signature(data: dict[str, Any], settings: Settings, remote: str | None) -> None:
     key = settings.callback_shared_key
-    if key is None:
-        return
     serial = _show(data.get("callSerialNo"))
+    if key is None:
+        if settings.callback_insecure_unsigned:
+            return
+        log.warning("callback refused: unsigned callbacks are refused without DIALER_CALLBACK_SHARED_KEY "
+                    "(callSerialNo %s, from %s)", serial, remote)
+        raise ApiError(401, UNSIGNED_REFUSED, code="unsigned_callback")
     if not verify(data, key.get_secret_value(), settings.callback_signature_mode):
         log.warning("callback refused: bad or missing signature (callSerialNo %s, from %s)", serial, remote)
         raise ApiError(401, "The signature does not match (DIALER_CALLBACK_SHARED_KEY, "
@@ -111,8 +134,9 @@ def routes(settings: Settings) -> list[Route]:
         Route(
             "POST", CALLBACK_PATH, release, "Receive a result callback", Access.OPEN, tag="callbacks",
             operation_id="releaseCallback", body=ReleaseCallback,
-            description="The provider's release event when a call ends. Authenticated by its signature when "
-            "DIALER_CALLBACK_SHARED_KEY is set (open otherwise); records the outcome on the job that got the "
+            description="The provider's release event when a call ends. Authenticated by its signature "
+            "(DIALER_CALLBACK_SHARED_KEY; unsigned events are refused unless DIALER_CALLBACK_INSECURE_UNSIGNED "
+            "is true); records the outcome on the job that got the "
             "callSerialNo, and makes the campaign's redial when one is due. Idempotent.",
             responses={200: Reply("Recorded (or recorded before).", CallbackReply)},
             errors=(400, 401, 404, 413, 422),

@@ -10,6 +10,7 @@ import click
 from aiohttp import web
 
 from worker.errors import SettingsError
+from worker.http import callbacks
 from worker.runtime import freeze_start_up_objects
 from worker.settings import Settings, load_settings
 from worker.store.client import api_client
@@ -41,6 +42,7 @@ async def run_server(settings: Settings, *, insecure_no_auth: bool = False) -> N
                      f"[{host}]" if ":" in str(host) else host, port)
         if insecure_no_auth:
             log.warning("--insecure-no-auth: every request is allowed, without any key")
+        callbacks.log_start_up(settings)
         await stop.wait()
         log.info("dialer serve stopping")
     finally:

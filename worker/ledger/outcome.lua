@@ -1,23 +1,23 @@
--- Record a call's outcome from its result callback. Idempotent: the same
--- callback delivered twice counts once; a different outcome for the same job replaces the first one in
--- the campaign's counters as well, so counters always equal what the job records say.
+-- Record a call's outcome from its result callback. The FIRST outcome of a call stands: the same outcome
+-- delivered again changes nothing and counts once; a different one is ignored (nothing written, nothing
+-- counted; the caller sees the outcome that stands in the returned record and logs it), so a late or
+-- forged callback cannot turn an answered call into an unanswered one. Counters equal the job records.
 -- KEYS[1] ledger hash
 -- ARGV[1] ledger TTL ms  ARGV[2] key prefix  ARGV[3] outcome  ARGV[4] release reason
 -- ARGV[5..] extra field, value pairs stored on the record
--- Returns {HGETALL} after the write, or {} when there is no record.
+-- Returns {HGETALL} after the write (or of the untouched record), or {} when there is no record.
 -- @include ledger/counts.lua
 -- @include ledger/keep_alive.lua
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm', 'outcome')
 if not h[1] then
   return {}
 end
+if h[4] then
+  return redis.call('HGETALL', KEYS[1])
+end
 local counted = counted_campaign(h[2], h[3])
-if counted and h[4] ~= ARGV[3] then
-  local ck = campaign_key(ARGV[2], counted, ':counts')
-  if h[4] then
-    redis.call('HINCRBY', ck, h[4], -1)
-  end
-  redis.call('HINCRBY', ck, ARGV[3], 1)
+if counted then
+  redis.call('HINCRBY', campaign_key(ARGV[2], counted, ':counts'), ARGV[3], 1)
 end
 redis.call('HSET', KEYS[1], 'outcome', ARGV[3], 'reason', ARGV[4])
 for i = 5, #ARGV - 1, 2 do

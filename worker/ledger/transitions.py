@@ -283,9 +283,10 @@ class Ledger:
         (the releaseReason) plus ``extra`` fields, and count it in the job's campaign (``answered``,
         ``unanswered`` or ``failed_to_connect``), all in one script.
 
-        Idempotent: the same outcome delivered twice counts once; a different one replaces it (counters
-        follow). Returns the updated record, or None if the job has no record. ``extra`` may not use the
-        ledger's own field names.
+        The first outcome stands: once the job has one, nothing is written or counted (the same outcome
+        again is idempotent; a different one is ignored, and the returned record's ``outcome`` is the one
+        that stands, which the caller compares with its own). Returns the record, or None if the job has
+        no record. ``extra`` may not use the ledger's own field names.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome: must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
