@@ -17,6 +17,7 @@ __all__ = [
     "CAMPAIGN_PATTERN",
     "JOB_ID_PATTERN",
     "PRIORITY_LEVELS",
+    "ascii_int",
     "PRODUCER_ID_PATTERN",
     "PRODUCER_ID_RULE",
     "normalize_number",
@@ -90,3 +91,21 @@ def normalize_number(raw: str) -> str:
     if not _DIGITS.fullmatch(text):
         raise ValueError("must be 1-32 digits, with an optional leading '+' (spaces, '-', '.', '(', ')' ignored)")
     return text
+
+
+_ASCII_INT = re.compile(r"[0-9]{1,18}")
+
+
+def ascii_int(text: object) -> int | None:
+    """The value of a string of 1-18 ASCII digits, else None (never raises).
+
+    ``str.isdigit`` accepts ``"²"`` (which ``int`` then refuses) and ``int`` accepts ``"٣"``, ``" 3"``,
+    ``"+3"`` and ``"1_000"``: input from outside (callbacks, cookies, ledger fields written by other
+    producers) is read with this instead.
+
+    >>> ascii_int("42"), ascii_int("²"), ascii_int("٣"), ascii_int(" 3"), ascii_int("-1"), ascii_int(7)
+    (42, None, None, None, None, None)
+    """
+    if not isinstance(text, str) or _ASCII_INT.fullmatch(text) is None:
+        return None
+    return int(text)

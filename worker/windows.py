@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 __all__ = ["DAY_NAMES", "Window", "WindowError", "parse_days", "parse_hours"]
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_HOURS_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+_HOURS_RE = re.compile(r"^\s*([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})\s*$")  # ASCII digits only
 _DAY_MINUTES = 24 * 60
 
 

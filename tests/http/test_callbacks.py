@@ -22,6 +22,7 @@ from tests.helpers import (
     free_port,
     numbers_csv,
     post,
+    run_dialer,
     running,
     serving,
     settings_env,
@@ -231,3 +232,22 @@ async def test_simulator_callbacks_end_to_end(
     outcomes = (await campaigns.status("camp"))["outcomes"]
     assert outcomes == {"answered": by_reason["1"], "unanswered": by_reason["4"], "failed_to_connect": 0}
     assert by_reason["1"] and by_reason["4"]  # seed 3 gives both kinds
+
+
+async def test_a_non_ascii_talk_duration_leaves_the_job_readable(
+    settings: Settings, redis_client: aioredis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14 item 2: talkDuration "²" passed str.isdigit(), was stored, and every read then raised (500)."""
+    async with serving(keyed(settings), redis_client) as (url, served):
+        ledger = await sent_job(redis_client, served, tmp_path)
+        assert (await post(url, signed(event("SN-1", "1", talkDuration="²"))))[0] == 200
+        auth = {"Authorization": "Bearer callbacks-test-api-key-0123"}
+        async with aiohttp.ClientSession() as s, s.get(f"{url}/v1/calls/{JOB}", headers=auth) as r:
+            assert r.status == 200, await r.text()
+            shown = await r.json()
+    assert shown["outcome"] == "answered" and shown["talk_duration_s"] is None
+    rec = await ledger.get(JOB)
+    assert rec is not None and rec.talk_duration_s is None
+    rc, _out, err = await run_dialer("job", JOB, env=settings_env(served))
+    assert rc == 0 and "Traceback" not in err, err
+    assert "ERROR" not in caplog.text

@@ -336,3 +336,15 @@ async def test_the_first_outcome_of_a_call_stands(
     later = await ledger.record_outcome(job, "unanswered", "4", {"tk": "0"})  # a different one: ignored
     for r in (again, later, await ledger.get(job)):
         assert r is not None and (r.outcome, r.release_reason, r.talk_duration_s) == ("answered", "1", 6)
+
+
+async def test_a_record_holding_a_non_ascii_talk_duration_stays_readable(
+    redis_client: aioredis.Redis, settings: Settings, ledger: Ledger, keys: Keys
+) -> None:
+    """Issue 14 item 2: "²" passed str.isdigit() and then failed int(): every read of the job raised."""
+    job = await new_job(redis_client, settings)
+    for stored in ("²", "٣", "1_0", " 7", "-1"):
+        await redis_client.hset(keys.job(job), "tk", stored)  # type: ignore[misc]  # as an old callback left it
+        assert (await rec(ledger, job)).talk_duration_s is None, stored
+    await redis_client.hset(keys.job(job), "tk", "12")  # type: ignore[misc]
+    assert (await rec(ledger, job)).talk_duration_s == 12

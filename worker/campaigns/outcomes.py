@@ -55,7 +55,7 @@ from worker.ledger.producer import Producer
 from worker.ledger.record import JobRecord
 from worker.ledger.transitions import Ledger
 from worker.models import ReleaseEvent
-from worker.rules import valid_job_id
+from worker.rules import ascii_int, valid_job_id
 from worker.settings import Settings
 from worker.store.decode import text
 from worker.store.keys import Keys
@@ -85,7 +85,8 @@ DEFAULT_REDIAL_AFTER_S = 1800.0
 MIN_REDIAL_AFTER_S = 1.0
 MAX_REDIAL_AFTER_S = 7 * 86400.0
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_PLAIN_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -114,10 +115,8 @@ def parse_duration(text: str | float) -> float:
     if isinstance(text, int | float):
         return float(text)
     cleaned = text.strip().lower().replace(" ", "")
-    try:
+    if _PLAIN_NUMBER.fullmatch(cleaned):  # ASCII only: float() would also take "١٢", "1_0" or "inf"
         return float(cleaned)
-    except ValueError:
-        pass
     pos, total = 0, 0.0
     for m in _DURATION_PART.finditer(cleaned):
         if m.start() != pos:
@@ -224,7 +223,8 @@ class Outcomes:
         # The same outcome again (a retry or a replay) decides its redial by the reason that was recorded.
         standing_reason = reason if record.outcome is None else (record.release_reason or "")
         redial = await self._redial(record) if standing_reason in REDIAL_REASONS else None
-        extra = {"tk": event.talk_duration} if event.talk_duration and event.talk_duration.isdigit() else {}
+        talk = ascii_int(event.talk_duration)  # ASCII digits only: "²" passed str.isdigit()
+        extra = {"tk": str(talk)} if talk is not None else {}
         updated = await self._ledger.record_outcome(job_id, outcome, reason, extra)
         if updated is None:
             return None

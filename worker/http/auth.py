@@ -28,6 +28,7 @@ from pydantic import SecretStr
 
 from worker.http.errors import ApiError
 from worker.http.routing import Access
+from worker.rules import ascii_int
 from worker.settings import Settings
 
 COOKIE = "dialer_session"
@@ -113,9 +114,10 @@ class Authenticator:
 
     def from_session(self, value: str, now: float | None = None) -> Identity | None:
         issued, _, mac = value.partition(".")
-        if not issued.isdigit() or len(issued) > 12 or not mac:
+        stamp = ascii_int(issued)  # str.isdigit() took "²", which int() then refused with a 500
+        if stamp is None or len(issued) > 12 or not mac:
             return None
-        age = (time.time() if now is None else now) - int(issued)
+        age = (time.time() if now is None else now) - stamp
         if not (-60 <= age <= SESSION_TTL_S):
             return None
         found: _Key | None = None

@@ -39,6 +39,7 @@ from worker.http.routing import Access, Reply, Route
 from worker.http.schemas import CallbackReply, ReleaseCallback
 from worker.models import field_errors
 from worker.provider.signature import verify
+from worker.rules import ascii_int
 from worker.settings import Settings
 
 __all__ = ["MAX_AGE_S", "MAX_AHEAD_S", "UNSIGNED_REFUSED", "log_start_up", "routes", "setup"]
@@ -91,10 +92,8 @@ def _check_signature(data: dict[str, Any], settings: Settings, remote: str | Non
         raise ApiError(401, "The signature does not match (DIALER_CALLBACK_SHARED_KEY, "
                             "DIALER_CALLBACK_SIGNATURE_MODE).", code="bad_signature")
     stamp = data.get("timestamp")
-    try:
-        age = time.time() - int(str(stamp)) / 1000
-    except ValueError:
-        age = float("inf")
+    ms = ascii_int(stamp)  # ASCII digits only (int() would take "١٦٤٥...", " 1645..." or "1_645...")
+    age = float("inf") if ms is None else time.time() - ms / 1000
     if not -MAX_AHEAD_S <= age <= MAX_AGE_S:
         log.warning("callback refused: signed timestamp %s is outside the accepted window (callSerialNo %s, "
                     "from %s)", _show(stamp), serial, remote)

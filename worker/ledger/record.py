@@ -34,6 +34,7 @@ from typing import Any
 
 from worker.ledger.states import FINAL_STATES, State
 from worker.models import CallRequest, parse_request
+from worker.rules import ascii_int
 
 __all__ = ["JobRecord", "reserved_field"]
 
@@ -133,7 +134,7 @@ class JobRecord:
             outcome=h.get("outcome") or None,
             release_reason=h.get("reason") or None,
             parked="pk" in h,
-            talk_duration_s=int(h["tk"]) if h.get("tk", "").isdigit() else None,
+            talk_duration_s=ascii_int(h.get("tk")),  # from a callback: a stored "²" must not break reads
             redial_of=h.get("rof") or None,
             redial_number=int(h.get("rn") or 0),
             redials=tuple(i for i in (h.get("rdl") or "").split(",") if i),
