@@ -484,3 +484,125 @@ async def test_r4_poisoned_job_keys_and_queues_are_refused_and_the_worker_keeps_
         state, error = records[job_id]
         assert state == State.DEAD and error, (label, state, error)
         assert await redis_client.zscore(keys.dead, job_id) is not None, label
+
+
+# --- numbers from outside: result callbacks and session cookies ---------------------------------------
+
+
+async def test_r4_callbacks_and_cookies_with_nasty_numbers_and_a_rearranged_signed_body(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """Issue 14 items 2 and 3: talkDuration "²" (str.isdigit() took it, int() refused it) made the job
+    unreadable; a cookie ``dialer_session=².x`` was a 500; a captured signed event regrouped around the comma
+    of releaseTime still verified."""
+    from tests.helpers import event, post, serving
+    from worker.http.auth import COOKIE
+    from worker.ledger.transitions import Ledger
+    from worker.provider.signature import sign
+
+    shared = "r4-callback-shared-key-0123"
+    keyed = settings.model_copy(update={"callback_shared_key": SecretStr(shared), "http_rate_limit": 0})
+
+    def signed(e: dict[str, str]) -> dict[str, str]:
+        return {**e, "signature": sign(e, shared, e["timestamp"], e["nonce"], "sha256")}
+
+    durations = ["²", "\u0663", "\uff17", "1_0", " 7", "+7", "-1", "7.5", "9" * 30, ""]
+    statuses: dict[str, int] = {}
+    reads: dict[str, int] = {}
+    async with serving(keyed, redis_client) as (url, served), aiohttp.ClientSession() as s:
+        ledger, producer, keys = Ledger(redis_client, served), Producer(redis_client, served), Keys(served.key_prefix)
+        auth = {"Authorization": "Bearer callbacks-test-api-key-0123"}
+        jobs = [f"r4-tk-{i}" for i in range(len(durations) + 2)]
+        for i, job in enumerate(jobs):
+            await producer.enqueue(body(f"59000001{i:02d}"), job_id=job)
+            assert await ledger.mark_sending(job)
+            await ledger.mark_sent(job, f"R4-SN-{i}")
+        for i, talk in enumerate(durations):
+            statuses[repr(talk)], _ = await post(url, signed(event(f"R4-SN-{i}", "1", talkDuration=talk)))
+        await redis_client.hset(keys.job(jobs[-2]), "tk", "²")  # type: ignore[misc]  # as an old version stored it
+        for job in jobs[:-1]:
+            async with s.get(f"{url}/v1/calls/{job}", headers=auth) as r:
+                reads[job] = r.status
+                if r.status == 200:
+                    assert (await r.json())["talk_duration_s"] in (None, 0, 10 ** 30 - 1, 7), job
+        # A captured signed answered event, its releaseTime's comma used to regroup the fields.
+        captured = signed(event(f"R4-SN-{len(jobs) - 1}", "1", releaseTime="2025/01/01,10:00:07:000"))
+        forged = {k: v for k, v in captured.items() if k != "releaseTime"}
+        forged["releaseReason"] = "1,releaseTime=2025/01/01,10:00:07:000"
+        same_signature = sign(forged, shared, forged["timestamp"], forged["nonce"], "sha256") == captured["signature"]
+        rearranged, data = await post(url, forged)
+        record = await ledger.get(jobs[-1])
+        cookie_statuses = {}
+        for stamp in ("²", "\u0661" * 10, "1_700_000_000"):
+            headers = {"Cookie": f"{COOKIE}={stamp}.x"}
+            async with s.get(f"{url}/dashboard/data", headers=headers) as r:
+                cookie_statuses[repr(stamp)] = r.status
+    report("R4 numbers from outside and signed-body ambiguity", {
+        "callbacks with a nasty talkDuration (status)": statuses,
+        "job reads afterwards (status)": f"{sum(1 for v in reads.values() if v == 200)} of {len(reads)} 200",
+        "rearranged signed body: same signature / status": f"{same_signature} / {rearranged} "
+                                                            f"{data['error']['code'] if rearranged >= 400 else ''}",
+        "session cookies with non-ASCII numbers (status)": cookie_statuses,
+    })
+    assert set(statuses.values()) == {200}, statuses
+    assert set(reads.values()) == {200}, reads
+    assert same_signature and rearranged == 400 and data["error"]["code"] == "ambiguous_callback", data
+    assert record is not None and record.outcome is None
+    assert set(cookie_statuses.values()) == {401}, cookie_statuses
+
+
+# --- input rules of issue 14 (items 4-6): whole matches, reserved ids, nothing valid ------------------
+
+
+async def test_r4_line_breaks_reserved_ids_and_all_rejected_launches_store_nothing(
+    api: str, redis_client: aioredis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    """``called`` "13800000077\\n" passed (``$`` matches before a final newline); an Idempotency-Key or
+    id with ':' could take a campaign row's or a redial's id in advance; a launch in which every row was
+    rejected still created its campaign. Each must be refused (4xx naming the field), storing nothing."""
+    producer = Producer(redis_client, settings)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    http: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
+        "called with a trailing LF": ("/v1/calls", body("13800000077\n"), {}),
+        "called with CRLF, campaign": ("/v1/calls", {**body("13800000077\r\n"), "campaign": "r4"}, {}),
+        "called with 33 characters": ("/v1/calls", body("+" + "1" * 32), {}),
+        "callBackUrl with a LF": ("/v1/calls", body("13800000001", callBackUrl="http://h/x\nX: 1"), {}),
+        "Idempotency-Key <campaign>:<number>": ("/v1/calls", body("13800000001"),
+                                                {"Idempotency-Key": "r4:13800000001"}),
+        "Idempotency-Key <id>:r1": ("/v1/calls", body("13800000001"), {"Idempotency-Key": "order-1:r1"}),
+        "launch: no valid row": ("/v1/campaigns", {"name": "r4-empty", "voiceId": "1",
+                                                   "rows": [{"called": "bad"}, {"called": "12ab"}]}, {}),
+    }
+    outcome: dict[str, str] = {}
+    before = await snapshot(redis_client)
+    async with aiohttp.ClientSession() as s:
+        for label, (path, payload, extra) in http.items():
+            async with s.post(api + path, json=payload, headers={**headers, **extra}) as r:
+                data = await r.json()
+                fields = [f["field"] for f in data.get("error", {}).get("fields", [])]
+                outcome[f"HTTP {label}"] = f"{r.status} {data.get('error', {}).get('code')} {fields[:2]}"
+                assert r.status == 422 and fields, (label, r.status, data)
+        async with s.post(api + "/v1/calls:batch", json={"items": [{**body("13800000001"), "id": "r4:1"}]},
+                          headers=headers) as r:
+            [item] = (await r.json())["results"]
+            outcome["HTTP batch item id with ':'"] = f"{r.status} {item['status']} {item['errors'][0]['field']}"
+            assert item["status"] == "rejected"
+    for label, kwargs in {"job_id <campaign>:<number>": {"job_id": "r4:13800000001"},
+                          "job_id <id>:r1": {"job_id": "x:r1"}}.items():
+        try:
+            await producer.enqueue(body("13800000001"), **kwargs)
+        except InvalidRequest as exc:
+            outcome[f"API {label}"] = f"refused {exc.errors[0].field}"
+        else:
+            raise AssertionError(f"accepted {label}")
+    bad = tmp_path / "all-bad.csv"
+    bad.write_text("called,id\nbad,\n13800000001,r4:13800000001\n")
+    rep = await launch_file(redis_client, settings, bad, LaunchOptions(name="r4-bad", voice_id="1"))
+    outcome["launch file, every row rejected"] = (f"{rep.rejected_rows} rejected, nothing_valid="
+                                                  f"{rep.nothing_valid}, created={rep.campaign_created}")
+    assert rep.nothing_valid and not rep.campaign_created
+    after = await snapshot(redis_client)
+    outcome["keys changed"] = str(len(changed(before, after)))
+    report("R4 issue 14 input rules",
+           {"cases": len(outcome) - 1, **{f"  {k[:34]}": v[:90] for k, v in outcome.items()}})
+    assert after == before, changed(before, after)

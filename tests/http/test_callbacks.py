@@ -251,3 +251,30 @@ async def test_a_non_ascii_talk_duration_leaves_the_job_readable(
     rc, _out, err = await run_dialer("job", JOB, env=settings_env(served))
     assert rc == 0 and "Traceback" not in err, err
     assert "ERROR" not in caplog.text
+
+
+async def test_a_rearranged_signed_body_is_refused(
+    settings: Settings, redis_client: aioredis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14 item 3: the signed string joins k=v with commas and releaseTime holds one, so a captured
+    answered event regrouped as {releaseReason: "1,releaseTime=<date>", releaseTime: <rest>}... signs the
+    same string; it used to be recorded (outcome failed_to_connect, reason "1,releaseTime=...")."""
+    async with serving(keyed(settings), redis_client) as (url, served):
+        ledger = await sent_job(redis_client, served, tmp_path)
+        captured = signed(event("SN-1", "1", releaseTime="2025/01/01,10:00:07:000"))
+        forged = {k: v for k, v in captured.items() if k != "releaseTime"}
+        forged["releaseReason"] = "1,releaseTime=2025/01/01,10:00:07:000"
+        assert sign(forged, SHARED, forged["timestamp"], forged["nonce"], "sha256") == captured["signature"]
+        status, data = await post(url, forged)
+        assert status == 400 and data["error"]["code"] == "ambiguous_callback", data
+        assert [f["field"] for f in data["error"]["fields"]] == ["releaseReason"]
+        assert (await ledger.get(JOB)).outcome is None  # type: ignore[union-attr]
+        for field, value in (("nonce", "12_34"), ("timestamp", "\u0661" * 13), ("recordfile", "a,b=c")):
+            status, data = await post(url, signed({**event("SN-1", "1"), field: value}))
+            assert status == 400 and data["error"]["fields"][0]["field"] == field, (field, data)
+        # The provider's own commas (in the times) and an "=" before any comma (a URL's query) still pass.
+        ok = signed(event("SN-1", "1", releaseTime="2025/01/01,10:00:07:000", recordfile="https://r.example/x?id=7"))
+        assert (await post(url, ok))[0] == 200
+    rec = await ledger.get(JOB)
+    assert rec is not None and (rec.outcome, rec.release_reason) == ("answered", "1")
+    assert "would make the signed string ambiguous" in caplog.text

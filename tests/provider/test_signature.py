@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from worker.provider.signature import SignatureMode, sign, verify
+from worker.provider.signature import SignatureMode, ambiguities, sign, verify
 
 KEY = "shared-key-123"
 TS = "1645524163326"
@@ -78,3 +78,24 @@ def test_verify_false_on_non_string_parts() -> None:
     assert not verify(body, KEY, "sha256")  # type: ignore[arg-type]
     surrogate = {**EVENT, "called": "\ud800", "timestamp": TS, "nonce": NONCE, "signature": "x"}
     assert not verify(surrogate, KEY, "sha256")
+
+
+def test_a_regrouped_body_signs_the_same_string_and_is_reported_ambiguous() -> None:
+    """Issue 14 item 3: the provider's scheme joins k=v with commas and releaseTime holds one, so fields can
+    be regrouped under one signature; ambiguities() names what makes a body's signed string ambiguous."""
+    captured = {"callSerialNo": "1", "releaseReason": "1", "releaseTime": "2022/02/22,10:04:36:318",
+                "talkDuration": "6", "timestamp": "1645524163326", "nonce": "-1482421808053124529"}
+    forged = {k: v for k, v in captured.items() if k != "releaseTime"}
+    forged["releaseReason"] = "1,releaseTime=2022/02/22,10:04:36:318"
+    for mode in ("sha256", "hmac-sha256"):
+        sig = sign(captured, "k", captured["timestamp"], captured["nonce"], mode)  # type: ignore[arg-type]
+        assert verify({**forged, "signature": sig}, "k", mode)  # type: ignore[arg-type]  # why the check exists
+    assert ambiguities(captured) == []
+    assert [f for f, _ in ambiguities(forged)] == ["releaseReason"]
+    # The prefix key_timestamp_nonce_: a "_" in the nonce (or a non-digit stamp) could shift it.
+    shifted = {**captured, "nonce": "1_2", "timestamp": "16455x"}
+    assert sorted(f for f, _ in ambiguities(shifted)) == ["nonce", "timestamp"]
+    assert [f for f, _ in ambiguities({**captured, "a,b": "x", "c=d": "y"})] == ["a,b", "c=d"]
+    assert [f for f, _ in ambiguities({**captured, "extra": ["x,y=z"]})] == ["extra"]
+    # What the provider sends stays acceptable: commas in times, "=" before any comma (a URL's query).
+    assert ambiguities({**captured, "recordfile": "https://r.example/x?id=7&b=2", "called": "+86 138"}) == []

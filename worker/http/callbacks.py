@@ -38,7 +38,7 @@ from worker.http.errors import ApiError
 from worker.http.routing import Access, Reply, Route
 from worker.http.schemas import CallbackReply, ReleaseCallback
 from worker.models import field_errors
-from worker.provider.signature import verify
+from worker.provider.signature import ambiguities, verify
 from worker.rules import ascii_int
 from worker.settings import Settings
 
@@ -87,6 +87,13 @@ def _check_signature(data: dict[str, Any], settings: Settings, remote: str | Non
         log.warning("callback refused: unsigned callbacks are refused without DIALER_CALLBACK_SHARED_KEY "
                     "(callSerialNo %s, from %s)", serial, remote)
         raise ApiError(401, UNSIGNED_REFUSED, code="unsigned_callback")
+    ambiguous = ambiguities(data)
+    if ambiguous:
+        # The provider's signed string joins k=v with commas; these values could be regrouped under one signature.
+        log.warning("callback refused: fields %s would make the signed string ambiguous (callSerialNo %s, "
+                    "from %s)", ", ".join(_show(f) for f, _ in ambiguous[:5]), serial, remote)
+        raise ApiError(400, "The body cannot be authenticated: its signed string could be read more than one "
+                            "way.", code="ambiguous_callback", fields=[FieldError(f, r) for f, r in ambiguous])
     if not verify(data, key.get_secret_value(), settings.callback_signature_mode):
         log.warning("callback refused: bad or missing signature (callSerialNo %s, from %s)", serial, remote)
         raise ApiError(401, "The signature does not match (DIALER_CALLBACK_SHARED_KEY, "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from typing import Literal, get_args
 
@@ -22,6 +23,8 @@ SignatureMode = Literal["sha256", "hmac-sha256"]
 SIGNATURE_MODES: tuple[str, ...] = get_args(SignatureMode)
 
 _UNSIGNED = frozenset(("timestamp", "nonce", "signature"))
+_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _material(fields: Mapping[str, str], shared_key: str, timestamp: str, nonce: str) -> str:
@@ -44,6 +47,41 @@ def sign(
     else:
         raise ValueError(f"signature mode must be one of {SIGNATURE_MODES}, not {mode!r}")
     return base64.b64encode(digest).decode("ascii")
+
+
+def ambiguities(body: Mapping[str, object]) -> list[tuple[str, str]]:
+    """The (field, rule) pairs that make ``body``'s signed string ambiguous; empty when it is not.
+
+    The provider's scheme is fixed and joins ``k=v`` with commas although values hold commas
+    (``releaseTime`` "2022/02/22,10:04:36:318"), so ``{"releaseReason": "1", "releaseTime": "a,b"}`` and
+    ``{"releaseReason": "1,releaseTime=a,b"}`` sign the same string. The string reads back one way only
+    when every key is a plain name, every value one in which no comma is followed by an ``=``
+    before the next comma (a comma-separated piece holding ``=`` can then only start a field), and the
+    ``timestamp`` (ASCII digits) and ``nonce`` hold no ``_`` (the separator of the prefix).
+
+    >>> ambiguities({"releaseReason": "1,releaseTime=a,b", "timestamp": "1", "nonce": "2"})
+    [('releaseReason', 'may not hold "=" after a comma (the signed string would be ambiguous)')]
+    >>> ambiguities({"releaseTime": "2022/02/22,10:04:36:318", "recordfile": "x?a=b", "timestamp": "1", "nonce": "-2"})
+    []
+    """
+    problems: list[tuple[str, str]] = []
+    for key, value in body.items():
+        if key == "signature":
+            continue
+        if _KEY.fullmatch(key) is None:
+            problems.append((key[:64], "field names must be 1-64 of A-Z a-z 0-9 _ (the signed string would be "
+                                       "ambiguous)"))
+        elif key == "timestamp":
+            if not isinstance(value, str) or _DIGITS.fullmatch(value) is None:
+                problems.append((key, "must be 1-18 ASCII digits (ms since the epoch)"))
+        elif key == "nonce":
+            if not isinstance(value, str) or "_" in value or not 1 <= len(value) <= 128:
+                problems.append((key, 'must be 1-128 characters without "_" (the signed string would be '
+                                      "ambiguous)"))
+        # Signed as str(value): a value that is not a string (refused later, 422) is checked as that text.
+        elif any("=" in piece for piece in str(value).split(",")[1:]):
+            problems.append((key, 'may not hold "=" after a comma (the signed string would be ambiguous)'))
+    return problems
 
 
 def verify(body: Mapping[str, str], shared_key: str, mode: SignatureMode) -> bool:
