@@ -60,6 +60,14 @@ async def aof_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
             server.proc = None
 
 
+UNREACHABLE = "Redis is not reachable at"
+BACK = "Redis is reachable again at"
+
+
+def _count(output: str, text: str) -> int:
+    return sum(text in line for line in output.splitlines())
+
+
 async def _client(url: str) -> aioredis.Redis:
     client: aioredis.Redis = aioredis.Redis.from_url(url)
     return client
@@ -115,6 +123,8 @@ async def test_r2_redis_restart_mid_campaign(
     for w in workers:
         if w.alive:
             assert await w.stop() == 0
+    warned = [_count(w.output(), UNREACHABLE) for w in workers]
+    back = [_count(w.output(), BACK) for w in workers]
     await sim.sync()
     rec = reconcile(records, sim.requests)
     after = [e["ts"] for e in sim.requests if e["ts"] > restarted_at and e["outcome"] == "created"]
@@ -130,9 +140,11 @@ async def test_r2_redis_restart_mid_campaign(
         "called twice, within the 1 s window": len(in_window),
         "all final after s": round(total_s, 1),
         "worker errors logged": len(procs.problems()),
+        "outage WARNINGs per worker (down, back)": [f"{d}, {b}" for d, b in zip(warned, back, strict=True)],
     })
 
     assert all(survived), "a worker exited during the Redis outage"
+    assert warned == [1] * len(workers) and back == [1] * len(workers), (warned, back)
     assert not rec.lost, f"{len(rec.lost)} jobs never final, e.g. {rec.lost[:5]}"
     assert status["total"] == JOBS
     assert status["states"] == {k: rec.states.get(k, 0) for k in status["states"]}, (status, rec.states)
@@ -143,3 +155,45 @@ async def test_r2_redis_restart_mid_campaign(
         assert not rec.multi_called, rec.multi_called[:5]  # a clean stop loses no write
     assert sorted(in_window) == rec.multi_called, "a job was called twice outside the documented window"
     assert after, "nothing was sent after the restart"
+
+
+@pytest.mark.parametrize("when", ["at start-up", "mid-outage"])
+async def test_r2_a_worker_obeys_sigterm_while_redis_is_away(
+    when: str, settings: Settings, aof_redis: RedisServer, procs: Procs
+) -> None:
+    """Redis away (never there since the worker started, or gone while it ran): the worker logs one
+    WARNING naming the URL (password masked), keeps waiting, and SIGTERM ends it at once."""
+    s = fault_settings(settings, redis_url=aof_redis.url)
+    env = {**settings_env(s), "DIALER_REDIS_URL": aof_redis.url.replace("redis://", "redis://:s3cr%40t@")}
+    if when == "at start-up":
+        aof_redis.stop()
+        aof_redis.proc = None
+        worker = await procs.start("worker", "worker", env=env)
+    else:
+        env["DIALER_REDIS_URL"] = aof_redis.url
+        worker = await procs.start("worker", "worker", env=env)
+        await asyncio.sleep(2)
+        aof_redis.stop()
+        aof_redis.proc = None
+
+    async def warned() -> bool:
+        return _count(worker.output(), UNREACHABLE) >= 1
+
+    await wait_until(warned, 20, 0.1, "the worker's outage WARNING")
+    await asyncio.sleep(3)  # still retrying, quietly
+    alive = worker.alive
+    started = time.monotonic()
+    rc = await worker.stop(timeout=20)
+    took = time.monotonic() - started
+    output = worker.output()
+    report(f"R2 SIGTERM while Redis is away ({when})", {
+        "worker alive after 3 s of outage": alive,
+        "outage WARNINGs": _count(output, UNREACHABLE),
+        "exit code": rc,
+        "exit after SIGTERM s": round(took, 2),
+        "password in the log": "s3cr" in output,
+        "worker errors logged": len(procs.problems()),
+    })
+    assert alive and rc == 0 and took < 10, (alive, rc, took)
+    assert _count(output, UNREACHABLE) == 1 and "s3cr" not in output, output[-2000:]
+    assert not procs.problems()
