@@ -122,6 +122,32 @@ def _text_value(value: Any) -> str:
     return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
 
 
+class _NoRequestBytes(logging.Filter):
+    """aiohttp's HTTP parser errors (a header over 8 KB, a malformed request line) quote the raw bytes
+    they choked on, an ``Authorization`` or ``Cookie`` value included, and aiohttp logs them with a
+    traceback at ERROR. Such a record keeps its message and the error's type, never the bytes: no
+    traceback, at WARNING (a client sent something the server refused with 400)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__module__.startswith("aiohttp.http_exceptions"):
+            record.msg = f"{record.getMessage()}: {type(exc).__name__} (refused with 400; its bytes are not logged)"
+            record.args = ()
+            record.exc_info, record.exc_text = None, None
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _install_filters() -> None:
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _NoRequestBytes) for f in server.filters):
+        server.addFilter(_NoRequestBytes())
+
+
+_install_filters()
+
+
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())

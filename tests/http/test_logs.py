@@ -72,3 +72,29 @@ async def test_access_log_lines_hold_no_key(
     assert refused["route"] == "/v1/calls/{job_id}" and refused["key_id"] is None
     for out in (json_out.getvalue(), text_out.getvalue()):
         assert KEY not in out and "wrong-key-123456789" not in out
+
+
+async def test_an_oversized_authorization_or_cookie_header_never_reaches_the_log(
+    captured: tuple[io.StringIO, io.StringIO], settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    # aiohttp refuses a header over 8 KB and logged the bytes it choked on (the key) with a traceback.
+    import asyncio
+
+    json_out, text_out = captured
+    app = create_app(settings.model_copy(update={"api_keys": [SecretStr(KEY)]}), redis_client, open_provider=False)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(access_log=None)
+    try:
+        for header in (f"Authorization: Bearer {KEY}", f"Cookie: dialer_session={KEY}"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(f"GET /v1/calls/x HTTP/1.1\r\nHost: x\r\n{header}{'k' * 9000}\r\n\r\n".encode())
+            await writer.drain()
+            assert (await reader.read(64)).startswith(b"HTTP/1.0 400")
+            writer.close()
+        await asyncio.sleep(0.1)
+    finally:
+        await server.close()
+    refused = [x for x in lines(json_out) if x["logger"] == "aiohttp.server"]
+    assert len(refused) == 2 and all("LineTooLong" in x["msg"] and "exc" not in x for x in refused), refused
+    for out in (json_out.getvalue(), text_out.getvalue()):
+        assert KEY not in out and "kkkkkkkk" not in out
