@@ -460,7 +460,7 @@ async def test_cli_launch_status_pause_resume_cancel_list(settings: Settings, tm
     path = write_csv(tmp_path / "cli.csv", "called,priority", ["13800000001,1", "bad,1", "13800000002,2"])
     rc, out, err = await run_dialer("campaign", "launch", str(path), "--name", "cli", "--voice-id", "v1", "--json",
                                     env=env)
-    assert rc == 1, err  # a row was rejected; the good ones are enqueued
+    assert rc == 3, err  # a row was rejected; the good ones are enqueued
     report = json.loads(out)
     assert report["enqueued"] == 2 and report["rejected"] == [
         {"line": 3, "field": "called", "rule": "must be digits with an optional leading '+'"}]
@@ -561,3 +561,84 @@ async def test_a_failing_job_in_a_batch_leaves_the_earlier_ones_counted(
     assert await counts(redis_client, settings) == {"queued": 1, "total": 1}
     assert await Campaigns(redis_client, settings).job_ids("camp") == ["camp:1"]
     assert await redis_client.exists(keys.job("camp:2"), keys.job("camp:3")) == 0
+
+
+# --- nothing valid, delete (issue 14, item 6) -------------------------------------------------------
+
+
+async def test_a_launch_with_no_valid_row_creates_nothing_so_the_name_stays_free(
+    redis_client: aioredis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    """Every row rejected: the campaign used to be created anyway and its name locked to these options,
+    so the corrected re-run (other options) was refused."""
+    bad = write_csv(tmp_path / "bad.csv", "called", ["bad", "13800000077x", "+"])
+    report = await do_launch(redis_client, settings, bad, name="fix")
+    assert (report.valid, report.rejected_rows, report.nothing_valid, report.campaign_created) == (0, 3, True, False)
+    assert await redis_client.dbsize() == 0
+    empty = await do_launch(redis_client, settings, write_csv(tmp_path / "e.csv", "called", []), name="fix")
+    assert empty.nothing_valid and await redis_client.dbsize() == 0
+    good = write_csv(tmp_path / "good.csv", "called", ["13800000001"])
+    fixed = await do_launch(redis_client, settings, good, name="fix", rate=2)
+    assert (fixed.enqueued, fixed.campaign_created, fixed.nothing_valid) == (1, True, False)
+
+
+async def test_delete_only_a_campaign_with_no_queued_sending_or_parked_job(
+    redis_client: aioredis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    from worker.campaigns.control import CampaignBusy, UnknownCampaign
+
+    campaigns = Campaigns(redis_client, settings)
+    await do_launch(redis_client, settings, numbers_csv(tmp_path, 2))
+    ledger = Ledger(redis_client, settings)
+    with pytest.raises(CampaignBusy, match="2 queued, 0 sending, 0 parked"):
+        await campaigns.delete("camp")
+    assert await ledger.mark_sending("camp:13800000000")
+    with pytest.raises(CampaignBusy, match="1 queued, 1 sending"):
+        await campaigns.delete("camp")
+    await ledger.mark_sent("camp:13800000000", "SN-1")
+    await campaigns.cancel("camp")
+    await campaigns.delete("camp")
+    assert "camp" not in await campaigns.names()
+    assert [k async for k in redis_client.scan_iter(Keys(settings.key_prefix).campaign("camp") + "*")] == []
+    with pytest.raises(UnknownCampaign):
+        await campaigns.delete("camp")
+    # Its finished jobs stay in the ledger until their TTL.
+    assert (await ledger.get("camp:13800000000")) is not None
+    # A campaign that never got a job can go too.
+    await campaigns.create("never", CampaignSpec())
+    await campaigns.delete("never")
+    assert await campaigns.names() == []
+
+
+@pytest.mark.slow
+async def test_cli_launch_exit_codes_and_delete(
+    settings: Settings, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """0 all enqueued, 3 some rows rejected, 4 nothing enqueued (no valid row: nothing created)."""
+    env = settings_env(settings)
+    bad = write_csv(tmp_path / "bad.csv", "called", ["bad", "nope"])
+    rc, out, err = await run_dialer("campaign", "launch", str(bad), "--name", "x", "--voice-id", "v1", env=env)
+    assert rc == 4, (rc, out, err)
+    assert "nothing enqueued, campaign not created" in out and "Traceback" not in err
+    assert await redis_client.dbsize() == 0
+    rc, out, err = await run_dialer("campaign", "launch", str(bad), "--name", "x", "--voice-id", "v1", "--dry-run",
+                                    env=env)
+    assert rc == 4, (rc, out, err)
+    mixed = write_csv(tmp_path / "mixed.csv", "called", ["13800000001", "bad"])
+    rc, out, err = await run_dialer("campaign", "launch", str(mixed), "--name", "x", "--voice-id", "v2", env=env)
+    assert rc == 3, (rc, out, err)
+    rc, out, err = await run_dialer("campaign", "launch", str(mixed), "--name", "x", "--voice-id", "v2", "--strict",
+                                    env=env)
+    assert rc == 4, (rc, out, err)
+    good = write_csv(tmp_path / "good.csv", "called", ["13800000002"])
+    rc, out, err = await run_dialer("campaign", "launch", str(good), "--name", "x", "--voice-id", "v2", env=env)
+    assert rc == 0, (rc, out, err)
+    rc, out, err = await run_dialer("campaign", "delete", "x", env=env)
+    assert rc == 1 and "still has work (2 queued" in err and "Traceback" not in err, (rc, out, err)
+    rc, out, err = await run_dialer("campaign", "cancel", "x", env=env)
+    rc, out, err = await run_dialer("campaign", "delete", "x", env=env)
+    assert rc == 0 and out.strip() == "x: deleted", (rc, out, err)
+    rc, out, err = await run_dialer("campaign", "delete", "x", env=env)
+    assert rc == 1 and "no campaign 'x'" in err
+    rc, out, _ = await run_dialer("campaign", "launch", "--help", env=env)
+    assert "3  some rows rejected" in out and "4  nothing enqueued" in out

@@ -268,3 +268,37 @@ async def test_openapi_documents_the_routes(api_settings: Settings, redis_client
     callback = paths["/v1/callbacks/release"]["post"]
     assert callback["security"] == [] and {"200", "401", "404", "422"} <= set(callback["responses"])
     assert "releaseReason" in doc["components"]["schemas"]["ReleaseCallback"]["required"]
+
+
+async def test_a_launch_with_no_valid_row_creates_nothing_and_the_fixed_rerun_works(
+    client: TestClient[Any, Any], api_settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """It used to create the campaign anyway (201, nothing enqueued), so the corrected re-run with other
+    options was refused (409: exists with other settings)."""
+    status, err = await launch(client, rows=[{"called": "bad"}, {"called": "12ab"}])
+    assert status == 422 and err["error"]["code"] == "no_valid_rows", err
+    assert [f["field"] for f in err["error"]["fields"]] == ["rows[0].called", "rows[1].called"]
+    stored = [k for k in await redis_client.keys("*") if b"rl:http" not in k]  # the per-key throttle's state
+    assert stored == []
+    r = await client.post("/v1/campaigns?name=web&templateId=tpl-1", data="called\nnope\n",
+                          headers={**AUTH, "Content-Type": "text/csv"})
+    assert r.status == 422 and [f["field"] for f in (await r.json())["error"]["fields"]] == ["line[2].called"]
+    status, report = await launch(client, rows=rows(2), rate=3)  # other options: still free
+    assert status == 201 and report["enqueued"] == 2 and report["nothing_valid"] is False, report
+
+
+async def test_delete_an_empty_campaign_and_refuse_one_with_work(
+    client: TestClient[Any, Any], api_settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    assert (await launch(client, rows=rows(2)))[0] == 201
+    r = await client.delete("/v1/campaigns/web", headers=AUTH)
+    data = await r.json()
+    assert r.status == 409 and data["error"]["code"] == "campaign_busy" and "2 queued" in data["error"]["message"]
+    assert (await client.post("/v1/campaigns/web:cancel", headers=AUTH)).status == 200
+    r = await client.delete("/v1/campaigns/web", headers=AUTH)
+    assert r.status == 200 and await r.json() == {"deleted": "web"}
+    assert (await client.get("/v1/campaigns/web", headers=AUTH)).status == 404
+    assert [k async for k in redis_client.scan_iter("*campaign*")] == []
+    assert (await client.delete("/v1/campaigns/web", headers=AUTH)).status == 404
+    status, _ = await launch(client, rows=rows(1, 5), rate=7)  # the name is free again
+    assert status == 201

@@ -57,7 +57,7 @@ def _with_redis(fn: Callable[[Redis, Settings], Awaitable[T]], usage: tuple[type
 
 @click.group("campaign")
 def campaign_group() -> None:
-    """Bulk campaigns: launch a file, watch, pause, resume, cancel."""
+    """Bulk campaigns: launch a file, watch, pause, resume, cancel, delete."""
 
 
 @campaign_group.command("launch")
@@ -89,8 +89,14 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
                dry_run: bool, strict: bool, as_json: bool, progress: bool | None) -> None:
     """Validate FILE (CSV or JSONL), report rejected rows, enqueue the rest as campaign NAME.
 
-    Exit status: 0 every row accepted (or skipped as duplicate/suppressed), 1 some rows rejected
-    (the others were enqueued unless --strict or --dry-run), 2 bad options (nothing stored).
+    \b
+    Exit status:
+      0  no row rejected: every row enqueued (or skipped as already enqueued, repeated or on the
+         do-not-call list; with --dry-run: would be)
+      3  some rows rejected, the others enqueued (with --dry-run: would be)
+      4  nothing enqueued: no valid row (the campaign is not created; fix the file and launch again
+         under the same name) or --strict refused the file
+      2  bad options or an unusable file; 1 any other error (nothing stored in either case)
     """
     from worker.campaigns.launch import LaunchError, LaunchOptions, launch_file
 
@@ -125,8 +131,19 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
         if len(report.rejected) > _MAX_REJECTS_SHOWN:
             click.echo(f"... and {len(report.rejected) - _MAX_REJECTS_SHOWN} more (--json lists all)", err=True)
         click.echo(_launch_summary(report))
-    if report.rejected:
-        sys.exit(1)
+    sys.exit(launch_exit_status(report))
+
+
+EXIT_SOME_REJECTED = 3
+EXIT_NOTHING_ENQUEUED = 4
+
+
+def launch_exit_status(report: Any) -> int:
+    """``dialer campaign launch``'s exit status for a report: 0, 3 (some rows rejected) or 4 (nothing
+    enqueued: no valid row, or --strict refused)."""
+    if report.nothing_valid or report.strict_refused:
+        return EXIT_NOTHING_ENQUEUED
+    return EXIT_SOME_REJECTED if report.rejected else 0
 
 
 def _launch_summary(report: Any) -> str:
@@ -137,6 +154,8 @@ def _launch_summary(report: Any) -> str:
         lines.append("dry run: nothing stored")
     elif report.strict_refused:
         lines.append("--strict: rows were rejected, nothing enqueued")
+    elif report.nothing_valid:
+        lines.append("no valid row: nothing enqueued, campaign not created (fix the file and launch again)")
     else:
         lines.append(f"enqueued {report.enqueued} new, {report.already_enqueued} already enqueued "
                      f"in {report.seconds:.2f}s" + (" (campaign created)" if report.campaign_created else ""))
@@ -224,6 +243,20 @@ def cancel_cmd(name: str) -> None:
 
     n = _with_redis(lambda r, s: Campaigns(r, s).cancel(name))
     click.echo(f"{name}: cancelled; {n} job(s) will not be dialled")
+
+
+@campaign_group.command("delete")
+@click.argument("name")
+def delete_cmd(name: str) -> None:
+    """Delete campaign NAME if it has no work left (no job queued, sending or parked), freeing the name.
+
+    A campaign with work is refused (exit 1): cancel it first, or wait until its jobs are final. Its
+    finished jobs stay in the ledger until their TTL.
+    """
+    from worker.campaigns.control import Campaigns
+
+    _with_redis(lambda r, s: Campaigns(r, s).delete(name))
+    click.echo(f"{name}: deleted")
 
 
 @campaign_group.command("jobs")

@@ -8,6 +8,7 @@
     await campaigns.pause("spring")
     await campaigns.resume("spring")          # parked jobs back on their queues, in order
     await campaigns.cancel("spring")          # every job not yet sent -> cancelled
+    await campaigns.delete("spring")          # only once nothing is queued, sending or parked
     (await campaigns.status("spring"))["states"]["sent"]
 
 A campaign is a hash (``Keys.campaign``: status, settings, pacing clocks), exact per-state counters kept
@@ -20,6 +21,12 @@ place in line, its record made persistent — and its arq run ends normally. Par
 while they wait (no polling, no retries, no TTL), so a pause may hold any number of jobs for any time.
 ``resume`` flips the status back and moves the parked jobs onto their queues, in order, with fresh
 send slots from the campaign's pacing clock.
+
+How delete works: a campaign with no job queued, sending or parked (never given a job, every job final,
+or cancelled) can be deleted: its hash, counters, job list, pacing state and index entry go, in one
+script that checks the counters first (:class:`CampaignBusy` otherwise), so the name can be launched
+again. Its finished jobs stay in the ledger until their TTL; since a campaign row's job id is
+``<campaign>:<number>``, a re-launch under the same name reports those numbers as already enqueued.
 
 How cancel works: the status flips to ``cancelled`` (workers refuse to send from then on), then every
 job still queued is marked ``cancelled`` and removed from its queue, in slices of 1,000 per script.
@@ -48,7 +55,8 @@ from worker.store.decode import as_dict, text
 from worker.store.keys import Keys, in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
 __all__ = [
-    "STATUS_STATES", "CampaignError", "CampaignSpec", "Campaigns", "ResumeResult", "UnknownCampaign", "valid_name",
+    "STATUS_STATES", "CampaignBusy", "CampaignError", "CampaignSpec", "Campaigns", "ResumeResult", "UnknownCampaign",
+    "valid_name",
 ]
 
 STATUS_STATES: tuple[str, ...] = tuple(str(s) for s in State)
@@ -65,6 +73,10 @@ class CampaignError(DialerError):
 
 class UnknownCampaign(CampaignError):
     """No campaign has this name (never created, or expired)."""
+
+
+class CampaignBusy(CampaignError):
+    """The campaign still has work (jobs queued, sending or parked), so it cannot be deleted."""
 
 
 def valid_name(name: str) -> bool:
@@ -153,6 +165,7 @@ class Campaigns:
         self._state = _script(redis, "campaign_state.lua")
         self._resume = _script(redis, "campaign_resume.lua")
         self._cancel = _script(redis, "campaign_cancel.lua")
+        self._delete = _script(redis, "campaign_delete.lua")
 
     async def create(self, name: str, spec: CampaignSpec) -> Literal["created", "exists"]:
         """Create the campaign, or confirm it exists with the same spec. Raises CampaignError if it
@@ -233,6 +246,28 @@ class Campaigns:
                 break
         count = await self._redis.hget(self._keys.campaign_counts(name), str(State.CANCELLED))  # type: ignore[misc]
         return int(count or 0)
+
+    async def delete(self, name: str) -> None:
+        """Delete a campaign that has no work left (no job queued, sending or parked), so its name is
+        free again. Raises UnknownCampaign, or CampaignBusy naming what is left (cancel it first, or let
+        it finish). Finished jobs stay in the ledger until their TTL."""
+        if not valid_name(name):
+            raise UnknownCampaign(f"no campaign {name!r}")
+        k = self._keys
+        verdict, queued, sending, parked = await self._delete(
+            keys=[k.campaign(name), k.campaign_counts(name), k.campaign_jobs(name), k.campaign_parked(name),
+                  k.campaign_sent(name), k.campaign_window_slots(name), k.rate(f"campaign:{name}"), k.campaigns],
+            args=[name],
+        )
+        verdict = text(verdict)
+        if verdict == "missing":
+            raise UnknownCampaign(f"no campaign {name!r}")
+        if verdict == "busy":
+            raise CampaignBusy(
+                f"campaign {name!r} still has work ({int(queued)} queued, {int(sending)} sending, {int(parked)} "
+                "parked): only a campaign with no queued, sending or parked job can be deleted; cancel it "
+                "first, or wait until its jobs are final"
+            )
 
     async def status(self, name: str) -> dict[str, Any]:
         """The campaign's status as a stable JSON-able dict (see README, "Campaign status JSON")."""

@@ -30,7 +30,9 @@ refused without a public URL, since no outcome would ever arrive).
 
 Order of work: options are checked first (an error names the flag; nothing is read or stored); every
 row is validated (rejections name the line, field and rule); with ``dry_run`` it stops there; with
-``strict`` one rejected row stops it; the campaign is created (or found with the same settings);
+``strict`` one rejected row stops it; with no valid row it stops too (``nothing_valid``: the campaign is
+not created, so a corrected file can be launched under the same name); the campaign is created (or
+found with the same settings);
 suppressed numbers are skipped; rows are enqueued in pipelined chunks. A number (after
 normalization, see :mod:`~worker.campaigns.suppression`) appears once per campaign: a repeat in the file
 is reported and skipped, and a re-run of the same launch enqueues nothing twice, since job ids are
@@ -143,6 +145,8 @@ class LaunchReport:
     already_enqueued: int = 0
     dry_run: bool = False
     strict_refused: bool = False
+    nothing_valid: bool = False
+    """No row was valid: nothing was stored and the campaign was not created (its name stays free)."""
     campaign_created: bool = False
     seconds: float = 0.0
 
@@ -164,6 +168,7 @@ class LaunchReport:
             "already_enqueued": self.already_enqueued,
             "dry_run": self.dry_run,
             "strict_refused": self.strict_refused,
+            "nothing_valid": self.nothing_valid,
             "campaign_created": self.campaign_created,
             "seconds": round(self.seconds, 3),
         }
@@ -567,6 +572,7 @@ async def _launch(
     campaigns = Campaigns(redis, settings)
     if opts.dry_run or (opts.strict and report.rejected):
         report.strict_refused = bool(opts.strict and report.rejected and not opts.dry_run)
+        report.nothing_valid = not rows
         if opts.dry_run:
             # Read-only look-ups, so the dry run says what a real one would skip.
             existing = await campaigns.spec(opts.name)
@@ -575,10 +581,14 @@ async def _launch(
             listed = await Suppression(redis, settings).which([r.number for r in rows])
             report.suppressed = sum(1 for r in rows if r.number in listed)
         return
-    report.campaign_created = await campaigns.create(opts.name, spec) == "created"
     listed = await Suppression(redis, settings).which([r.number for r in rows])
     todo = [r for r in rows if r.number not in listed]
     report.suppressed = len(rows) - len(todo)
+    if not rows:
+        # Nothing valid: create nothing, so the name stays free for the corrected file.
+        report.nothing_valid = True
+        return
+    report.campaign_created = await campaigns.create(opts.name, spec) == "created"
     producer = Producer(redis, settings)
     deadline = None if spec.deadline_ms is None else datetime.fromtimestamp(spec.deadline_ms / 1000, UTC)
     done = 0

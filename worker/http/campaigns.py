@@ -1,4 +1,4 @@
-"""``/v1/campaigns``: launch, list, follow, pause, resume and cancel campaigns over HTTP.
+"""``/v1/campaigns``: launch, list, follow, pause, resume, cancel and delete campaigns over HTTP.
 
 The same operations and JSON as ``dialer campaign ...`` (both call :mod:`worker.campaigns`)::
 
@@ -13,6 +13,9 @@ The same operations and JSON as ``dialer campaign ...`` (both call :mod:`worker.
 A launch answers 201 when it created the campaign, 200 otherwise (a re-run adds nothing twice; a dry
 run stores nothing); rejected rows are listed in the report, or, with ``strict``, refuse the launch with
 422 naming each row (``rows[3].called`` for JSON rows, ``line[12].templateParams[1]`` for an upload).
+A launch with no valid row stores nothing, creates no campaign and answers 422 ``no_valid_rows`` (the
+rows named the same way). ``DELETE /v1/campaigns/{name}`` deletes a campaign with no work left (409
+``campaign_busy`` otherwise).
 Bad options are 422 naming the option; a campaign that exists with other settings or was cancelled is
 409; an unknown campaign is 404; resuming or pausing a cancelled campaign is 409.
 
@@ -28,7 +31,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from worker.campaigns.control import CampaignError, Campaigns, UnknownCampaign, valid_name
+from worker.campaigns.control import CampaignBusy, CampaignError, Campaigns, UnknownCampaign, valid_name
 from worker.campaigns.launch import LaunchError, LaunchOptions, LaunchReport, launch_rows, launch_text
 from worker.errors import FieldError
 from worker.http.common import CAMPAIGNS_FEED, REDIS, SETTINGS, read_json
@@ -37,6 +40,7 @@ from worker.http.routing import Access, Param, Reply, Route
 from worker.http.schemas import (
     CampaignAction,
     CampaignCreate,
+    CampaignDeleted,
     CampaignList,
     CampaignOptions,
     CampaignStatus,
@@ -175,11 +179,14 @@ async def create_campaign(request: web.Request) -> web.Response:
         raise ApiError.refused(exc.errors, _RENAME) from None
     except CampaignError as exc:
         raise ApiError(409, str(exc), code="campaign_conflict") from None
+    fields = [FieldError(f"rows[{e.line - 1}].{e.field}" if json_rows else f"line[{e.line}].{e.field}", e.rule)
+              for e in report.rejected]
     if report.strict_refused:
-        fields = [FieldError(f"rows[{e.line - 1}].{e.field}" if json_rows else f"line[{e.line}].{e.field}", e.rule)
-                  for e in report.rejected]
         raise ApiError(422, f"{report.rejected_rows} row(s) rejected; strict: nothing was enqueued.",
                        code="rows_rejected", fields=fields)
+    if report.nothing_valid and not report.dry_run:
+        raise ApiError(422, f"No valid row ({report.rows} row(s), {report.rejected_rows} rejected): nothing was "
+                            "stored and the campaign was not created.", code="no_valid_rows", fields=fields)
     return web.json_response(report.as_dict(), status=201 if report.campaign_created else 200,
                              headers={"Location": f"/v1/campaigns/{opts.name}"})
 
@@ -201,6 +208,17 @@ async def get_campaign(request: web.Request) -> web.Response:
         return web.json_response(await request.app[CAMPAIGNS].status(name))
     except UnknownCampaign as exc:
         raise ApiError(404, str(exc)) from None
+
+
+async def delete_campaign(request: web.Request) -> web.Response:
+    name = _name(request)
+    try:
+        await request.app[CAMPAIGNS].delete(name)
+    except UnknownCampaign as exc:
+        raise ApiError(404, str(exc)) from None
+    except CampaignBusy as exc:
+        raise ApiError(409, str(exc), code="campaign_busy") from None
+    return web.json_response(CampaignDeleted(deleted=name).model_dump(mode="json"))
 
 
 def _action(action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -267,7 +285,8 @@ def routes(settings: Settings) -> list[Route]:
             },
             description="`dialer campaign launch` over HTTP: the options and rows as JSON, or a CSV/JSONL file "
             "(the options as query parameters). Every row is validated; rejected rows are listed and never "
-            "enqueued (with `strict`, one refuses the launch). Re-running a launch adds nothing twice.",
+            "enqueued (with `strict`, one refuses the launch). With no valid row nothing is stored and no "
+            "campaign created (422 `no_valid_rows`). Re-running a launch adds nothing twice.",
             responses={
                 201: Reply("The campaign was created and its rows enqueued.", LaunchReply,
                            headers={"Location": "The campaign's URL."}),
@@ -285,6 +304,16 @@ def routes(settings: Settings) -> list[Route]:
             operation_id="getCampaign", parameters=(name,),
             responses={200: Reply("Counts per state and outcome, send rate and ETA.", CampaignStatus)},
             errors=(404,),
+        ),
+        Route(
+            "DELETE", _NAME_PATH, delete_campaign, "Delete a campaign with no work left", Access.API,
+            tag="campaigns", operation_id="deleteCampaign", parameters=(name,),
+            description="`dialer campaign delete`: a campaign with no job queued, sending or parked (never "
+            "given a job, every job final, or cancelled) is deleted and its name can be launched again; its "
+            "finished jobs stay in the ledger until their TTL. A campaign with work is refused with 409 "
+            "`campaign_busy` (cancel it first, or wait until its jobs are final).",
+            responses={200: Reply("Deleted.", CampaignDeleted)},
+            errors=(404, 409),
         ),
     ]
     summaries = {

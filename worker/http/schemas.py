@@ -215,6 +215,8 @@ class LaunchReply(BaseModel):
     already_enqueued: int
     dry_run: bool
     strict_refused: bool
+    nothing_valid: bool = Field(..., description="No row was valid: nothing stored, the campaign not created "
+                                "(a launch answers 422 `no_valid_rows` then; a dry run reports it).")
     campaign_created: bool
     seconds: float
 
@@ -262,6 +264,12 @@ class CampaignAction(BaseModel):
     left: int | None = Field(..., description="resume: jobs still parked (their runs were finishing): resume again.")
     cancelled: int | None = Field(..., description="cancel: jobs of the campaign now cancelled.")
     campaign: CampaignStatus
+
+
+class CampaignDeleted(BaseModel):
+    """The answer to ``DELETE /v1/campaigns/{name}``."""
+
+    deleted: str = Field(..., description="The campaign's name, free to be launched again.")
 
 
 # --- result callbacks ------------------------------------------------------------------------------
