@@ -392,9 +392,10 @@ def test_session_cookie_expires_and_cannot_be_forged(api_settings: Settings) -> 
     identity = auth.from_session(value, now=now + 60)
     assert identity is not None and identity.role.value == "admin"
     assert auth.from_session(value, now=now + 13 * 3600) is None
-    issued, mac = value.split(".")
-    assert auth.from_session(f"{int(issued) + 1}.{mac}", now=now) is None
-    assert auth.from_session(f"{issued}.{'0' * len(mac)}", now=now) is None
+    issued, nonce, mac = value.split(".")
+    assert auth.from_session(f"{int(issued) + 1}.{nonce}.{mac}", now=now) is None
+    assert auth.from_session(f"{issued}.{nonce}.{'0' * len(mac)}", now=now) is None
+    assert auth.from_session(f"{issued}.{mac}", now=now) is None  # the old format: no nonce, no session
     viewer = auth.from_session(auth.session_value(DASH, now=now), now=now)
     assert viewer is not None and viewer.role.value == "viewer"
 

@@ -39,7 +39,7 @@ from worker.http.common import (
     THROTTLE,
     ProviderSlot,
 )
-from worker.http.errors import error_middleware
+from worker.http.errors import ApiError, error_middleware
 from worker.http.routing import Access, Handler, Route, RouteModule
 from worker.http.throttle import Throttle, throttled
 from worker.ledger.producer import Producer
@@ -67,7 +67,7 @@ def create_app(
 ) -> web.Application:
     """The service. ``insecure_no_auth`` lets every request in (refused by ``dialer serve`` unless asked
     for); ``open_provider=False`` skips the provider client (``/readyz`` then reports it not checked)."""
-    auth = Authenticator(settings, insecure=insecure_no_auth)
+    auth = Authenticator(settings, insecure=insecure_no_auth, redis=redis)
     throttle = Throttle(redis, settings)
     app = web.Application(
         client_max_size=settings.http_max_body_bytes, middlewares=[_access_middleware, error_middleware]
@@ -112,6 +112,8 @@ def _guard(route: Route, auth: Authenticator, throttle: Throttle | None) -> Hand
     @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
         identity = auth.authorize(request, access)
+        if not await auth.session_live(request, identity):
+            raise ApiError(401, "This dashboard session was logged out; log in again.")
         request[IDENTITY] = identity  # before the throttle, so a 429 is logged with its key_id
         if throttle is not None:
             await throttle.check(request, identity)

@@ -6,9 +6,12 @@
   time, so timing tells neither the key nor which one matched.
 * The dashboard logs in with a form (or ``/?key=...``, which redirects to ``/`` at once so the key does not
   stay in the address bar or history). The cookie ``dialer_session`` never holds the key: it is
-  ``<issued unix time>.<HMAC-SHA256(key, "dialer-session:" + issued time)>``, HttpOnly, SameSite=Strict,
+  ``<issued unix time>.<nonce>.<HMAC-SHA256(key, "dialer-session:" + issued time + "." + nonce)>`` (the
+  random nonce makes each login's session its own, so a logout ends that one only), HttpOnly, SameSite=Strict,
   valid 12 h, Secure when the request came over HTTPS or ``DIALER_PUBLIC_URL`` is https, and only as
-  good as the key that made it (rotate the key to revoke every session).
+  good as the key that made it (rotate the key to revoke every session). Logout ends the session on the
+  server too: the cookie's digest is kept in Redis for the rest of its life and refused from then on, on
+  every replica, even if a copy of the cookie is replayed.
 * API routes take the cookie only together with the header ``X-Requested-With: dialer-dashboard``,
   which a cross-site form cannot send, so the dashboard's own buttons work and CSRF does not.
 
@@ -19,17 +22,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
 from dataclasses import dataclass
 from enum import Enum
 
 from aiohttp import web
 from pydantic import SecretStr
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from worker.http.errors import ApiError
 from worker.http.routing import Access
 from worker.rules import ascii_int
 from worker.settings import Settings
+from worker.store.keys import Keys
 
 COOKIE = "dialer_session"
 SESSION_TTL_S = 12 * 3600
@@ -69,7 +76,9 @@ class _Key:
 class Authenticator:
     """Checks keys and session cookies. ``insecure=True`` (``--insecure-no-auth``) lets everyone in."""
 
-    def __init__(self, settings: Settings, *, insecure: bool = False) -> None:
+    def __init__(self, settings: Settings, *, insecure: bool = False, redis: Redis | None = None) -> None:
+        self._redis = redis  # where logged-out sessions are remembered (None: logout only clears the cookie)
+        self._redis_keys = Keys(settings.key_prefix)
         keys = [_Key(k.get_secret_value().encode(), Role.ADMIN, key_id(k)) for k in settings.api_keys]
         if settings.dashboard_key is not None:
             dk = settings.dashboard_key
@@ -109,13 +118,14 @@ class Authenticator:
 
     def session_value(self, identity_key: str, now: float | None = None) -> str:
         """A session cookie value for a key that :meth:`check_key` accepted."""
-        issued = str(int(time.time() if now is None else now))
+        issued = str(int(time.time() if now is None else now)) + "." + secrets.token_hex(8)
         return issued + "." + _mac(identity_key.encode("utf-8", "surrogateescape"), issued)
 
     def from_session(self, value: str, now: float | None = None) -> Identity | None:
-        issued, _, mac = value.partition(".")
-        stamp = ascii_int(issued)  # str.isdigit() took "²", which int() then refused with a 500
-        if stamp is None or len(issued) > 12 or not mac:
+        issued, _, mac = value.rpartition(".")  # issued = "<unix time>.<nonce>"
+        when, _, nonce = issued.partition(".")
+        stamp = ascii_int(when)  # str.isdigit() took "²", which int() then refused with a 500
+        if stamp is None or len(when) > 12 or not mac or not (0 < len(nonce) <= 32 and nonce.isascii()):
             return None
         age = (time.time() if now is None else now) - stamp
         if not (-60 <= age <= SESSION_TTL_S):
@@ -135,6 +145,30 @@ class Authenticator:
     @staticmethod
     def clear_session(response: web.StreamResponse) -> None:
         response.del_cookie(COOKIE, path="/")
+
+    def _revoked_key(self, value: str) -> str:
+        return self._redis_keys.session_revoked(hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest())
+
+    async def end_session(self, request: web.Request) -> None:
+        """Logout: the request's session cookie (if valid) is refused from now on, on every replica."""
+        value = request.cookies.get(COOKIE)
+        if self._redis is None or not value or self.from_session(value) is None:
+            return
+        issued = ascii_int(value.partition(".")[0]) or 0
+        remaining_ms = int((issued + SESSION_TTL_S + 60 - time.time()) * 1000)
+        if remaining_ms > 0:
+            await self._redis.set(self._revoked_key(value), "1", px=remaining_ms)
+
+    async def session_live(self, request: web.Request, identity: Identity | None) -> bool:
+        """False when ``identity`` came from a session cookie that was logged out. Redis unreachable:
+        refused too (fail closed; the API key still works)."""
+        if identity is None or identity.via != "cookie" or self._redis is None:
+            return True
+        value = request.cookies.get(COOKIE, "")
+        try:
+            return not await self._redis.exists(self._revoked_key(value))
+        except (RedisError, OSError):
+            return False
 
     # --- per-route check -----------------------------------------------------------------------
 

@@ -103,6 +103,8 @@ async def index(request: web.Request) -> web.Response:
         return _login_page("Unknown key.")
     try:
         identity = auth.identify(request, cookie=True)
+        if not await auth.session_live(request, identity):
+            raise ApiError(401)
     except ApiError:
         response = _login_page("Your session has expired or the key was rotated; log in again.")
         auth.clear_session(response)
@@ -130,7 +132,9 @@ async def login(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     response = _see_other("/")
-    request.app[AUTH].clear_session(response)
+    auth = request.app[AUTH]
+    await auth.end_session(request)  # the cookie is refused server-side too, not only forgotten
+    auth.clear_session(response)
     return response
 
 
@@ -207,8 +211,10 @@ def routes(settings: Settings) -> list[Route]:
                          415: Reply("Not a form post: the login form.", None, media=page_media)},
               errors=(413,)),
         Route("POST", "/logout", logout, "Log out of the dashboard", Access.OPEN, tag="dashboard",
-              operation_id="logout", uses_redis=False,
-              responses={303: Reply("The session cookie is cleared.", None, media="")}),
+              operation_id="logout",
+              description="Ends the session on the server (the cookie is refused from then on, on every "
+              "replica) and clears the cookie.",
+              responses={303: Reply("The session is ended and its cookie cleared.", None, media="")}),
         Route("GET", "/dashboard/data", data, "Dashboard data", Access.VIEW, tag="dashboard",
               operation_id="dashboardData",
               description="Everything the dashboard shows, refreshed at most once a second.",

@@ -82,6 +82,10 @@ class Keys:
     def token_lock(self) -> str:
         return f"{self.prefix}token:lock"
 
+    def session_revoked(self, digest: str) -> str:
+        """A dashboard session ended by logout (``digest``: SHA-256 of the cookie), kept for its remaining life."""
+        return f"{self.prefix}session:revoked:{digest}"
+
     @property
     def token_refused(self) -> str:
         """The fleet's pause while tokenByAkSk refuses the AK/SK: JSON {"until": ms, "step": s}, with a TTL."""
