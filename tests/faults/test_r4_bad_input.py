@@ -549,3 +549,60 @@ async def test_r4_callbacks_and_cookies_with_nasty_numbers_and_a_rearranged_sign
     assert same_signature and rearranged == 400 and data["error"]["code"] == "ambiguous_callback", data
     assert record is not None and record.outcome is None
     assert set(cookie_statuses.values()) == {401}, cookie_statuses
+
+
+# --- input rules of issue 14 (items 4-6): whole matches, reserved ids, nothing valid ------------------
+
+
+async def test_r4_line_breaks_reserved_ids_and_all_rejected_launches_store_nothing(
+    api: str, redis_client: aioredis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    """``called`` "13800000077\\n" passed (``$`` matches before a final newline); an Idempotency-Key or
+    id with ':' could take a campaign row's or a redial's id in advance; a launch in which every row was
+    rejected still created its campaign. Each must be refused (4xx naming the field), storing nothing."""
+    producer = Producer(redis_client, settings)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    http: dict[str, tuple[str, dict[str, Any], dict[str, str]]] = {
+        "called with a trailing LF": ("/v1/calls", body("13800000077\n"), {}),
+        "called with CRLF, campaign": ("/v1/calls", {**body("13800000077\r\n"), "campaign": "r4"}, {}),
+        "called with 33 characters": ("/v1/calls", body("+" + "1" * 32), {}),
+        "callBackUrl with a LF": ("/v1/calls", body("13800000001", callBackUrl="http://h/x\nX: 1"), {}),
+        "Idempotency-Key <campaign>:<number>": ("/v1/calls", body("13800000001"),
+                                                {"Idempotency-Key": "r4:13800000001"}),
+        "Idempotency-Key <id>:r1": ("/v1/calls", body("13800000001"), {"Idempotency-Key": "order-1:r1"}),
+        "launch: no valid row": ("/v1/campaigns", {"name": "r4-empty", "voiceId": "1",
+                                                   "rows": [{"called": "bad"}, {"called": "12ab"}]}, {}),
+    }
+    outcome: dict[str, str] = {}
+    before = await snapshot(redis_client)
+    async with aiohttp.ClientSession() as s:
+        for label, (path, payload, extra) in http.items():
+            async with s.post(api + path, json=payload, headers={**headers, **extra}) as r:
+                data = await r.json()
+                fields = [f["field"] for f in data.get("error", {}).get("fields", [])]
+                outcome[f"HTTP {label}"] = f"{r.status} {data.get('error', {}).get('code')} {fields[:2]}"
+                assert r.status == 422 and fields, (label, r.status, data)
+        async with s.post(api + "/v1/calls:batch", json={"items": [{**body("13800000001"), "id": "r4:1"}]},
+                          headers=headers) as r:
+            [item] = (await r.json())["results"]
+            outcome["HTTP batch item id with ':'"] = f"{r.status} {item['status']} {item['errors'][0]['field']}"
+            assert item["status"] == "rejected"
+    for label, kwargs in {"job_id <campaign>:<number>": {"job_id": "r4:13800000001"},
+                          "job_id <id>:r1": {"job_id": "x:r1"}}.items():
+        try:
+            await producer.enqueue(body("13800000001"), **kwargs)
+        except InvalidRequest as exc:
+            outcome[f"API {label}"] = f"refused {exc.errors[0].field}"
+        else:
+            raise AssertionError(f"accepted {label}")
+    bad = tmp_path / "all-bad.csv"
+    bad.write_text("called,id\nbad,\n13800000001,r4:13800000001\n")
+    rep = await launch_file(redis_client, settings, bad, LaunchOptions(name="r4-bad", voice_id="1"))
+    outcome["launch file, every row rejected"] = (f"{rep.rejected_rows} rejected, nothing_valid="
+                                                  f"{rep.nothing_valid}, created={rep.campaign_created}")
+    assert rep.nothing_valid and not rep.campaign_created
+    after = await snapshot(redis_client)
+    outcome["keys changed"] = str(len(changed(before, after)))
+    report("R4 issue 14 input rules",
+           {"cases": len(outcome) - 1, **{f"  {k[:34]}": v[:90] for k, v in outcome.items()}})
+    assert after == before, changed(before, after)
