@@ -56,3 +56,25 @@ async def test_cli_refuses_to_start_with_a_bad_setting(redis_url: str) -> None:
                                                                "DIALER_REDIS_URL": redis_url})
     assert rc != 0
     assert "DIALER_TOKEN_LIFETIME_S" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("weak", ["0000000000000000", "passwordpassword", "0123456789abcdef", "1234567812345678",
+                                  "aaaaaaaabbbbbbbb", "qwertyuiopasdfghjkl"])
+@pytest.mark.parametrize("variable", ["DIALER_API_KEYS", "DIALER_DASHBOARD_KEY", "DIALER_CALLBACK_SHARED_KEY"])
+def test_low_entropy_keys_are_refused_naming_the_variable_not_the_key(
+    variable: str, weak: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, weak)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert variable in message and "guess" in message and "openssl rand" in message
+    assert weak not in message
+
+
+def test_random_keys_and_a_providers_short_callback_key_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIALER_API_KEYS", "Zx9-kQ2mP7vR4tL8,3f9a1c0e7b2d4a6f8e1c")
+    monkeypatch.setenv("DIALER_DASHBOARD_KEY", "a1b2c3d4e5f6g7h8")
+    monkeypatch.setenv("DIALER_CALLBACK_SHARED_KEY", "cb-key")  # the provider's choice: only the trivial is refused
+    s = load_settings()
+    assert len(s.api_keys) == 2 and s.dashboard_key is not None and s.callback_shared_key is not None

@@ -10,6 +10,7 @@ Invalid values fail at start-up with :class:`SettingsError`, whose message names
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -268,6 +269,9 @@ class Settings(BaseSettings):
     def _key_length(cls, v: list[SecretStr]) -> list[SecretStr]:
         if any(len(k.get_secret_value()) < 16 for k in v):
             raise ValueError("every API key must be at least 16 characters")
+        for i, k in enumerate(v, 1):
+            if (why := weak_key(k.get_secret_value())) is not None:
+                raise ValueError(f"API key {i} of {len(v)} {why}")
         return v
 
     @field_validator("dashboard_key", "callback_shared_key", mode="before")
@@ -280,6 +284,16 @@ class Settings(BaseSettings):
     def _dashboard_key_length(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and len(v.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
+        if v is not None and (why := weak_key(v.get_secret_value())) is not None:
+            raise ValueError(why)
+        return v
+
+    @field_validator("callback_shared_key")
+    @classmethod
+    def _callback_key_strength(cls, v: SecretStr | None) -> SecretStr | None:
+        # The provider chooses this one: only the trivially guessable is refused.
+        if v is not None and (why := weak_key(v.get_secret_value(), min_bits=0, min_distinct=4)) is not None:
+            raise ValueError(why)
         return v
 
     @field_validator("http_rate_limit")
@@ -329,6 +343,32 @@ class Settings(BaseSettings):
         refresh takes milliseconds and the old token stays in use while it runs, so a larger share only
         multiplies tokenByAkSk calls for short-lived tokens."""
         return min(self.token_refresh_margin_s, self.token_lifetime_s * 0.1)
+
+
+_SEQUENCES = ("0123456789abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz0123456789",
+              "qwertyuiopasdfghjklzxcvbnm", "1234567890qwertyuiop")
+_RANDOM_KEY_HINT = "use a random key, e.g. `openssl rand -hex 24`"
+
+
+def weak_key(value: str, *, min_bits: float = 48.0, min_distinct: int = 8) -> str | None:
+    """Why a key is too easy to guess (a phrase naming the rule, never the key), or None: one character
+    or a short pattern repeated, an alphabet or keyboard run, too few different characters, or less
+    than ``min_bits`` of character entropy (Shannon, times the length)."""
+    n = len(value)
+    if n == 0:
+        return None
+    if any(value == (value[:p] * (n // p + 1))[:n] for p in range(1, n // 2 + 1)):
+        return f"is a repeated pattern, too easy to guess: {_RANDOM_KEY_HINT}"
+    low = value.lower()
+    if n >= 6 and any(low in seq or low in seq[::-1] for seq in _SEQUENCES):
+        return f"is an alphabet or keyboard sequence, too easy to guess: {_RANDOM_KEY_HINT}"
+    if len(set(value)) < min_distinct:
+        return f"has fewer than {min_distinct} different characters, too easy to guess: {_RANDOM_KEY_HINT}"
+    counts = [value.count(c) for c in set(value)]
+    bits = -sum(c * math.log2(c / n) for c in counts)
+    if bits < min_bits:
+        return f"is too easy to guess (about {bits:.0f} bits of entropy, need {min_bits:.0f}): {_RANDOM_KEY_HINT}"
+    return None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -326,3 +326,42 @@ async def test_r5_dialer_serve_refuses_unsigned_callbacks_by_default(
     assert rec is not None and rec.outcome == "answered" and rec.redials == ()
     figures["outcome after both (answered first)"] = rec.outcome
     report("R5 unsigned callbacks by default", figures)
+
+
+async def test_r5_weak_keys_are_refused_and_logout_ends_the_session(
+    settings: Settings, redis_client: aioredis.Redis, procs: Procs
+) -> None:
+    """``dialer serve`` refuses a guessable key (naming the variable, never the key), and a dashboard cookie
+    copied before logout is refused after it, by a second replica too."""
+    refused: dict[str, int] = {}
+    for variable, weak in [("DIALER_API_KEYS", "0000000000000000"), ("DIALER_DASHBOARD_KEY", "passwordpassword"),
+                           ("DIALER_CALLBACK_SHARED_KEY", "0123456789abcdef")]:
+        env = {**settings_env(settings), "DIALER_API_KEYS": _secret("api"), variable: weak}
+        child = await procs.start("serve-weak", "serve", "--port", "0", env=env)
+        refused[variable] = await child.wait(30)
+        out = child.output()
+        assert refused[variable] != 0 and variable in out and weak not in out, out[-500:]
+    api_key = _secret("api")
+    env = {**settings_env(settings), "DIALER_API_KEYS": api_key}
+    bases = []
+    for _ in range(2):
+        port = free_port()
+        await procs.start("serve", "serve", "--host", "127.0.0.1", "--port", str(port), env=env)
+        bases.append(f"http://127.0.0.1:{port}")
+
+    async def up() -> bool:
+        try:
+            return all([(await _collect("GET", b + "/healthz", []))[0] == 200 for b in bases])
+        except aiohttp.ClientError:
+            return False
+
+    await wait_until(up, 30, 0.1, "two replicas of dialer serve up")
+    async with aiohttp.ClientSession() as s:
+        async with s.post(bases[0] + "/login", data={"key": api_key}, allow_redirects=False) as r:
+            cookie = {"Cookie": f"dialer_session={r.cookies['dialer_session'].value}"}
+    before = [(await _collect("GET", b + "/dashboard/data", [], headers=cookie))[0] for b in bases]
+    await _collect("POST", bases[0] + "/logout", [], headers=cookie)
+    after = [(await _collect("GET", b + "/dashboard/data", [], headers=cookie))[0] for b in bases]
+    report("R5 weak keys and logout", {"serve exit codes with a weak key": refused,
+                                       "copied cookie before / after logout (2 replicas)": f"{before} / {after}"})
+    assert before == [200, 200] and after == [401, 401]
