@@ -73,3 +73,14 @@ async def test_insecure_no_auth(settings: Settings) -> None:
         proc.proc.send_signal(signal.SIGTERM)
         code, _, err = await proc.wait(30)
     assert code == 0 and "--insecure-no-auth" in err
+
+
+async def test_insecure_no_auth_refuses_a_real_provider(settings: Settings) -> None:
+    # Open to anyone who reaches the port, against a real provider: real calls by anybody.
+    env = {**settings_env(settings), "DIALER_API_KEYS": ""}
+    for real in ({"DIALER_API_BASE_URL": "https://cec.example.com:28090"},
+                 {"DIALER_TOKEN_URL": "https://auth.example.com:28070/token"}):
+        code, _, err = await run_dialer("serve", "--insecure-no-auth", "--port", str(free_port()),
+                                        env={**env, **real}, timeout=30)
+        assert code == 2 and "--insecure-no-auth is for the local simulator only" in err, err
+        assert "example.com" in err and "DIALER_API_KEYS" in err

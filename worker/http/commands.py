@@ -18,6 +18,16 @@ from worker.store.client import api_client
 log = logging.getLogger(__name__)
 
 _SHUTDOWN_TIMEOUT_S = 10.0
+SANDBOX_PROVIDER_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "simulator"})
+"""Provider hosts ``--insecure-no-auth`` accepts: this machine, or the compose sandbox's ``simulator``."""
+
+
+def _real_provider_hosts(settings: Settings) -> list[str]:
+    """The provider hosts (base URL, token URL) that are not the local sandbox simulator."""
+    from urllib.parse import urlsplit
+
+    hosts = {urlsplit(settings.api_base_url).hostname or "", urlsplit(settings.resolved_token_url).hostname or ""}
+    return sorted(h for h in hosts if h.lower() not in SANDBOX_PROVIDER_HOSTS)
 
 
 async def run_server(settings: Settings, *, insecure_no_auth: bool = False) -> None:
@@ -79,5 +89,11 @@ def serve(host: str | None, port: int | None, insecure_no_auth: bool) -> None:
         )
     if settings.api_keys and insecure_no_auth:
         raise click.UsageError("--insecure-no-auth contradicts DIALER_API_KEYS; drop one of them")
+    if insecure_no_auth and (real := _real_provider_hosts(settings)):
+        # Anyone who reaches the port could make real calls (and read every number).
+        raise click.UsageError(
+            f"--insecure-no-auth is for the local simulator only, but the provider is {', '.join(real)} "
+            "(DIALER_API_BASE_URL / DIALER_TOKEN_URL): set DIALER_API_KEYS instead"
+        )
     logs.configure(settings.log_level, settings.log_format)
     asyncio.run(run_server(settings, insecure_no_auth=insecure_no_auth))
