@@ -31,14 +31,16 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, OutOfMemoryError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.settings import Settings
 from worker.store.connections import DialerConnectionPool
 
-__all__ = ["UNREACHABLE", "api_client", "cli_client", "masked_url", "tls_options", "unreachable", "worker_client"]
+__all__ = [
+    "UNREACHABLE", "api_client", "cli_client", "full", "masked_url", "tls_options", "unreachable", "worker_client",
+]
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +177,9 @@ def cli_client(settings: Settings) -> Redis:
     return client
 
 
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-"""What a command meets when Redis is away (refused, unreachable, not answering in time)."""
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError)
+"""What a command meets when Redis is away (refused, unreachable, not answering in time, refusing the
+login) or full (``maxmemory`` with ``noeviction``): :func:`unreachable` makes it one line."""
 
 
 def masked_url(url: str) -> str:
@@ -192,13 +195,22 @@ def masked_url(url: str) -> str:
         return "(unparseable DIALER_REDIS_URL)"
 
 
+def full(settings: Settings) -> str:
+    """The one line a command prints when Redis refuses a write because it is full (``maxmemory`` with
+    ``noeviction``)."""
+    return (f"Redis at {masked_url(settings.redis_url)} is full (maxmemory reached, writes refused): "
+            "free memory or raise maxmemory, then run the command again")
+
+
 def _reason(exc: BaseException) -> str:
     return str(exc).strip() or type(exc).__name__
 
 
 def unreachable(settings: Settings, exc: BaseException) -> str:
-    """The one line a command prints when Redis is away or refuses the URL's user and password: where it
-    looked (password masked) and what happened."""
+    """The one line a command prints when Redis is away, refuses the URL's user and password, or is full:
+    where it looked (password masked) and what happened."""
+    if isinstance(exc, OutOfMemoryError):
+        return full(settings)
     if isinstance(exc, AuthenticationError):
         return (f"Redis refused the login at {masked_url(settings.redis_url)} ({_reason(exc)}); check the user "
                 "and password in DIALER_REDIS_URL (percent-encoded: @ %40, : %3A, / %2F, # %23, % %25)")
