@@ -78,3 +78,20 @@ def test_random_keys_and_a_providers_short_callback_key_pass(monkeypatch: pytest
     monkeypatch.setenv("DIALER_CALLBACK_SHARED_KEY", "cb-key")  # the provider's choice: only the trivial is refused
     s = load_settings()
     assert len(s.api_keys) == 2 and s.dashboard_key is not None and s.callback_shared_key is not None
+
+
+def test_unknown_dialer_variables_are_named_at_start_up_not_their_values(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("DIALER_MAX_INFLIGHT=3\nDIALER_RATE_LIMIT=7\n")
+    monkeypatch.setenv("DIALER_RATE_LIMT", "55.5")  # misspelt: silently ignored before
+    monkeypatch.setenv("DIALER_IMAGE", "dialer:dev")  # compose's own variable, not a setting: no warning
+    with caplog.at_level("WARNING", logger="worker.settings"):
+        s = load_settings()
+    assert s.rate_limit == 7
+    [record] = [r for r in caplog.records if r.name == "worker.settings"]
+    message = record.getMessage()
+    assert "DIALER_RATE_LIMT (did you mean DIALER_RATE_LIMIT?)" in message
+    assert "DIALER_MAX_INFLIGHT (did you mean DIALER_MAX_IN_FLIGHT?)" in message
+    assert "DIALER_IMAGE" not in message and "55.5" not in message and "=3" not in message

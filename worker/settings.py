@@ -9,8 +9,13 @@ Invalid values fail at start-up with :class:`SettingsError`, whose message names
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -371,8 +376,37 @@ def weak_key(value: str, *, min_bits: float = 48.0, min_distinct: int = 8) -> st
     return None
 
 
+NOT_SETTINGS = frozenset({
+    "DIALER_API_PORT", "DIALER_SIMULATOR_PORT", "DIALER_IMAGE", "DIALER_STOP_GRACE_PERIOD",  # docker compose's
+    "DIALER_SERVICES", "DIALER_EXE", "DIALER_FAULTS", "DIALER_FAULTS_REPORT",  # scripts' and the fault suite's
+})
+"""DIALER_* names that are not settings but are read by compose, the scripts or the tests."""
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> list[str]:
+    """DIALER_* names in the environment or ``env_file`` that are no setting (a misspelling is otherwise
+    silently ignored), each with the closest setting's name when there is one: names only, never values."""
+    names = {n for n in (os.environ if environ is None else environ) if n.upper().startswith(ENV_PREFIX)}
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        names |= {n for n in dotenv_values(env_file) if n.upper().startswith(ENV_PREFIX)}
+    known = {ENV_PREFIX + f.upper() for f in Settings.model_fields}
+    out = []
+    for name in sorted(names):
+        if name.upper() in known or name.upper() in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.75)
+        out.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return out
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build :class:`Settings`, turning validation errors into a message that names each variable."""
+    """Build :class:`Settings`, turning validation errors into a message that names each variable. Unknown
+    DIALER_* names (environment and ``.env``) are named in one WARNING."""
+    if unknown := unknown_variables():
+        logging.getLogger(__name__).warning(
+            "ignoring unknown DIALER_* variable(s), not settings (see docs/settings.md): %s", ", ".join(unknown))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
