@@ -54,7 +54,7 @@ class _Lazy(NamedTuple):
 # Commands owned by other packages: imported when named, so `dialer --help` does not load their modules.
 _LAZY_COMMANDS: dict[str, _Lazy] = {
     "campaign": _Lazy("worker.campaigns.commands", "campaign_group",
-                      "Bulk campaigns: launch a file, watch, pause, resume, cancel."),
+                      "Bulk campaigns: launch a file, watch, pause, resume, cancel, delete."),
     "serve": _Lazy("worker.http.commands", "serve",
                    "Run the HTTP service: enqueue API (/v1), /metrics, /healthz, /readyz and the dashboard (/)."),
     "suppress": _Lazy("worker.campaigns.commands", "suppress_group",
