@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -133,3 +134,35 @@ async def test_every_command_refuses_a_malformed_redis_url_in_one_line(
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: invalid settings: DIALER_REDIS_URL: must be redis://"), err
     assert "hunter" not in err + out and "22" not in lines[0].split("must be")[0]
+
+
+async def test_stale_connections_failing_right_after_redis_is_back_are_not_a_new_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # After a restart, the pool's other connections fail once each just after the first command
+    # succeeded; at full size (fault R2) that logged 2-5 "not reachable"/"reachable again" pairs.
+    from redis.exceptions import ConnectionError as Down
+
+    from worker.store.client import CappedBackoff, OutageRetry
+
+    retry = OutageRetry(CappedBackoff(base=0.001, cap=0.001), retries=-1, where="redis://h:1/0")
+    retry.update_supported_errors([Down])
+    left = {"n": 0}
+
+    async def flaky() -> str:
+        if left["n"] > 0:
+            left["n"] -= 1
+            raise Down("reset")
+        return "ok"
+
+    async def nothing(_error: object) -> None:
+        return None
+
+    caplog.set_level(logging.WARNING, logger="worker.store.client")
+    left["n"] = 50  # an outage: announced once, and its end once
+    assert await retry.call_with_retry(flaky, nothing) == "ok"
+    for _ in range(5):  # stale connections, each failing twice right after the success
+        left["n"] = 2
+        assert await retry.call_with_retry(flaky, nothing) == "ok"
+    lines = [r.getMessage() for r in caplog.records if r.name == "worker.store.client"]
+    assert [line.split(" at ")[0] for line in lines] == ["Redis is not reachable", "Redis is reachable again"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -74,17 +75,23 @@ class CappedBackoff(AbstractBackoff):
         return float(min(self._cap, self._base * 2 ** min(failures, 32)))
 
 
+_FLAP_S = 1.0
+
+
 class OutageRetry(Retry):
     """redis-py's ``Retry`` (forever when ``retries=-1``) that tells the log about an outage: one
     WARNING when Redis becomes unreachable, naming the URL (password masked), and one when it answers
     again; nothing per retry. One instance serves every connection of a pool, so a process logs an
     outage once, not once per connection or command. A single failure that the immediate retry cures
-    (an idle connection closed by Redis) is not an outage and is not logged."""
+    (an idle connection closed by Redis) is not an outage and is not logged, nor is a failure within
+    a second of a command that succeeded: when Redis is back after a restart, the pool's other, stale
+    connections fail once each, and that is the end of the outage, not a new one."""
 
     def __init__(self, backoff: AbstractBackoff, retries: int, where: str) -> None:
         super().__init__(backoff, retries)
         self.where = where
         self.down_since: float | None = None
+        self.last_ok = -math.inf
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OutageRetry:
         # redis-py deep-copies the Retry into every connection; the outage state must stay shared (and
@@ -100,8 +107,9 @@ class OutageRetry(Retry):
             except self._supported_errors as error:
                 failures += 1
                 await fail(error)
-                if failures >= 2 and self.down_since is None:
-                    self.down_since = time.monotonic()
+                now = time.monotonic()
+                if failures >= 2 and self.down_since is None and now - self.last_ok > _FLAP_S:
+                    self.down_since = now
                     log.warning("Redis is not reachable at %s (%s); retrying until it is back",
                                 self.where, _reason(error))
                 if 0 <= self._retries < failures:
@@ -110,6 +118,7 @@ class OutageRetry(Retry):
                 if backoff > 0:
                     await asyncio.sleep(backoff)
             else:
+                self.last_ok = time.monotonic()
                 if self.down_since is not None:
                     log.warning("Redis is reachable again at %s (after %.1f s)",
                                 self.where, time.monotonic() - self.down_since)
