@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.callback_url import own_callback, url_problem
 from worker.errors import SettingsError
 
 ENV_PREFIX = "DIALER_"
@@ -31,6 +32,9 @@ MIN_HTTP_RATE = 0.01
 """Slowest non-zero HTTP throttle (one request per 100 s): keeps every schedule, burst included, well
 inside the exact integer range of the Lua script's numbers (microseconds in a double)."""
 
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
+               "off": False}
 
 REDIS_URL_RULE = (
     "must be redis://[[user]:password@]host[:port][/db], rediss://... (TLS) or unix:///path/redis.sock[?db=N], "
@@ -120,7 +124,15 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, description="Total time allowed for one provider request.")
     connect_timeout_s: float = Field(3.0, gt=0, description="Time allowed to open a connection.")
     callback_url_base64: bool = Field(
-        False, description="Send `callBackUrl` Base64-encoded (cec_07_2802); plain by default, as in the seed."
+        False, description="Send `callBackUrl` Base64-encoded (cec_07_2802); plain by default, as in the seed. "
+        "Either way a callBackUrl may hold only `a-zA-Z0-9-:./_#?&`; Base64-encoded it must fit 256 characters "
+        "(192 before encoding). Refused at enqueue, and at start-up for DIALER_PUBLIC_URL.",
+    )
+    provider_http_500: Literal["retry", "permanent"] = Field(
+        "retry", description="What HTTP 500 from createVoiceNotification means. provider-api.md: a transient "
+        "\"business failure\", `retry` (with backoff, bounded by DIALER_RETRY_MAX_ATTEMPTS and "
+        "DIALER_RETRY_MAX_TOTAL_S). The seed: \"check the values of parameters in the request\", `permanent` "
+        "(the job fails at once). Either way the provider created no call.",
     )
 
     # --- Retries -----------------------------------------------------------------------------------
@@ -145,9 +157,16 @@ class Settings(BaseSettings):
         "schedule against urgent calls.",
     )
     max_in_flight: int = Field(50, ge=1, description="Concurrent provider requests across the whole fleet.")
-    redial_ambiguous: bool = Field(
-        False, description="Redial jobs whose outcome is unknown (worker died or timed out mid-request): may call "
-        "a person twice.",
+    redial_ambiguous: Literal["never", "after-grace", "always"] = Field(
+        "never", description="What becomes of a job whose outcome is unknown (a worker died, or the answer was "
+        "lost, mid-request): `never` redial it; `after-grace` redial it once when no release event proved the "
+        "call within DIALER_UNKNOWN_GRACE_S (a call that existed but whose event is later still rings twice); "
+        "`always` treat it as retryable at once (may call a person twice). `true`/`false` mean `always`/`never`.",
+    )
+    unknown_grace_s: float = Field(
+        900.0, ge=1, description="How long an `unknown` job waits for the provider's release event (ring time plus "
+        "callback delay) before it is reported `unknown, no evidence` (and, with "
+        "DIALER_REDIAL_AMBIGUOUS=after-grace, redialled once).",
     )
     worker_concurrency: int = Field(100, ge=1, description="Jobs one worker process runs at once per queue.")
     poll_delay_s: float = Field(
@@ -230,6 +249,11 @@ class Settings(BaseSettings):
         "sha256", description="Digest of that signature: `sha256` (SHA-256 of `key_timestamp_nonce_fields`) or "
         "`hmac-sha256` (HMAC keyed with the shared key); which one the provider uses is unconfirmed.",
     )
+    callback_signature_spaces: Literal["keep", "strip"] = Field(
+        "keep", description="Spaces in the release event's signed string: `keep` them (provider-api.md) or "
+        "`strip` every space before hashing (what a Java reference implementation does). Unconfirmed which one "
+        "the provider uses: check a real signed callback with tests/provider/vectors/ (docs/operations.md).",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Each worker process serves `/metrics` and `/healthz` on this port; 0 = off."
     )
@@ -301,6 +325,16 @@ class Settings(BaseSettings):
             raise ValueError(why)
         return v
 
+    @field_validator("redial_ambiguous", mode="before")
+    @classmethod
+    def _redial_bool(cls, v: Any) -> Any:
+        # The setting was a boolean before it had a third value.
+        if isinstance(v, bool):
+            return "always" if v else "never"
+        if isinstance(v, str) and v.strip().lower() in _BOOL_WORDS:
+            return "always" if _BOOL_WORDS[v.strip().lower()] else "never"
+        return v
+
     @field_validator("http_rate_limit")
     @classmethod
     def _http_rate(cls, v: float) -> float:
@@ -328,6 +362,12 @@ class Settings(BaseSettings):
             raise ValueError("DIALER_RETRY_BASE_S must not exceed DIALER_RETRY_MAX_BACKOFF_S")
         if self.number_cap_calls > 0 and self.number_cap_days <= 0:
             raise ValueError("DIALER_NUMBER_CAP_DAYS must be > 0 when DIALER_NUMBER_CAP_CALLS is set")
+        if self.public_url is not None:
+            # Checked as the provider will see it: with a job id appended (callback_url.for_job).
+            own = own_callback(self.public_url) or ""
+            problem = url_problem(own + "/x", base64=self.callback_url_base64)
+            if problem is not None:
+                raise ValueError(f"DIALER_PUBLIC_URL: the callBackUrl {own}/<job id> {problem}")
         if self.job_timeout_s < self.request_timeout_s + self.connect_timeout_s + 5:
             raise ValueError(
                 "DIALER_JOB_TIMEOUT_S must exceed DIALER_REQUEST_TIMEOUT_S + DIALER_CONNECT_TIMEOUT_S + 5"

@@ -131,7 +131,7 @@ async def test_claim_stale_becomes_unknown(redis_client: aioredis.Redis, setting
 
 
 async def test_claim_stale_redials_when_configured(redis_client: aioredis.Redis, settings: Settings) -> None:
-    redial = settings.model_copy(update={"redial_ambiguous": True})
+    redial = settings.model_copy(update={"redial_ambiguous": "always"})
     ledger = Ledger(redis_client, redial)
     job_id = await new_job(redis_client, redial)
     assert await ledger.mark_sending(job_id)
@@ -286,9 +286,10 @@ async def test_every_transition_refreshes_ttl(
     assert full - 5000 < await redis_client.pttl(keys.job(job3)) <= full
     assert full - 5000 < await redis_client.pttl(keys.serial("SN-3")) <= full
     # Every key we wrote has a TTL, except the shared sorted sets: arq's queues (members leave when their job
-    # runs) and the dead-letter set (trimmed by score), and the one enqueue sequence counter.
+    # runs), the dead-letter and unknown sets (trimmed by score), and the one enqueue sequence counter.
     async for k in redis_client.scan_iter():
-        if k not in (keys.dead.encode(), keys.seq.encode()) and not k.startswith(keys.queue(0)[:-1].encode()):
+        shared = (keys.dead.encode(), keys.unknown.encode(), keys.seq.encode())
+        if k not in shared and not k.startswith(keys.queue(0)[:-1].encode()):
             assert await redis_client.pttl(k) > 0, k
 
 

@@ -49,6 +49,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from worker.callback_url import CALLBACK_PATH, own_callback
 from worker.campaigns.control import CampaignSpec
 from worker.errors import InvalidRequest
 from worker.ledger.producer import Producer
@@ -74,8 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CALLBACK_PATH = "/v1/callbacks/release"
-"""Path of the release-event route of ``dialer serve``; campaign calls get ``DIALER_PUBLIC_URL`` + this."""
 
 ANSWERED_REASONS = frozenset({"0", "1"})
 UNANSWERED_REASONS = frozenset({"4"})
@@ -174,7 +173,7 @@ class RedialPolicy:
 
 def callback_url(settings: Settings) -> str | None:
     """The callBackUrl campaign calls get: ``DIALER_PUBLIC_URL`` + :data:`CALLBACK_PATH`, or None."""
-    return None if settings.public_url is None else settings.public_url + CALLBACK_PATH
+    return own_callback(settings.public_url)
 
 
 @dataclass(frozen=True)

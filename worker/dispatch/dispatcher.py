@@ -445,7 +445,7 @@ class Dispatcher:
         """Record a failed attempt (giving back ``lease``); return the final outcome, or None when the
         job should be retried."""
         reason = exc.describe()
-        if isinstance(exc, AmbiguousError) and not self.settings.redial_ambiguous:
+        if isinstance(exc, AmbiguousError) and self.settings.redial_ambiguous != "always":
             await self.ledger.mark_final(job_id, State.UNKNOWN, reason, lease)
             return Outcome(State.UNKNOWN, attempts, reason)
         if isinstance(exc, PermanentError):

@@ -1,4 +1,5 @@
--- Start of one job run. KEYS[1] ledger hash.
+-- Start of one job run. KEYS[1] ledger hash  KEYS[2] unknown set (a stale job waits there for its
+-- release event).
 -- ARGV[1] ledger TTL ms  ARGV[2] "1" to redial a stale (sending) job, else "0"  ARGV[3] stale error text
 -- ARGV[4] key prefix  ARGV[5] job id  ARGV[6] number cap: calls (0 = off)  ARGV[7] number cap: window ms
 -- Returns {verdict, HGETALL, campaign HGETALL (empty unless counted in a campaign), extra}:
@@ -55,6 +56,9 @@ if state == 'sending' then
     verdict, new = 'run', 'queued'
   end
   redis.call('HSET', KEYS[1], 'state', new, 'err', ARGV[3], 'updated', snow)
+  if new == 'unknown' then
+    redis.call('ZADD', KEYS[2], snow, ARGV[5])
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
   count_move(P, counted, 'sending', new, ttl)
   local camp = {}

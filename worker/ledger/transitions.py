@@ -94,7 +94,7 @@ class Ledger:
         self._redis = redis
         self._keys = Keys(settings.key_prefix)
         self._ttl_ms = settings.ledger_ttl_s * 1000
-        self._redial = "1" if settings.redial_ambiguous else "0"
+        self._redial = "1" if settings.redial_ambiguous == "always" else "0"
         self._prefix = settings.key_prefix
         self._pipe = AutoPipeline.of(redis)
         self._cap = (str(settings.number_cap_calls), str(round(settings.number_cap_days * 86_400_000)))
@@ -139,7 +139,7 @@ class Ledger:
         """
         res = await self._pipe.eval(
             self._claim,
-            [self._keys.job(job_id)],
+            [self._keys.job(job_id), self._keys.unknown],
             [self._ttl_ms, self._redial, STALE_ERROR, self._prefix, job_id, *self._cap],
         )
         verdict: ClaimVerdict = text(res[0])  # type: ignore[assignment]
@@ -223,17 +223,20 @@ class Ledger:
         return self._applied(job_id, "mark_retry" if sent else "mark_unsent", prev)
 
     async def mark_final(
-        self, job_id: str, state: State, error: str | None = None, lease: Lease | None = None
+        self, job_id: str, state: State, error: str | None = None, lease: Lease | None = None, *,
+        serial: str | None = None,
     ) -> bool:
         """queued/sending -> ``state`` (failed, unknown, expired, suppressed or cancelled).
 
         ``error`` None keeps the last error. The first final state wins: returns False (nothing written)
         if the job was already final, so ``sent`` is never overwritten. A held ``lease`` is given back in
-        the same script (in any case).
+        the same script (in any case). An ``unknown`` job is listed in ``Keys.unknown`` to wait for its
+        release event; ``serial`` (a callSerialNo from an answer that was otherwise not a success) is kept
+        on it and indexed, so that event finds it.
         """
         if state not in _MARK_FINAL_STATES:
             raise ValueError(f"mark_final: state must be one of {sorted(_MARK_FINAL_STATES)}, not {state!r}")
-        return await self._finish(job_id, state, error or "", lease)
+        return await self._finish(job_id, state, error or "", lease, serial or "")
 
     async def dead_letter(self, job_id: str, error: str, lease: Lease | None = None) -> bool:
         """queued/sending -> ``dead`` with ``error``, listed in the dead-letter set (``Keys.dead``).
@@ -335,9 +338,11 @@ class Ledger:
         v = await self._redis.get(self._keys.serial(call_serial_no))
         return None if v is None else text(v)
 
-    async def _finish(self, job_id: str, state: State, error: str, lease: Lease | None = None) -> bool:
-        keys = [self._keys.job(job_id), self._keys.dead]
-        args: list[str | int] = [str(state), error, self._ttl_ms, job_id, self._prefix]
+    async def _finish(self, job_id: str, state: State, error: str, lease: Lease | None = None,
+                      serial: str = "") -> bool:
+        job_key = self._keys.job(job_id)
+        keys = [job_key, self._keys.dead, self._keys.unknown, self._keys.serial(serial) if serial else job_key]
+        args: list[str | int] = [str(state), error, self._ttl_ms, job_id, self._prefix, serial]
         self._add_release(keys, args, lease)
         prev = text(await self._pipe.eval(self._final, keys, args))
         _released(lease)

@@ -75,6 +75,12 @@ class Keys:
         return f"{self.prefix}dead"
 
     @property
+    def unknown(self) -> str:
+        """Jobs whose outcome became ``unknown``, scored by when (ms): each waits there for the provider's
+        release event, until its grace period ends (``ledger/unknowns.py``)."""
+        return f"{self.prefix}unknown"
+
+    @property
     def token(self) -> str:
         return f"{self.prefix}token"
 
