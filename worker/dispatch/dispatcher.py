@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from worker import logs, metrics
+from worker.callback_url import sent_url
 from worker.dispatch.stats import SendStats
 from worker.errors import (
     AmbiguousError,
@@ -231,6 +232,11 @@ class Dispatcher:
             request = record.request()
         except InvalidRequest as exc:
             return await self.reject(job_id, f"invalid stored body: {exc}")
+        url = sent_url(request.call_back_url, job_id, self.settings.public_url)
+        if url is not request.call_back_url:
+            # The dialer's own callback route gets the job id in its path: a release event then names its
+            # job even if the ledger never learnt the call's callSerialNo (see worker/callback_url.py).
+            request = request.model_copy(update={"call_back_url": url})
         try:
             plan = _plan(record, claim.campaign)
         except (WindowError, ValueError) as exc:
