@@ -58,6 +58,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from worker.callback_url import for_job, url_problem
 from worker.campaigns.control import CampaignError, Campaigns, CampaignSpec, valid_name
 from worker.campaigns.outcomes import RedialPolicy, callback_url
 from worker.campaigns.suppression import Suppression
@@ -194,7 +195,7 @@ RowItem = tuple[int, dict[str, Any] | None, str | None, str | None, list[FieldEr
 
 
 def check_options(
-    opts: LaunchOptions, now: datetime | None = None, *, callback: str | None = None
+    opts: LaunchOptions, now: datetime | None = None, *, callback: str | None = None, callback_base64: bool = False
 ) -> tuple[CampaignSpec, list[FieldError]]:
     """Validate the flags; errors name the flag (``--rate``, ``--window`` ...). ``callback`` is the
     callBackUrl rows get (:func:`~worker.campaigns.outcomes.callback_url`), None without a public URL."""
@@ -205,9 +206,12 @@ def check_options(
     if opts.redial is not None and callback is None:
         errors.append(FieldError("--redial", "redials need result callbacks: set DIALER_PUBLIC_URL to the URL "
                                              "at which the provider reaches `dialer serve`"))
-    if callback is not None and len(callback) > 256:
-        errors.append(FieldError("DIALER_PUBLIC_URL", f"too long: the callBackUrl {callback!r} must be at most "
-                                                      "256 characters"))
+    if callback is not None and valid_name(opts.name):
+        # Each row's callBackUrl carries its job id, <name>:<number>: refuse the launch when not even the
+        # shortest number would fit, rather than every row (longer numbers are refused row by row).
+        problem = url_problem(for_job(callback, f"{opts.name}:0"), base64=callback_base64)
+        if problem is not None:
+            errors.append(FieldError("DIALER_PUBLIC_URL", f"the callBackUrl {callback}/<job id> {problem}"))
     if not valid_name(opts.name):
         errors.append(FieldError("--name", "must be 1-64 characters of A-Z a-z 0-9 . _ -"))
     if opts.priority is not None and not 1 <= opts.priority <= 9:
@@ -550,7 +554,7 @@ async def _launch_checked(
     progress: Progress | None,
 ) -> LaunchReport:
     started = time.monotonic()
-    spec, errors = check_options(opts, callback=callback_url(settings))
+    spec, errors = check_options(opts, callback=callback_url(settings), callback_base64=settings.callback_url_base64)
     if errors:
         raise LaunchError(errors)
     report = LaunchReport(campaign=opts.name, file=source, dry_run=opts.dry_run)

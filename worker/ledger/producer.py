@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from worker.callback_url import for_job, max_job_id_chars, own_callback, url_problem
 from worker.errors import FieldError, InvalidRequest
 from worker.models import CallRequest, field_errors
 from worker.rules import (
@@ -217,6 +218,37 @@ def _job_id(
     return derived, []
 
 
+class _CallbackCheck:
+    """The callBackUrl as it will be sent (the dialer's own with the job id appended, Base64-encoded when the
+    tenant wants it), checked against the provider's rules at enqueue: a URL it would refuse on every attempt
+    is refused here instead. A campaign's rows share one URL, so each distinct URL is checked once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._base64 = settings.callback_url_base64
+        self._own = own_callback(settings.public_url)
+        self._room = max_job_id_chars(settings.public_url, base64=self._base64) if settings.public_url else 0
+        self._seen: dict[str, str | None] = {}
+
+    def errors(self, url: str | None, job_id: str) -> list[FieldError]:
+        if url is None:
+            return []
+        if url == self._own:
+            # Job ids hold only allowed characters ('@' is written '&'): only the length can break the rule.
+            if len(job_id) <= self._room:
+                return []
+            return [FieldError("callBackUrl", f"{url}/<job id> {url_problem(for_job(url, job_id), base64=self._base64)}"
+                                              f": a job id for it may be at most {self._room} characters")]
+        problem = self._seen.get(url, "")
+        if problem == "":
+            if len(self._seen) >= _URLS_REMEMBERED:
+                self._seen.clear()
+            problem = self._seen[url] = url_problem(url, base64=self._base64)
+        return [] if problem is None else [FieldError("callBackUrl", problem)]
+
+
+_URLS_REMEMBERED = 1024
+
+
 class Producer:
     """Enqueues calls into Redis. ``redis`` may decode responses or not; share one per process."""
 
@@ -226,6 +258,7 @@ class Producer:
         self._ledger_ttl_ms = settings.ledger_ttl_s * 1000
         self._consts = (settings.key_prefix.encode(), str(self._ledger_ttl_ms).encode())
         self._prefix = settings.key_prefix
+        self._callback = _CallbackCheck(settings)
         self._enqueue: AsyncScript = scripts.register(redis, "ledger/enqueue.lua")
         self._requeue: AsyncScript = scripts.register(redis, "ledger/requeue.lua")
 
@@ -261,7 +294,7 @@ class Producer:
         if errors or req is None:
             raise InvalidRequest(errors)
         job_id, id_errors = _job_id(req, job_id, opts, _one_id)
-        if id_errors:
+        if id_errors or (id_errors := self._callback.errors(req.call_back_url, job_id)):
             raise InvalidRequest(id_errors)
         call = self._script_call(req, job_id, opts)
         flags, *states = await self._enqueue(keys=[], args=[*self._consts, call.packed])
@@ -358,7 +391,7 @@ class Producer:
             results[index] = EnqueueResult(job_id, "rejected", None, tuple(errors), index)
             return None
         jid, id_errors = _job_id(req, job_id, opts, new_id)
-        if id_errors:
+        if id_errors or (id_errors := self._callback.errors(req.call_back_url, jid)):
             results[index] = EnqueueResult(job_id, "rejected", None, tuple(id_errors), index)
             return None
         return self._script_call(req, jid, opts, index)
