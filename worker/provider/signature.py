@@ -3,7 +3,17 @@
 Every body field except ``timestamp``, ``nonce`` and ``signature`` is sorted by name and joined as
 ``k=v`` with commas; the string ``{shared_key}_{timestamp}_{nonce}_{joined}`` is hashed and the
 digest Base64-encoded. Whether the provider uses plain SHA-256 or HMAC-SHA256 keyed with the shared
-key is unconfirmed, so both are supported::
+key is unconfirmed, so both are supported; so are two space handlings (``spaces``):
+
+- ``"keep"`` (default): the string is hashed as written above, spaces in values included.
+- ``"strip"``: what the provider's Java reference code does (cec_07_2804, "参考代码"). It builds the
+  joined part from ``TreeMap.toString()`` (``{a=1, b=2}``), removes every ASCII space (U+0020, and only
+  that character: ``String.replace(" ", "")``) from it, and drops the braces. So every space *in the
+  joined fields* goes, including those inside values, while the shared key, timestamp and nonce are
+  kept as they are. Values that differ only in spaces then sign alike.
+
+The same page's code keys an HMAC-SHA256 with the shared key, while its prose says "SHA256"; real
+signed callbacks settle both questions (tests/provider/vectors/README.md)::
 
     >>> sign({"b": "2", "a": "1"}, "key", "1645524163326", "42", "sha256") == sign(
     ...     {"a": "1", "b": "2", "nonce": "x"}, "key", "1645524163326", "42", "sha256")
@@ -21,25 +31,38 @@ from typing import Literal, get_args
 
 SignatureMode = Literal["sha256", "hmac-sha256"]
 SIGNATURE_MODES: tuple[str, ...] = get_args(SignatureMode)
+SignatureSpaces = Literal["keep", "strip"]
+SIGNATURE_SPACES: tuple[str, ...] = get_args(SignatureSpaces)
 
 _UNSIGNED = frozenset(("timestamp", "nonce", "signature"))
 _KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
 
-def _material(fields: Mapping[str, str], shared_key: str, timestamp: str, nonce: str) -> str:
+def _material(
+    fields: Mapping[str, str], shared_key: str, timestamp: str, nonce: str, spaces: SignatureSpaces
+) -> str:
     joined = ",".join(f"{k}={fields[k]}" for k in sorted(fields) if k not in _UNSIGNED)
+    if spaces == "strip":
+        joined = joined.replace(" ", "")
+    elif spaces != "keep":
+        raise ValueError(f"signature spaces must be one of {SIGNATURE_SPACES}, not {spaces!r}")
     return f"{shared_key}_{timestamp}_{nonce}_{joined}"
 
 
 def sign(
-    fields: Mapping[str, str], shared_key: str, timestamp: str, nonce: str, mode: SignatureMode
+    fields: Mapping[str, str], shared_key: str, timestamp: str, nonce: str, mode: SignatureMode,
+    *, spaces: SignatureSpaces = "keep",
 ) -> str:
     """Base64 signature of ``fields`` (``timestamp``, ``nonce``, ``signature`` keys are skipped).
 
     ``mode`` "sha256" hashes the whole string; "hmac-sha256" uses ``shared_key`` as the HMAC key too.
+    ``spaces`` "strip" removes every U+0020 from the joined fields first (the Java reference's way).
+
+    >>> sign({"t": "a b"}, "k", "1", "2", "sha256", spaces="strip") == sign({"t": "ab"}, "k", "1", "2", "sha256")
+    True
     """
-    data = _material(fields, shared_key, timestamp, nonce).encode()
+    data = _material(fields, shared_key, timestamp, nonce, spaces).encode()
     if mode == "sha256":
         digest = hashlib.sha256(data).digest()
     elif mode == "hmac-sha256":
@@ -84,8 +107,11 @@ def ambiguities(body: Mapping[str, object]) -> list[tuple[str, str]]:
     return problems
 
 
-def verify(body: Mapping[str, str], shared_key: str, mode: SignatureMode) -> bool:
+def verify(
+    body: Mapping[str, str], shared_key: str, mode: SignatureMode, *, spaces: SignatureSpaces = "keep"
+) -> bool:
     """True when ``body["signature"]`` matches the rest of ``body``; False when any part is missing.
+    ``mode`` and ``spaces`` as for :func:`sign`.
 
     >>> body = {"callSerialNo": "1", "timestamp": "1", "nonce": "2"}
     >>> verify({**body, "signature": sign(body, "k", "1", "2", "sha256")}, "k", "sha256")
@@ -96,7 +122,7 @@ def verify(body: Mapping[str, str], shared_key: str, mode: SignatureMode) -> boo
     if not (isinstance(signature, str) and isinstance(timestamp, str) and isinstance(nonce, str)):
         return False
     try:
-        expected = sign(body, shared_key, timestamp, nonce, mode)
+        expected = sign(body, shared_key, timestamp, nonce, mode, spaces=spaces)
         return hmac.compare_digest(expected.encode(), signature.encode())
     except UnicodeEncodeError:  # JSON can carry lone surrogates; no signed body holds one
         return False
