@@ -54,9 +54,10 @@ from worker.campaigns.control import CampaignSpec
 from worker.errors import InvalidRequest
 from worker.ledger.producer import Producer
 from worker.ledger.record import JobRecord
+from worker.ledger.states import State
 from worker.ledger.transitions import Ledger
 from worker.models import ReleaseEvent
-from worker.rules import ascii_int, valid_job_id
+from worker.rules import ascii_int, normalize_number, valid_job_id
 from worker.settings import Settings
 from worker.store.decode import text
 from worker.store.keys import Keys
@@ -65,6 +66,7 @@ __all__ = [
     "CALLBACK_PATH",
     "MAX_REDIALS",
     "REDIAL_REASONS",
+    "EvidenceMismatch",
     "Outcomes",
     "Recorded",
     "RedialPolicy",
@@ -176,6 +178,24 @@ def callback_url(settings: Settings) -> str | None:
     return own_callback(settings.public_url)
 
 
+class EvidenceMismatch(Exception):
+    """A release event that names, through its callback URL, a job it cannot belong to; nothing recorded."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field, self.rule = field, rule
+        super().__init__(f"{field}: {rule}")
+
+
+def _same_number(called: str | None, number: str) -> bool:
+    """Whether a release event's ``called`` is the job's number (formatting and a leading '+' aside)."""
+    if called is None:
+        return False
+    try:
+        return normalize_number(called) == normalize_number(number)
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Recorded:
     """A recorded callback: the job, its outcome, and the redial made for it (new or already there)."""
@@ -206,15 +226,36 @@ class Outcomes:
         self._ledger = Ledger(redis, settings)
         self._producer = Producer(redis, settings)
 
-    async def record(self, event: ReleaseEvent) -> Recorded | None:
+    async def record(self, event: ReleaseEvent, job_hint: str | None = None) -> Recorded | None:
         """Record ``event`` on the job that got its callSerialNo (and redial it if its campaign says so).
-        None when no job has that callSerialNo (unknown, or its record expired)."""
-        job_id = await self._ledger.job_for_serial(event.call_serial_no)
-        if job_id is None:
-            return None
-        record = await self._ledger.get(job_id)
+
+        ``job_hint`` is the job id the callback URL's path named (:mod:`worker.callback_url`): it finds the
+        job when the ledger never learnt the serial (a worker killed while its request was out). The event
+        is the provider's evidence that the call exists, so a job not yet ``sent`` (``unknown`` above all)
+        becomes ``sent`` with the serial (:meth:`Ledger.mark_evidenced`). A hint is believed only when the
+        event's ``called`` is the job's number and the serial belongs to no other job (raises
+        :class:`EvidenceMismatch`). None when no job has that callSerialNo (or the hinted id)."""
+        serial = event.call_serial_no
+        job_id = await self._ledger.job_for_serial(serial)
+        if job_id is not None and job_hint is not None and job_hint != job_id:
+            raise EvidenceMismatch("callSerialNo", f"belongs to another job than the one the callback URL names "
+                                                   f"({job_hint!r})")
+        target = job_id or job_hint
+        record = None if target is None else await self._ledger.get(target)
         if record is None:
             return None
+        if job_id is None and not _same_number(event.called, record.called):
+            raise EvidenceMismatch("called", f"must be the number of job {record.job_id!r}, which the callback URL "
+                                             "names")
+        indexed, job_id = job_id is not None, record.job_id
+        if record.state != State.SENT or not indexed:
+            # Not sent yet, or sent with another serial (two calls for one job: this one is indexed too).
+            prev = await self._ledger.mark_evidenced(job_id, serial)
+            if prev != State.SENT:
+                log.info("job %s: %s until its release event proved the call: now sent (callSerialNo %s)",
+                         job_id, prev, _show(serial),
+                         extra={"job_id": job_id, "campaign": record.campaign, "outcome": "sent"})
+            record = await self._ledger.get(job_id) or record
         reason = event.release_reason or ""
         outcome = outcome_of(reason)
         if record.outcome is not None and record.outcome != outcome:

@@ -31,11 +31,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from worker.campaigns.outcomes import CALLBACK_PATH, Outcomes
+from worker.callback_url import CALLBACK_PATH, job_from_segment
+from worker.campaigns.outcomes import EvidenceMismatch, Outcomes
 from worker.errors import FieldError
 from worker.http.common import REDIS, SETTINGS
 from worker.http.errors import ApiError
-from worker.http.routing import Access, Reply, Route
+from worker.http.routing import Access, Param, Reply, Route
 from worker.http.schemas import CallbackReply, ReleaseCallback
 from worker.models import field_errors
 from worker.provider.signature import ambiguities, verify
@@ -94,7 +95,8 @@ def _check_signature(data: dict[str, Any], settings: Settings, remote: str | Non
                     "from %s)", ", ".join(_show(f) for f, _ in ambiguous[:5]), serial, remote)
         raise ApiError(400, "The body cannot be authenticated: its signed string could be read more than one "
                             "way.", code="ambiguous_callback", fields=[FieldError(f, r) for f, r in ambiguous])
-    if not verify(data, key.get_secret_value(), settings.callback_signature_mode):
+    if not verify(data, key.get_secret_value(), settings.callback_signature_mode,
+                  spaces=settings.callback_signature_spaces):
         log.warning("callback refused: bad or missing signature (callSerialNo %s, from %s)", serial, remote)
         raise ApiError(401, "The signature does not match (DIALER_CALLBACK_SHARED_KEY, "
                             "DIALER_CALLBACK_SIGNATURE_MODE).", code="bad_signature")
@@ -127,25 +129,48 @@ async def release(request: web.Request) -> web.Response:
     except ValidationError as exc:
         log.warning("callback refused: %s (from %s)", "; ".join(map(str, field_errors(exc)))[:300], request.remote)
         raise ApiError.refused(field_errors(exc)) from None
-    done = await request.app[OUTCOMES].record(event)
+    hint = None
+    if (segment := request.match_info.get("job")) is not None:
+        hint = job_from_segment(segment)
+        if hint is None:
+            log.warning("callback refused: the URL names no valid job id %s (from %s)", _show(segment), request.remote)
+            raise ApiError(404, "The callback URL names no valid job id.", code="unknown_call")
+    try:
+        done = await request.app[OUTCOMES].record(event, job_hint=hint)
+    except EvidenceMismatch as exc:
+        log.warning("callback refused: %s (callSerialNo %s, job %s, from %s)", exc, _show(event.call_serial_no),
+                    hint, request.remote)
+        raise ApiError(409, "The event does not belong to the job its callback URL names; nothing was recorded.",
+                       code="evidence_mismatch", fields=[FieldError(exc.field, exc.rule)]) from None
     if done is None:
-        log.warning("callback refused: no job has callSerialNo %s (from %s)", _show(event.call_serial_no),
-                    request.remote)
+        log.warning("callback refused: no job has callSerialNo %s%s (from %s)", _show(event.call_serial_no),
+                    f" or id {hint}" if hint else "", request.remote)
         raise ApiError(404, f"No call has callSerialNo {event.call_serial_no[:64]!r}.", code="unknown_call")
     return web.json_response(_SUCCESS)
 
 
 def routes(settings: Settings) -> list[Route]:
+    description = ("The provider's release event when a call ends. Authenticated by its signature "
+                   "(DIALER_CALLBACK_SHARED_KEY; unsigned events are refused unless DIALER_CALLBACK_INSECURE_UNSIGNED "
+                   "is true); records the outcome on the job that got the callSerialNo, and makes the campaign's "
+                   "redial when one is due. Idempotent.")
     return [
         Route(
             "POST", CALLBACK_PATH, release, "Receive a result callback", Access.OPEN, tag="callbacks",
-            operation_id="releaseCallback", body=ReleaseCallback,
-            description="The provider's release event when a call ends. Authenticated by its signature "
-            "(DIALER_CALLBACK_SHARED_KEY; unsigned events are refused unless DIALER_CALLBACK_INSECURE_UNSIGNED "
-            "is true); records the outcome on the job that got the "
-            "callSerialNo, and makes the campaign's redial when one is due. Idempotent.",
+            operation_id="releaseCallback", body=ReleaseCallback, description=description,
             responses={200: Reply("Recorded (or recorded before).", CallbackReply)},
             errors=(400, 401, 404, 413, 422),
+        ),
+        Route(
+            "POST", CALLBACK_PATH + "/{job}", release, "Receive a result callback for a named job", Access.OPEN,
+            tag="callbacks", operation_id="releaseCallbackForJob", body=ReleaseCallback,
+            parameters=(Param("job", "path", "The job id the dialer put in the callBackUrl it sent ('@' written "
+                              "'&')", required=True),),
+            description=description + " The job id in the path (the callBackUrl the dialer sends for its own "
+            "route carries it) finds the job even when the ledger never learnt the callSerialNo (a worker killed "
+            "mid-request): the event, whose `called` must be the job's number, moves an `unknown` job to `sent`.",
+            responses={200: Reply("Recorded (or recorded before).", CallbackReply)},
+            errors=(400, 401, 404, 409, 413, 422),
         ),
     ]
 

@@ -114,6 +114,11 @@ class JobView(BaseModel):
     talk_duration_s: int | None = Field(None, description="The callback's talkDuration.")
     redial_of: str | None = Field(None, description="For a redial: the first job of its number.")
     redials: list[str] = Field(default_factory=list, description="For a first call: its redials' ids, in order.")
+    evidence: Literal["release", "none"] | None = Field(
+        None, description="`release`: the provider's release event proved a call the ledger had as unknown (or "
+        "pending); `none`: an unknown call got no release event within DIALER_UNKNOWN_GRACE_S.")
+    grace_redialled: bool = Field(
+        False, description="Redialled once after its grace period (DIALER_REDIAL_AMBIGUOUS=after-grace).")
 
 
 class EnqueueReply(BaseModel):

@@ -18,6 +18,9 @@ The arq job only says "run job <id>"; the body, state and history live here, at 
     tk        talkDuration (seconds) from the result callback
     rof, rn   a redial: the id of the number's first job, and which redial this is (1, 2, ...)
     rdl       the first job of a redialled number: its redials' ids, comma-separated, in order
+    ev        evidence about an unknown outcome: "release" (the provider's release event proved the call:
+              now sent), "none" (no event within DIALER_UNKNOWN_GRACE_S)
+    agr       "1" once the job was redialled after its grace period (DIALER_REDIAL_AMBIGUOUS=after-grace)
 
 Fields are absent rather than empty or default, to keep a queued job's record small (millions of them).
 Every transition is one Lua script (``ledger_*.lua``): it checks the state, writes, stamps ``updated``
@@ -40,7 +43,7 @@ __all__ = ["JobRecord", "reserved_field"]
 
 _RESERVED_FIELDS = frozenset(
     {"state", "prio", "called", "campaign", "body", "created", "updated", "attempts", "err", "serial", "sent",
-     "nb", "dl", "cm", "tz", "first", "pk", "outcome", "reason", "q", "rof", "rn", "rdl"}
+     "nb", "dl", "cm", "tz", "first", "pk", "outcome", "reason", "q", "rof", "rn", "rdl", "ev", "agr"}
 )
 _BODY_PIECE = re.compile(r"b[0-9]+")
 """Names of the body's continuation fields (``b1``, ``b2``, ...), reserved as well."""
@@ -110,6 +113,11 @@ class JobRecord:
     """0 for a first call, k for its k-th redial."""
     redials: tuple[str, ...] = ()
     """For a first call: the ids of its redials, in order."""
+    evidence: str | None = None
+    """``release`` when a release event resolved an unknown (or pending) call, ``none`` when an unknown one
+    got no event within its grace period; None otherwise."""
+    grace_redialled: bool = False
+    """The job was redialled once after its grace period (DIALER_REDIAL_AMBIGUOUS=after-grace)."""
 
     @classmethod
     def from_hash(cls, job_id: str, h: dict[str, str]) -> JobRecord:
@@ -138,6 +146,8 @@ class JobRecord:
             redial_of=h.get("rof") or None,
             redial_number=int(h.get("rn") or 0),
             redials=tuple(i for i in (h.get("rdl") or "").split(",") if i),
+            evidence=h.get("ev") or None,
+            grace_redialled="agr" in h,
         )
 
     @property
@@ -157,8 +167,10 @@ class JobRecord:
         ``body`` (the request body with the seed's field names); from the result callback ``outcome``
         (``answered``, ``unanswered``, ``failed_to_connect`` or null), ``release_reason`` (the provider's
         releaseReason) and ``talk_duration_s``; for redials (campaign option) ``redial_of`` (the number's
-        first job) and, on that first job, ``redials`` (ids, in order; ``[]`` otherwise). Absent values
-        are null, never missing.
+        first job) and, on that first job, ``redials`` (ids, in order; ``[]`` otherwise); ``evidence``
+        (``release``: the provider's release event proved an unknown call; ``none``: an unknown call got no
+        event within its grace period; else null) and ``grace_redialled``. Absent values are null, never
+        missing.
         """
         return {
             "id": self.job_id,
@@ -180,4 +192,6 @@ class JobRecord:
             "talk_duration_s": self.talk_duration_s,
             "redial_of": self.redial_of,
             "redials": list(self.redials),
+            "evidence": self.evidence,
+            "grace_redialled": self.grace_redialled,
         }

@@ -1,7 +1,9 @@
 -- A call was created.
 -- KEYS[1] ledger hash  KEYS[2] serial index key (callSerialNo -> job id)
--- KEYS[3] (optional) in-flight sorted set: the lease ARGV[5] is given back (whatever the state)
+-- KEYS[3] (optional) in-flight sorted set: the lease ARGV[6] is given back (whatever the state)
 -- ARGV[1] callSerialNo  ARGV[2] ledger TTL ms  ARGV[3] job id  ARGV[4] key prefix
+-- ARGV[5] "" for the worker's own write; "release" when the provider's release event is the evidence
+--   (the record keeps `ev` = "release": a job the ledger had as unknown, or still queued, was resolved by it)
 -- The provider's answer is a fact whatever the ledger says meanwhile (e.g. cancelled while the request
 -- was in flight), so any state becomes "sent". A job already sent keeps its first serial; a second
 -- serial (two calls for one job) is still indexed so its callback finds the job.
@@ -9,7 +11,7 @@
 -- @include store/clock.lua
 -- @include ledger/counts.lua
 if KEYS[3] then
-  redis.call('ZREM', KEYS[3], ARGV[5])
+  redis.call('ZREM', KEYS[3], ARGV[6])
 end
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm')
 local state = h[1]
@@ -23,6 +25,9 @@ if state == 'sent' then
 else
   redis.call('HSET', KEYS[1], 'state', 'sent', 'serial', ARGV[1], 'sent', snow, 'updated', snow)
   redis.call('HDEL', KEYS[1], 'pk')
+  if ARGV[5] ~= '' then
+    redis.call('HSET', KEYS[1], 'ev', ARGV[5])
+  end
   local counted = counted_campaign(h[2], h[3])
   if counted then
     count_move(ARGV[4], counted, state, 'sent', tonumber(ARGV[2]))

@@ -197,12 +197,21 @@ class Ledger:
         A held ``lease`` is given back in the same script.
         """
         keys = [self._keys.job(job_id), self._keys.serial(call_serial_no)]
-        args: list[str | int] = [call_serial_no, self._ttl_ms, job_id, self._prefix]
+        args: list[str | int] = [call_serial_no, self._ttl_ms, job_id, self._prefix, ""]
         self._add_release(keys, args, lease)
         prev = text(await self._pipe.eval(self._sent, keys, args))
         _released(lease)
         if prev != State.SENDING:
             logger.warning("job %s: mark_sent(%s) while %s", job_id, call_serial_no, prev)
+
+    async def mark_evidenced(self, job_id: str, call_serial_no: str) -> str:
+        """The provider's release event proves the job's call exists: the job becomes ``sent`` with
+        ``call_serial_no`` (indexed), whatever its state (``unknown`` above all; ``queued`` after an
+        after-grace redial was scheduled, which then never leaves), and keeps ``ev`` = "release". A job
+        already sent keeps its serial; this one is indexed too. Returns the previous state ("missing")."""
+        keys = [self._keys.job(job_id), self._keys.serial(call_serial_no)]
+        args: list[str | int] = [call_serial_no, self._ttl_ms, job_id, self._prefix, "release"]
+        return text(await self._sent(keys=keys, args=args))
 
     async def mark_retry(self, job_id: str, error: str, lease: Lease | None = None) -> bool:
         """sending -> queued with ``error`` (attempts kept). False (nothing written) if the job is final.
