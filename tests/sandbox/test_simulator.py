@@ -4,151 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import gc
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
+from tests.sandbox.support import CREATE_PATH, TOKEN_PATH, VALID, MakeSim, Receiver, Sim, with_, with_item
 from worker.provider.signature import SignatureMode, verify
-from worker.sandbox.simulator import SIM_STATE, SimulatorConfig, SimulatorState, create_app
-
-TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"
-CREATE_PATH = "/apiaccess/rest/voiceNotification/v2/createVoiceNotification"
-VALID: dict[str, Any] = {
-    "called": "8899",
-    "playList": [{"voiceId": "100001", "templateParams": ["100", "200"]}],
-    "playTimes": 1,
-    "callerPresent": "2222201",
-    "callBackUrl": "http://127.0.0.1:8800/callbackTest",
-}
-
-
-@dataclass
-class Sim:
-    server: TestServer
-    session: aiohttp.ClientSession
-
-    @property
-    def state(self) -> SimulatorState:
-        return self.server.app[SIM_STATE]
-
-    def url(self, path: str) -> str:
-        return str(self.server.make_url(path))
-
-    async def token(self, expire: str | None = None) -> str:
-        headers = {} if expire is None else {"X-Token-Expire": expire}
-        async with self.session.post(
-            self.url(TOKEN_PATH), json={"app_key": "sim-app-key", "app_secret": "sim-app-secret"},
-            headers=headers,
-        ) as resp:
-            assert resp.status == 200
-            return str((await resp.json())["AccessToken"])
-
-    async def call(
-        self, body: Any, token: str | None, headers: dict[str, str] | None = None, raw: bytes | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        hdrs = {"X-APP-Key": "sim-app-key"}
-        if token is not None:
-            hdrs["Authorization"] = f"Bearer {token}"
-        hdrs.update(headers or {})
-        kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
-        async with self.session.post(self.url(CREATE_PATH), headers=hdrs, **kwargs) as resp:
-            return resp.status, await resp.json()
-
-    async def post(self, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        async with self.session.post(self.url(path), json=body) as resp:
-            return resp.status, await resp.json()
-
-    async def log(self, **query: int) -> dict[str, Any]:
-        async with self.session.get(self.url("/_sim/log"), params=query) as resp:
-            assert resp.status == 200
-            data: dict[str, Any] = await resp.json()
-            return data
-
-
-@pytest.fixture
-async def make_sim() -> AsyncIterator[Callable[..., Awaitable[Sim]]]:
-    servers: list[TestServer] = []
-    session = aiohttp.ClientSession()
-
-    async def make(**config: Any) -> Sim:
-        server = TestServer(create_app(SimulatorConfig(**config)), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return Sim(server, session)
-
-    yield make
-    await session.close()
-    for server in servers:
-        await server.close()
-
-
-@pytest.fixture
-async def sim(make_sim: Callable[..., Awaitable[Sim]]) -> Sim:
-    return await make_sim()
-
-
-@dataclass
-class Receiver:
-    """A callback endpoint on 127.0.0.1 that answers ``fail_first`` POSTs with 500, then 200."""
-
-    fail_first: int = 0
-    events: list[dict[str, Any]] = field(default_factory=list)
-    posts: int = 0
-    server: TestServer | None = None
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.posts += 1
-        if self.posts <= self.fail_first:
-            return web.json_response({"retCode": "1"}, status=500)
-        self.events.append(await request.json())
-        return web.json_response({"retCode": "0", "retMsg": "success"})
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return str(self.server.make_url("/cb"))
-
-    async def wait_for(self, n: int, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.events) < n:
-            assert time.monotonic() < deadline, f"got {len(self.events)} callbacks, expected {n}"
-            await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/cb", rec.handle)
-    rec.server = TestServer(app, host="127.0.0.1")
-    await rec.server.start_server()
-    yield rec
-    await rec.server.close()
-
-
-def with_(**changes: Any) -> dict[str, Any]:
-    body = copy.deepcopy(VALID)
-    for key, value in changes.items():
-        if value is ...:
-            body.pop(key)
-        else:
-            body[key] = value
-    return body
-
-
-def with_item(**changes: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {"voiceId": "100001", "templateParams": ["100", "200"]}
-    item.update(changes)
-    return with_(playList=[{k: v for k, v in item.items() if v is not ...}])
-
+from worker.sandbox.simulator import SimulatorConfig
 
 # --- tokens ----------------------------------------------------------------------------------------
 
@@ -174,7 +39,7 @@ async def test_token_issue_honours_x_token_expire_and_answers_strings(sim: Sim) 
     assert (log["tokens_issued"], log["token_requests"]) == (2, 2)
 
 
-async def test_forced_token_lifetime_overrides_header(make_sim: Callable[..., Awaitable[Sim]]) -> None:
+async def test_forced_token_lifetime_overrides_header(make_sim: MakeSim) -> None:
     sim = await make_sim(token_lifetime_s=5)
     creds = {"app_key": "sim-app-key", "app_secret": "sim-app-secret"}
     async with sim.session.post(sim.url(TOKEN_PATH), json=creds, headers={"X-Token-Expire": "120"}) as resp:
@@ -300,7 +165,8 @@ async def test_unknown_fields_and_nulls_are_ignored(sim: Sim) -> None:
         (with_item(templateParams=["ok", "{x}"]), "14"),
         (with_item(templateParams=["x" * 33]), "13"),
         (with_item(templateParams=["é" * 17]), "13"),  # 17 characters, 34 bytes
-        (with_(callerPresent="1" * 33), "13"),
+        (with_(callerPresent="1" * 33), "7"),  # 33 characters
+        (with_(callerPresent="é" * 33), "7"),
         (with_(callerPresent=2222201), "7"),
         (with_(callBackUrl="ftp://127.0.0.1/cb"), "9"),
         (with_(callBackUrl="http://h/" + "a" * 250), "9"),
@@ -340,7 +206,7 @@ async def test_all_valid_priorities_and_plus_numbers_pass(sim: Sim) -> None:
         assert (status, data["retCode"]) == (200, "0")
 
 
-async def test_base64_callback_url_mode(make_sim: Callable[..., Awaitable[Sim]]) -> None:
+async def test_base64_callback_url_mode(make_sim: MakeSim) -> None:
     sim = await make_sim(callback_url_base64=True)
     token = await sim.token()
     encoded = base64.b64encode(b"http://127.0.0.1:8800/callbackTest").decode()
@@ -360,7 +226,7 @@ async def test_wrong_path_is_404(sim: Sim) -> None:
 # --- faults ----------------------------------------------------------------------------------------
 
 
-async def test_fail_500_rate(make_sim: Callable[..., Awaitable[Sim]]) -> None:
+async def test_fail_500_rate(make_sim: MakeSim) -> None:
     sim = await make_sim(fail_500_rate=1.0)
     token = await sim.token()
     status, data = await sim.call(VALID, token)
@@ -369,20 +235,20 @@ async def test_fail_500_rate(make_sim: Callable[..., Awaitable[Sim]]) -> None:
     assert (entry["status"], entry["outcome"], entry["callSerialNo"]) == (500, "500", None)
 
 
-async def test_retcode1_rate(make_sim: Callable[..., Awaitable[Sim]]) -> None:
+async def test_retcode1_rate(make_sim: MakeSim) -> None:
     sim = await make_sim(retcode1_rate=1.0)
     status, data = await sim.call(VALID, await sim.token())
     assert (status, data["retCode"]) == (200, "1")
     assert (await sim.log())["requests"][-1]["outcome"] == "retcode1"
 
 
-async def test_invalid_body_is_refused_before_faults(make_sim: Callable[..., Awaitable[Sim]]) -> None:
+async def test_invalid_body_is_refused_before_faults(make_sim: MakeSim) -> None:
     sim = await make_sim(fail_500_rate=1.0)
     assert (await sim.call(with_(called="x"), await sim.token())) == (200, {"retCode": "5", "retMsg": (
         "called: must be a string of up to 32 digits with an optional leading '+'")})
 
 
-async def test_seed_makes_fault_injection_reproducible(make_sim: Callable[..., Awaitable[Sim]]) -> None:
+async def test_seed_makes_fault_injection_reproducible(make_sim: MakeSim) -> None:
     runs = []
     for _ in range(2):
         sim = await make_sim(fail_500_rate=0.4, retcode1_rate=0.3, seed=42)
@@ -394,7 +260,7 @@ async def test_seed_makes_fault_injection_reproducible(make_sim: Callable[..., A
     assert {"created", "500", "retcode1"} <= set(runs[0])
 
 
-async def test_max_rps_refuses_over_the_sliding_second(make_sim: Callable[..., Awaitable[Sim]]) -> None:
+async def test_max_rps_refuses_over_the_sliding_second(make_sim: MakeSim) -> None:
     sim = await make_sim(max_rps=3)
     token = await sim.token()
     answers = [await sim.call(VALID, token) for _ in range(6)]
@@ -405,7 +271,7 @@ async def test_max_rps_refuses_over_the_sliding_second(make_sim: Callable[..., A
     assert (await sim.call(VALID, token))[0] == 200
 
 
-async def test_latency_delays_the_answer(make_sim: Callable[..., Awaitable[Sim]]) -> None:
+async def test_latency_delays_the_answer(make_sim: MakeSim) -> None:
     sim = await make_sim(latency_ms=150)
     token = await sim.token()
     started = time.monotonic()
@@ -414,7 +280,7 @@ async def test_latency_delays_the_answer(make_sim: Callable[..., Awaitable[Sim]]
 
 
 async def test_hang_answers_success_late_and_is_logged_meanwhile(
-    make_sim: Callable[..., Awaitable[Sim]],
+    make_sim: MakeSim,
 ) -> None:
     sim = await make_sim(hang_rate=1.0, hang_s=0.4)
     token = await sim.token()
@@ -429,7 +295,7 @@ async def test_hang_answers_success_late_and_is_logged_meanwhile(
     assert (status, data["retCode"], data["result"]["callSerialNo"]) == (200, "0", entry["callSerialNo"])
 
 
-async def test_hung_request_does_not_hold_shutdown(make_sim: Callable[..., Awaitable[Sim]]) -> None:
+async def test_hung_request_does_not_hold_shutdown(make_sim: MakeSim) -> None:
     sim = await make_sim(hang_rate=1.0, hang_s=30)
     token = await sim.token()
     with pytest.raises(asyncio.TimeoutError):
@@ -540,7 +406,7 @@ async def test_health(sim: Sim) -> None:
 
 @pytest.mark.parametrize("mode", ["sha256", "hmac-sha256"])
 async def test_callbacks_are_delivered_and_signed(
-    make_sim: Callable[..., Awaitable[Sim]], receiver: Receiver, mode: SignatureMode
+    make_sim: MakeSim, receiver: Receiver, mode: SignatureMode
 ) -> None:
     sim = await make_sim(
         callbacks=True, ring_time_s=0.05, callback_shared_key="cb-key", callback_signature_mode=mode,
@@ -571,7 +437,7 @@ async def test_callbacks_are_delivered_and_signed(
 
 
 async def test_unanswered_unsigned_callback_to_base64_url(
-    make_sim: Callable[..., Awaitable[Sim]], receiver: Receiver
+    make_sim: MakeSim, receiver: Receiver
 ) -> None:
     sim = await make_sim(callbacks=True, ring_time_s=0.01, answer_rate=0.0, callback_url_base64=True)
     encoded = base64.b64encode(receiver.url.encode()).decode()
@@ -583,7 +449,7 @@ async def test_unanswered_unsigned_callback_to_base64_url(
 
 
 async def test_failed_callbacks_are_retried(
-    make_sim: Callable[..., Awaitable[Sim]], receiver: Receiver
+    make_sim: MakeSim, receiver: Receiver
 ) -> None:
     receiver.fail_first = 2
     sim = await make_sim(callbacks=True, ring_time_s=0.01)
@@ -598,7 +464,7 @@ async def test_failed_callbacks_are_retried(
 
 
 async def test_undeliverable_callback_is_recorded_and_harmless(
-    make_sim: Callable[..., Awaitable[Sim]], receiver: Receiver
+    make_sim: MakeSim, receiver: Receiver
 ) -> None:
     dead_url = receiver.url
     assert receiver.server is not None
@@ -616,7 +482,7 @@ async def test_undeliverable_callback_is_recorded_and_harmless(
 
 
 async def test_cleanup_cancels_pending_callbacks(
-    make_sim: Callable[..., Awaitable[Sim]], receiver: Receiver
+    make_sim: MakeSim, receiver: Receiver
 ) -> None:
     sim = await make_sim(callbacks=True, ring_time_s=30)
     await sim.call(with_(callBackUrl=receiver.url), await sim.token())

@@ -2,17 +2,21 @@
 
 Tests, the demo and the benchmarks talk to it over real HTTP, in process or as its own process
 (``dialer simulator``). It checks what the real service checks (token, X-APP-Key, the seed's body
-limits with their retCodes), injects faults on request (HTTP 500, retCode 1, hangs, a rate cap,
-latency) and can POST signed release events to ``callBackUrl``. Everything it saw is in an
-in-memory log (``GET /_sim/log``); ``/_sim/*`` routes reset, reconfigure and revoke at run time::
+limits with their retCodes, at least as strictly as the seed and cec_07_2802), refuses what a tenant's
+own setup would (a trial tenant's allowlist, CLIP numbers, voice ids, a VDN not enabled), injects
+faults on request (HTTP 500, any retCode of provider-api.md §2, hangs, a rate cap, latency, answers
+without retCode or callSerialNo, an account refused with 401) and can POST release events to
+``callBackUrl``, signed by :mod:`worker.sandbox.signing`. Everything it saw is in an in-memory log
+(``GET /_sim/log``); ``/_sim/*`` routes reset, reconfigure and revoke at run time::
 
     app = create_app(SimulatorConfig(fail_500_rate=0.2, seed=1))
     server = TestServer(app, host="127.0.0.1")    # or: run("127.0.0.1", 8090, SimulatorConfig())
     app[SIM_STATE].log[-1]["outcome"]             # "created", "500", "invalid", ...
 
-The body checks are written here on purpose rather than reused from ``worker.models``: a fake that
-shares the client's validation would hide the client's mistakes, and importing pydantic would slow
-the simulator's start.
+The body checks are written here on purpose rather than reused from ``worker.models``, and the
+signer apart from ``worker.provider.signature``: a fake that shares the client's validation or the
+receiver's signature code would hide their mistakes, and importing pydantic would slow the
+simulator's start.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from worker.provider.signature import SIGNATURE_MODES, SignatureMode, sign
 from worker.runtime import freeze_start_up_objects
+from worker.sandbox.signing import DIGESTS, SPACES, Digest, Spaces, release_signature
 
 __all__ = ["SIM_STATE", "SimulatorConfig", "SimulatorState", "create_app", "run"]
 
@@ -55,20 +59,58 @@ _CALLBACK_TIMEOUT_S = 5.0
 
 _CALLED_RE = re.compile(r"\+?[0-9]+")
 _FORBIDDEN_PARAM_RE = re.compile(r"[${}]")
-# cec_07_2802: the only characters a (Base64-sent) callBackUrl may contain.
-_B64_URL_CHARS_RE = re.compile(r"[a-zA-Z0-9\-:./_#?&]+")
-_URL_RE = re.compile(r"https?://[^/\s]+")
+# cec_07_2802: the only characters a callBackUrl may contain (checked plain or Base64-decoded).
+_URL_CHARS_RE = re.compile(r"[a-zA-Z0-9\-:./_#?&]+")
+_URL_RE = re.compile(r"https?://[^/?#]+")
+_MAX_URL = 256
 _PRIORITIES = frozenset(str(p) for p in range(1, 10))
 _SOURCES = ("voiceId", "voiceFileName", "templateId")
+
+# provider-api.md §2: every non-zero retCode it lists, with the answer's retMsg when injected.
+_RET_MSGS: dict[str, str] = {
+    "1": "Unfinished task, please retry later.",
+    "3": "No callSerialNo was generated.",
+    "4": "softPhone format is invalid.",
+    "5": "called is missing or invalid.",
+    "6": "The VDN is not enabled.",
+    "7": "callerPresent check failed.",
+    "9": "callBackUrl is invalid.",
+    "10": "playTimes is not from 1 to 5.",
+    "11": "playList is empty or holds over 5 items.",
+    "12": "voiceId and templateId are both empty.",
+    "13": "A variable is over 32 bytes.",
+    "14": "templateParams holds '$', '{' or '}'.",
+    "15": "templateParams is empty or holds over 10 items.",
+    "16": "Trial tenant: the called number is not on the allowlist.",
+    "17": "The voice or TTS file does not exist.",
+    "18": "The voice or TTS file does not fit the scene.",
+    "19": "The voice or TTS file is not reviewed.",
+    "20": "The voice or TTS file is under review.",
+    "21": "The voice or TTS file was rejected.",
+    "22": "The voice or TTS file is of the wrong type.",
+    "23": "The voice or TTS file is not usable.",
+}
+_RET_CODES_RULE = "keys must be retCodes of provider-api.md §2 (1, 3-7, 9-23)"
 
 
 @dataclass
 class SimulatorConfig:
     """How the simulator behaves; patch it at run time with ``POST /_sim/config``.
 
+    Checks, in order: the token (401), X-APP-Key (403), ``account_refused`` (401 to every request
+    while tokenByAkSk still issues tokens: "service not purchased or account wrong"), ``max_rps``
+    (HTTP 500 over that many requests admitted in any sliding second; refused ones do not count), the
+    body (its retCodes), then the tenant's setup: ``vdn_enabled`` false gives retCode 6, a number
+    not on ``allowlist`` 16 (a trial tenant), a callerPresent not in ``caller_presents`` 7, a voiceId
+    not in ``voice_ids`` 17 (None: anything goes).
+
     Rates are fractions 0..1 drawn per request from one ``random.Random(seed)``, in the order hang,
-    HTTP 500, retCode 1. ``max_rps`` caps requests admitted in any sliding second (refused ones do
-    not count). Invalid values raise ValueError naming the field.
+    HTTP 500, retCode 1, ``ret_code_rates`` (one draw: ``{"16": 0.1, "3": 0.05}`` answers retCode 16
+    to 10% of requests and 3 to 5%; any non-zero retCode of provider-api.md §2, adding up to at most
+    1), then, for a call that is created, ``no_ret_code_rate`` (HTTP 200 with result.callSerialNo
+    but no retCode) and ``no_serial_rate`` (retCode "0" without result): the call exists either way
+    and its release event is sent. A rate of 0 draws nothing, so a seed gives the same run as before
+    a new rate was added. Invalid values raise ValueError naming the field.
     """
 
     app_key: str = "sim-app-key"
@@ -86,13 +128,37 @@ class SimulatorConfig:
     ring_time_s: float = 0.5
     answer_rate: float = 0.8
     callback_shared_key: str | None = field(default=None, repr=False)
-    callback_signature_mode: SignatureMode = "sha256"
+    callback_signature_mode: Digest = "sha256"
+    callback_signature_spaces: Spaces = "keep"
+    ret_code_rates: dict[str, float] = field(default_factory=dict)
+    no_ret_code_rate: float = 0.0
+    no_serial_rate: float = 0.0
+    account_refused: bool = False
+    vdn_enabled: bool = True
+    allowlist: list[str] | None = None
+    caller_presents: list[str] | None = None
+    voice_ids: list[str] | None = None
     seed: int | None = None
+    # Derived in __post_init__ for the hot path; not settable, not served.
+    _ret_draw: tuple[tuple[float, str], ...] = field(default=(), init=False, repr=False, compare=False)
+    _allowed: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _callers: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _voices: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = [f"{name}: {rule}" for name, rule in _config_problems(self)]
         if problems:
             raise ValueError("invalid simulator config: " + "; ".join(problems))
+        total = 0.0
+        draw = []
+        for code, rate in sorted(self.ret_code_rates.items(), key=lambda kv: int(kv[0])):
+            if rate > 0:
+                total += rate
+                draw.append((total, code))
+        self._ret_draw = tuple(draw)
+        self._allowed = None if self.allowlist is None else frozenset(self.allowlist)
+        self._callers = None if self.caller_presents is None else frozenset(self.caller_presents)
+        self._voices = None if self.voice_ids is None else frozenset(self.voice_ids)
 
 
 def _is_int(v: object) -> bool:
@@ -115,25 +181,48 @@ def _config_problems(c: SimulatorConfig) -> list[tuple[str, str]]:
         v = getattr(c, name)
         if not (_is_num(v) and v >= 0):
             out.append((name, "must be a number >= 0"))
-    for name in ("fail_500_rate", "retcode1_rate", "hang_rate", "answer_rate"):
+    for name in ("fail_500_rate", "retcode1_rate", "hang_rate", "answer_rate", "no_ret_code_rate", "no_serial_rate"):
         v = getattr(c, name)
         if not (_is_num(v) and 0 <= v <= 1):
             out.append((name, "must be a number from 0 to 1"))
     if c.max_rps is not None and not (_is_num(c.max_rps) and c.max_rps > 0):
         out.append(("max_rps", "must be null or a number > 0"))
-    for name in ("callback_url_base64", "callbacks"):
+    for name in ("callback_url_base64", "callbacks", "account_refused", "vdn_enabled"):
         if not isinstance(getattr(c, name), bool):
             out.append((name, "must be true or false"))
     if c.callback_shared_key is not None and not isinstance(c.callback_shared_key, str):
         out.append(("callback_shared_key", "must be null or a string"))
-    if c.callback_signature_mode not in SIGNATURE_MODES:
-        out.append(("callback_signature_mode", f"must be one of {', '.join(SIGNATURE_MODES)}"))
+    if c.callback_signature_mode not in DIGESTS:
+        out.append(("callback_signature_mode", f"must be one of {', '.join(DIGESTS)}"))
+    if c.callback_signature_spaces not in SPACES:
+        out.append(("callback_signature_spaces", f"must be one of {', '.join(SPACES)}"))
+    out += _rates_problems(c.ret_code_rates)
+    for name in ("allowlist", "caller_presents", "voice_ids"):
+        v = getattr(c, name)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            out.append((name, "must be null or a list of strings"))
     if c.seed is not None and not _is_int(c.seed):
         out.append(("seed", "must be null or an integer"))
     return out
 
 
-_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SimulatorConfig))
+def _rates_problems(rates: object) -> list[tuple[str, str]]:
+    if not isinstance(rates, dict):
+        return [("ret_code_rates", "must be an object of retCode: rate")]
+    out: list[tuple[str, str]] = []
+    unknown = [repr(k) for k in rates if k not in _RET_MSGS]
+    if unknown:
+        out.append(("ret_code_rates", f"{', '.join(unknown)}: {_RET_CODES_RULE}"))
+    bad = [repr(k) for k, v in rates.items() if not (_is_num(v) and 0 <= v <= 1)]
+    if bad:
+        out.append(("ret_code_rates", f"the rates of {', '.join(bad)} must be numbers from 0 to 1"))
+    elif sum(rates.values()) > 1:
+        out.append(("ret_code_rates", "the rates must add up to at most 1"))
+    return out
+
+
+_CONFIG_NAMES = tuple(f.name for f in dataclasses.fields(SimulatorConfig) if f.init)
+_CONFIG_FIELDS = frozenset(_CONFIG_NAMES)
 _SECRET_FIELDS = ("app_secret", "callback_shared_key")
 
 
@@ -141,8 +230,13 @@ class SimulatorState:
     """Live state of one simulator app, ``app[SIM_STATE]``.
 
     ``log`` holds one dict per createVoiceNotification request (keys: seq, ts, called, priority,
-    status, retCode, callSerialNo, outcome, and the private _body, _app_key, _auth_ok that
-    ``GET /_sim/log`` serves as body and headers, see ``public_entry``); ``tokens`` maps each valid
+    status, retCode, callSerialNo, outcome, quirk, and the private _body, _app_key, _auth_ok that
+    ``GET /_sim/log`` serves as body and headers, see ``public_entry``). ``outcome`` is "created"
+    (a call exists), "hang" (created, answer held back), "auth", "account_refused", "rate",
+    "invalid" (the body broke a rule; retCode says which), "500", or "retcode<N>" (retCode N for a
+    well-formed request: injected, or the tenant's setup). A created call answered oddly keeps
+    outcome "created", so whatever counts created calls still counts it, and names the oddity in
+    ``quirk``: "no_retcode" or "no_serial" (None otherwise). ``tokens`` maps each valid
     token to its ``time.monotonic()`` expiry; ``callbacks`` holds one dict per delivered (or failed)
     release event.
 
@@ -225,6 +319,7 @@ class SimulatorState:
         return True
 
     def _create(self, entry: dict[str, Any], body: dict[str, Any], outcome: str) -> str:
+        """Create the call (its serial, and its release event when callbacks are on)."""
         self._serial += 1
         serial = str(self._serial)
         entry["status"] = 200
@@ -286,9 +381,9 @@ class SimulatorState:
             "nonce": str(self._rng.getrandbits(64) - 2**63),
         }
         if cfg.callback_shared_key is not None:
-            event["signature"] = sign(
+            event["signature"] = release_signature(
                 event, cfg.callback_shared_key, event["timestamp"], event["nonce"],
-                cfg.callback_signature_mode,
+                cfg.callback_signature_mode, cfg.callback_signature_spaces,
             )
         return event
 
@@ -339,7 +434,10 @@ def _b64_url(value: str) -> str | None:
 
 
 def _validate(body: dict[str, Any], base64_url: bool) -> tuple[int, str, str] | None:
-    """The first rule ``body`` breaks as (HTTP status, retCode, retMsg), or None. null means absent."""
+    """The first rule ``body`` breaks as (HTTP status, retCode, retMsg), or None. null means absent.
+
+    Lengths are counted in characters, as the seed's ``string(32)`` reads, except templateParams
+    values, which retCode 13 counts in bytes ("a variable over 32 bytes")."""
     called = body.get("called")
     if not isinstance(called, str) or len(called) > 32 or not _CALLED_RE.fullmatch(called):
         return 200, "5", "called: must be a string of up to 32 digits with an optional leading '+'"
@@ -347,8 +445,22 @@ def _validate(body: dict[str, Any], base64_url: bool) -> tuple[int, str, str] | 
     if not isinstance(play, list) or not 1 <= len(play) <= 5:
         return 200, "11", "playList: must hold 1 to 5 items"
     for i, item in enumerate(play):
-        if not isinstance(item, dict) or not any(isinstance(item.get(k), str) and item[k] for k in _SOURCES):
-            return 200, "12", f"playList[{i}]: voiceId, voiceFileName and templateId are all empty"
+        if not isinstance(item, dict):
+            return 200, "12", f"playList[{i}]: must be an object with one of voiceId, voiceFileName, templateId"
+        # The seed: "One of voiceId, voiceFileName, and templateId must be set". Several sources in one
+        # item get retCode 12 too: 12 is the code of that rule (which source an item plays), while 11
+        # is about the list's length.
+        sources = 0
+        for key in _SOURCES:
+            value = item.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value:
+                return 200, "12", f"playList[{i}].{key}: must be a non-empty string"
+            sources += 1
+        if sources != 1:
+            return 200, "12", (f"playList[{i}]: voiceId, voiceFileName and templateId are all empty" if not sources
+                               else f"playList[{i}]: exactly one of voiceId, voiceFileName, templateId may be set")
         params = item.get("templateParams")
         if params is None:
             continue
@@ -362,28 +474,55 @@ def _validate(body: dict[str, Any], base64_url: bool) -> tuple[int, str, str] | 
             if len(p.encode()) > 32:
                 return 200, "13", f"playList[{i}].templateParams[{j}]: is over 32 bytes"
     caller = body.get("callerPresent")
-    if caller is not None:
-        if not isinstance(caller, str):
-            return 200, "7", "callerPresent: must be a string"
-        if len(caller.encode()) > 32:
-            return 200, "13", "callerPresent: is over 32 bytes"
+    if caller is not None and (not isinstance(caller, str) or len(caller) > 32):
+        return 200, "7", "callerPresent: must be a string of up to 32 characters"
     url = body.get("callBackUrl")
     if url is not None:
-        if not isinstance(url, str) or len(url) > 256:
-            return 200, "9", "callBackUrl: must be a string of up to 256 characters"
-        if base64_url:
-            decoded = _b64_url(url)
-            if decoded is None or not _B64_URL_CHARS_RE.fullmatch(decoded):
-                return 200, "9", "callBackUrl: must be Base64 of a URL made of a-zA-Z0-9-:./_#?&"
-            url = decoded
-        if not _URL_RE.match(url):
-            return 200, "9", "callBackUrl: must be an http:// or https:// URL"
+        problem = _url_problem(url, base64_url)
+        if problem is not None:
+            return 200, "9", "callBackUrl: " + problem
     times = body.get("playTimes")
     if times is not None and (not _is_int(times) or not 1 <= times <= 5):
         return 200, "10", "playTimes: must be an integer from 1 to 5"
     priority = body.get("priority")
     if priority is not None and (not isinstance(priority, str) or priority not in _PRIORITIES):
         return 400, "400", 'priority: must be a string "1".."9"'
+    return None
+
+
+def _url_problem(url: object, base64_url: bool) -> str | None:
+    """Why a callBackUrl breaks the seed's string(256) or cec_07_2802's rules, or None."""
+    if not isinstance(url, str) or len(url) > _MAX_URL:
+        if base64_url:
+            return f"must be Base64 text of up to {_MAX_URL} characters"
+        return f"must be a string of up to {_MAX_URL} characters"
+    if base64_url:
+        decoded = _b64_url(url)
+        if decoded is None:
+            return "must be Base64 (DIALER_CALLBACK_URL_BASE64 mode) of a UTF-8 URL"
+        url = decoded
+    if not _URL_CHARS_RE.fullmatch(url):
+        return "may contain only a-zA-Z0-9-:./_#?& (cec_07_2802)"
+    if not _URL_RE.match(url):
+        return "must be an http:// or https:// URL with a host"
+    return None
+
+
+def _tenant_refusal(body: dict[str, Any], cfg: SimulatorConfig) -> tuple[str, str] | None:
+    """(retCode, retMsg) when the tenant's own setup refuses a well-formed request, or None."""
+    if not cfg.vdn_enabled:
+        return "6", "VDN: not enabled for this tenant"
+    if cfg._allowed is not None and body["called"] not in cfg._allowed:
+        return "16", "called: not on the trial tenant's allowlist"
+    if cfg._callers is not None:
+        caller = body.get("callerPresent")
+        if caller is not None and caller not in cfg._callers:
+            return "7", "callerPresent: not one of the tenant's CLIP numbers"
+    if cfg._voices is not None:
+        for i, item in enumerate(body["playList"]):
+            voice = item.get("voiceId")
+            if voice is not None and voice not in cfg._voices:
+                return "17", f"playList[{i}].voiceId: no such voice file"
     return None
 
 
@@ -402,6 +541,19 @@ def _created(serial: str) -> web.Response:
     )
 
 
+def _created_oddly(serial: str, quirk: str) -> web.Response:
+    """A created call's answer without retCode ("no_retcode") or without result ("no_serial")."""
+    if quirk == "no_retcode":
+        body = b'{"retMsg":"Created successfully.","result":{"callSerialNo":"' + serial.encode() + b'"}}'
+    else:
+        body = b'{"retMsg":"Created successfully.","retCode":"0"}'
+    return web.Response(body=body, content_type="application/json")
+
+
+_ACCOUNT_REFUSED_MSG = ("Unauthorized operation. 1. Check whether you have purchased related services. "
+                        "2. Contact customer service to check the status of your account.")
+
+
 async def _create_voice_notification(request: web.Request) -> web.Response:
     state = request.app[SIM_STATE]
     cfg = state.config
@@ -412,8 +564,8 @@ async def _create_voice_notification(request: web.Request) -> web.Response:
     # Atomic values only: see SimulatorState on why the collector must never walk the log.
     entry: dict[str, Any] = {
         "seq": state._seq, "ts": time.time(), "called": None, "priority": "9", "status": None,
-        "retCode": None, "callSerialNo": None, "outcome": None, "_body": None, "_app_key": app_key,
-        "_auth_ok": auth_ok,
+        "retCode": None, "callSerialNo": None, "outcome": None, "quirk": None, "_body": None,
+        "_app_key": app_key, "_auth_ok": auth_ok,
     }
     state.log.append(entry)
     body = _decode_body(entry, await request.read())
@@ -426,6 +578,8 @@ async def _create_voice_notification(request: web.Request) -> web.Response:
         return _answer(entry, 401, "auth", "401", "Unauthorized: missing, unknown or expired token")
     if app_key is not None and app_key != cfg.app_key:
         return _answer(entry, 403, "auth", "403", "Authentication failed: X-APP-Key does not match")
+    if cfg.account_refused:
+        return _answer(entry, 401, "account_refused", "401", _ACCOUNT_REFUSED_MSG)
     if cfg.max_rps is not None and not state._admit(cfg.max_rps):
         return _answer(entry, 500, "rate", "500", "rate exceeded")
     if not isinstance(body, dict):
@@ -433,6 +587,9 @@ async def _create_voice_notification(request: web.Request) -> web.Response:
     problem = _validate(body, cfg.callback_url_base64)
     if problem is not None:
         return _answer(entry, problem[0], "invalid", problem[1], problem[2])
+    refusal = _tenant_refusal(body, cfg)
+    if refusal is not None:
+        return _answer(entry, 200, "retcode" + refusal[0], refusal[0], refusal[1])
 
     rng = state._rng
     if cfg.hang_rate and rng.random() < cfg.hang_rate:
@@ -442,12 +599,26 @@ async def _create_voice_notification(request: web.Request) -> web.Response:
     if cfg.fail_500_rate and rng.random() < cfg.fail_500_rate:
         return _answer(entry, 500, "500", "500", "Business failure.")
     if cfg.retcode1_rate and rng.random() < cfg.retcode1_rate:
-        return _answer(entry, 200, "retcode1", "1", "Unfinished task, please retry later.")
+        return _answer(entry, 200, "retcode1", "1", _RET_MSGS["1"])
+    if cfg._ret_draw:
+        u = rng.random()
+        for edge, code in cfg._ret_draw:
+            if u < edge:
+                return _answer(entry, 200, "retcode" + code, code, _RET_MSGS[code])
+    quirk = None
+    if cfg.no_ret_code_rate and rng.random() < cfg.no_ret_code_rate:
+        quirk = "no_retcode"
+    elif cfg.no_serial_rate and rng.random() < cfg.no_serial_rate:
+        quirk = "no_serial"
     serial = state._create(entry, body, "created")
+    if quirk is not None:
+        entry["quirk"] = quirk
+        if quirk == "no_retcode":
+            entry["retCode"] = None
     delay_ms = cfg.latency_ms + (rng.uniform(0, cfg.jitter_ms) if cfg.jitter_ms else 0.0)
     if delay_ms > 0:
         await asyncio.sleep(delay_ms / 1000)
-    return _created(serial)
+    return _created(serial) if quirk is None else _created_oddly(serial, quirk)
 
 
 def _decode_body(entry: dict[str, Any], raw: bytes) -> Any:
@@ -529,7 +700,7 @@ async def _reset(request: web.Request) -> web.Response:
 
 
 def _public_config(cfg: SimulatorConfig) -> dict[str, Any]:
-    out = dataclasses.asdict(cfg)
+    out = {name: getattr(cfg, name) for name in _CONFIG_NAMES}
     for name in _SECRET_FIELDS:
         if out[name] is not None:
             out[name] = "**********"
