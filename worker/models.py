@@ -26,10 +26,14 @@ from pydantic.alias_generators import to_camel
 
 from worker.errors import FieldError, InvalidRequest
 
-CALLED_RE = re.compile(r"\+?[0-9]{1,32}")
-"""``called`` (used with ``fullmatch``, and at most 32 characters: the seed's ``string(32)``)."""
+CALLED_RE = re.compile(r"(?:\+[0-9]{1,31}|[0-9]{1,32})")
+"""``called`` (used with ``fullmatch``): digits with an optional leading '+', at most 32 characters in all
+(the seed's ``string(32)``: 32 digits, or '+' and 31). The pattern says the length itself, so the OpenAPI
+document's ``pattern`` (``^...$``) holds without ``maxLength``."""
 CALLBACK_URL_RE = re.compile(r"https?://[^/\s]+(?:/\S*)?")
 FORBIDDEN_PARAM_CHARS = frozenset("${}")
+SOURCE_RULE = "needs exactly one of voiceId, voiceFileName, templateId"
+"""The rule a ``playList`` item breaks with none or several sources (the error names the item: ``playList[0]``)."""
 PRIORITIES = tuple(str(p) for p in range(1, 10))
 DEFAULT_PRIORITY = "9"
 
@@ -56,7 +60,8 @@ TemplateParam = Annotated[str, Field(min_length=1), AfterValidator(_check_param)
 
 
 class PlayItem(_SeedModel):
-    """One entry of ``playList``: at least one of voiceId, voiceFileName, templateId."""
+    """One entry of ``playList``: exactly one of voiceId, voiceFileName, templateId (the sound it plays; an
+    item naming several is ambiguous, and the provider refuses it)."""
 
     voice_id: str | None = Field(None, min_length=1, max_length=64)
     voice_file_name: str | None = Field(None, min_length=1, max_length=256)
@@ -65,8 +70,9 @@ class PlayItem(_SeedModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> PlayItem:
-        if not (self.voice_id or self.voice_file_name or self.template_id):
-            raise ValueError("needs at least one of voiceId, voiceFileName, templateId")
+        given = [v for v in (self.voice_id, self.voice_file_name, self.template_id) if v is not None]
+        if len(given) != 1:
+            raise ValueError(SOURCE_RULE)
         return self
 
 

@@ -3,7 +3,7 @@
 Every operation comes from a :class:`~worker.http.routing.Route` the app registers, so the document lists
 exactly the routes that exist; schemas come from ``model_json_schema`` (one ``components.schemas`` entry
 per model). The seed's rules that pydantic checks in code rather than in the schema (the number pattern,
-priority "1".."9", one of voiceId/voiceFileName/templateId) are added to the document so generated clients
+priority "1".."9", exactly one of voiceId/voiceFileName/templateId) are added to the document so generated clients
 and fuzzers know them.
 """
 
@@ -101,7 +101,9 @@ def _refine_seed(components: dict[str, Any]) -> None:
             continue
         props = schema["properties"]
         props["called"]["pattern"] = f"^{CALLED_RE.pattern}$"
-        props["called"]["description"] = "Number to call: digits with an optional leading '+', up to 32."
+        # The pattern alone holds the seed's string(32), '+' included (32 digits, or '+' and 31).
+        props["called"]["description"] = ("Number to call: digits with an optional leading '+', at most 32 "
+                                           "characters in all.")
         props["priority"] = {
             "anyOf": [{"type": "string", "enum": list(PRIORITIES)}, {"type": "integer", "minimum": 1, "maximum": 9}],
             "default": "9",
@@ -114,8 +116,9 @@ def _refine_seed(components: dict[str, Any]) -> None:
         _branch(play["properties"]["templateParams"], "array")["items"].update(
             {"maxLength": 32, "pattern": r"^[^${}]*$", "description": "At most 32 bytes (UTF-8)."}
         )
-        # Present *and* a string: {"voiceId": null} alone does not count.
-        play["anyOf"] = [{"required": [k], "properties": {k: {"type": "string"}}}
+        # Exactly one source, present *and* a string: {"voiceId": null} does not count, and an item naming two
+        # matches two branches, which oneOf refuses (as the dialer and the provider do).
+        play["oneOf"] = [{"required": [k], "properties": {k: {"type": "string"}}}
                          for k in ("voiceId", "voiceFileName", "templateId")]
 
 
