@@ -112,6 +112,10 @@ HTTP_THROTTLED = Counter(
     "dialer_http_throttled", "Requests dialer serve refused with 429 because their key was over its rate limit.",
     ["key_id", "route"],
 )
+UNKNOWN_GRACE = Counter(
+    "dialer_unknown_grace_ended", "Unknown jobs whose grace period ended without a release event (`no_evidence`), "
+    "and those of them redialled once (`redialled`, DIALER_REDIAL_AMBIGUOUS=after-grace).", ["result"],
+)
 
 _RET_CODE_RE = re.compile(r"-?[0-9]{1,6}")
 _KIND_RE = re.compile(r"[^a-z0-9/-]+")
@@ -164,6 +168,14 @@ def observe_provider_response(
 def observe_rate_wait(priority: int | str, seconds: float) -> None:
     """Time a call waited for its rate permit (what ``RateLimiter.acquire`` returns)."""
     RATE_WAIT.labels(_priority_label(priority)).observe(max(seconds, 0.0))
+
+
+def observe_unknown_grace(no_evidence: int, redialled: int) -> None:
+    """Count unknown jobs whose grace period ended without evidence, and the redials made for them."""
+    if no_evidence:
+        UNKNOWN_GRACE.labels("no_evidence").inc(no_evidence)
+    if redialled:
+        UNKNOWN_GRACE.labels("redialled").inc(redialled)
 
 
 def observe_token_refresh(ok: bool) -> None:

@@ -369,7 +369,7 @@ async def test_status_shape_rate_and_eta(redis_client: aioredis.Redis, settings:
         await ledger.mark_sent(job, f"SN-{job}")
     status = await Campaigns(redis_client, settings).status("camp")
     assert list(status) == ["name", "status", "created_at", "settings", "total", "states", "parked", "outcomes",
-                            "redials", "remaining", "send_rate_per_s", "eta_s", "as_of"]
+                            "redials", "unknown", "remaining", "send_rate_per_s", "eta_s", "as_of"]
     assert list(status["settings"]) == ["priority", "rate", "window", "days", "timezone", "deadline", "defaults",
                                         "callback_url", "redial"]
     assert status["redials"] == 0 and status["settings"]["redial"] is None

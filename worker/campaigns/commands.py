@@ -187,6 +187,10 @@ def _status_text(d: dict[str, Any]) -> str:
         f"  outcomes: {outcomes or '-'}" + (f" (redials made: {d['redials']})" if d.get("redials") else ""),
         f"  sending {d['send_rate_per_s']}/s, ETA {eta}",
     ]
+    unknown = d.get("unknown") or {}
+    if any(unknown.values()):
+        lines.insert(3, f"  unknown:  {unknown.get('resolved_by_event', 0)} resolved by release events, "
+                        f"{unknown.get('no_evidence', 0)} without evidence after the grace period")
     cfg = dict(d["settings"])
     redial = cfg.pop("redial", None)
     extras = [f"{k}={v}" for k, v in cfg.items() if v not in (None, {}, [])]

@@ -309,6 +309,8 @@ class Campaigns:
             "parked": int(parked),
             "outcomes": outcomes,
             "redials": max(int(counts.get("redials", 0)), 0),
+            "unknown": {"resolved_by_event": max(int(counts.get("unknown_resolved", 0)), 0),
+                        "no_evidence": max(int(counts.get("no_evidence", 0)), 0)},
             "remaining": remaining,
             "send_rate_per_s": round(rate, 2),
             "eta_s": None if eta is None else math.ceil(eta),

@@ -26,6 +26,7 @@ from worker.dispatch import engine
 from worker.dispatch.dispatcher import Dispatcher
 from worker.dispatch.stats import SendStats
 from worker.ledger.transitions import Ledger
+from worker.ledger.unknowns import Unknowns
 from worker.limits.inflight import InFlight
 from worker.limits.ratelimit import RateLimiter
 from worker.provider.client import ProviderClient
@@ -94,7 +95,8 @@ class DialerProcess:
         limiter = RateLimiter(pool, settings)
         in_flight = InFlight(pool, settings)
         stats = SendStats(pool, settings)
-        background = [asyncio.ensure_future(stats.run())]  # and the wake-up listener, once the workers exist
+        # The wake-up listener joins these once the workers exist.
+        background = [asyncio.ensure_future(stats.run()), asyncio.ensure_future(Unknowns(pool, settings).run())]
         try:
             async with ProviderClient.open(settings, pool) as client:
                 dispatcher = Dispatcher(settings, Ledger(pool, settings), limiter, in_flight, client,

@@ -250,6 +250,10 @@ class CampaignStatus(BaseModel):
     parked: int = Field(..., description="Queued jobs held by a pause.")
     outcomes: dict[str, int] = Field(..., description="Result callbacks: answered, unanswered, failed_to_connect.")
     redials: int = Field(..., description="Redial jobs made (counted in total).")
+    unknown: dict[str, int] = Field(
+        ..., description="What became of unknown outcomes: `resolved_by_event` (a release event proved the call; "
+        "the job is sent now), `no_evidence` (no event within DIALER_UNKNOWN_GRACE_S; a later event still counts "
+        "in resolved_by_event).")
     remaining: int = Field(..., description="queued + sending.")
     send_rate_per_s: float
     eta_s: int | None

@@ -29,6 +29,9 @@ else
     redis.call('HSET', KEYS[1], 'ev', ARGV[5])
   end
   local counted = counted_campaign(h[2], h[3])
+  if counted and ARGV[5] ~= '' and state == 'unknown' then
+    redis.call('HINCRBY', campaign_key(ARGV[4], counted, ':counts'), 'unknown_resolved', 1)
+  end
   if counted then
     count_move(ARGV[4], counted, state, 'sent', tonumber(ARGV[2]))
     count_sent_now(ARGV[4], counted, now)
