@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.sandbox.support import CREATE_PATH, TOKEN_PATH, VALID, MakeSim, Receiver, Sim, with_, with_item
-from worker.provider.signature import SignatureMode, verify
+from worker.provider.signature import SignatureMode, SignatureSpaces, verify
+from worker.sandbox.signing import release_signature
 from worker.sandbox.simulator import SimulatorConfig
 
 # --- tokens ----------------------------------------------------------------------------------------
@@ -436,6 +440,25 @@ async def test_callbacks_are_delivered_and_signed(
         assert (entry["url"], entry["status"], entry["attempts"]) == (receiver.url, 200, 1)
 
 
+@pytest.mark.parametrize("mode", ["sha256", "hmac-sha256"])
+@pytest.mark.parametrize("spaces", ["keep", "strip"])
+async def test_callback_signature_spaces_agree_with_the_receiver(
+    make_sim: MakeSim, receiver: Receiver, mode: SignatureMode, spaces: SignatureSpaces
+) -> None:
+    # The simulator signs with its own code (worker.sandbox.signing); the receiver's verify must agree,
+    # and only under the same space handling once a value holds a space.
+    sim = await make_sim(callbacks=True, ring_time_s=0.01, callback_shared_key="cb key", callback_signature_mode=mode,
+                         callback_signature_spaces=spaces)
+    await sim.call(with_(callBackUrl=receiver.url, callerPresent="222 2201"), await sim.token())
+    await receiver.wait_for(1)
+    event = receiver.events[0]
+    assert event["callerPresent"] == "222 2201" and "," in event["releaseTime"]
+    other: SignatureSpaces = "strip" if spaces == "keep" else "keep"
+    assert verify(event, "cb key", mode, spaces=spaces)
+    assert not verify(event, "cb key", mode, spaces=other)
+    assert release_signature(event, "cb key", event["timestamp"], event["nonce"], mode, spaces) == event["signature"]
+
+
 async def test_unanswered_unsigned_callback_to_base64_url(
     make_sim: MakeSim, receiver: Receiver
 ) -> None:
@@ -496,3 +519,14 @@ async def test_cleanup_cancels_pending_callbacks(
 
 
 # --- start-up cost ---------------------------------------------------------------------------------
+
+
+def test_the_simulator_loads_neither_pydantic_nor_the_code_it_checks() -> None:
+    # Cheap to start (the benchmarks restart it), and independent of the receiver's signature code and
+    # the client's models, so that a mistake there cannot hide behind the same mistake here.
+    code = ("import sys, worker.sandbox.simulator; "
+            "print(sorted(m for m in sys.modules if m == 'pydantic' or m in "
+            "('worker.provider.signature', 'worker.models', 'worker.callback_url')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.stdout.strip() == "[]"
