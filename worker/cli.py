@@ -12,7 +12,7 @@ import importlib
 import json
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TextIO, TypeVar
 
 import click
 
@@ -326,6 +326,23 @@ def dead_requeue(job_ids: tuple[str, ...], all_: bool) -> None:
 # --- simulator ------------------------------------------------------------------------------------
 
 
+def _ret_code_rates(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    """``--ret-code 16=0.1 --ret-code 3=0.05`` as ``{"16": 0.1, "3": 0.05}`` (codes checked by SimulatorConfig)."""
+    rates: dict[str, float] = {}
+    for value in values:
+        code, sep, rate = value.partition("=")
+        try:
+            number = float(rate)
+        except ValueError:
+            number = -1.0
+        if not sep or not code.strip() or not 0 <= number <= 1:
+            raise click.BadParameter(f"{value!r}: write CODE=RATE, a retCode and a fraction from 0 to 1 (16=0.1)")
+        if code.strip() in rates:
+            raise click.BadParameter(f"retCode {code.strip()} is given twice")
+        rates[code.strip()] = number
+    return rates
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8090, show_default=True)
@@ -336,29 +353,44 @@ def dead_requeue(job_ids: tuple[str, ...], all_: bool) -> None:
 @click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--max-rps", type=float, default=None)
 @click.option("--token-lifetime-s", type=int, default=None, help="Force this token lifetime.")
+@click.option("--ret-code", "ret_code_rates", metavar="CODE=RATE", multiple=True, callback=_ret_code_rates,
+              help="Answer retCode CODE to this fraction of requests (repeatable; any non-zero retCode of "
+              "provider-api.md §2).")
 @click.option("--callbacks/--no-callbacks", default=False,
               help="POST release events to callBackUrl, signed with DIALER_CALLBACK_SHARED_KEY when set.")
+@click.option("--callback-signature-spaces", type=click.Choice(["keep", "strip"]), default=None,
+              help="Spaces in the signed string [DIALER_CALLBACK_SIGNATURE_SPACES].")
 @click.option("--app-key", default=None, help="Accepted AK [DIALER_APP_KEY].")
 def simulator(host: str, port: int, latency_ms: float, jitter_ms: float, fail_500_rate: float,
               retcode1_rate: float, hang_rate: float, max_rps: float | None, token_lifetime_s: int | None,
-              callbacks: bool, app_key: str | None) -> None:
-    """Run the provider simulator (a sandbox CEC) for demos, tests and benchmarks."""
+              ret_code_rates: dict[str, float], callbacks: bool,
+              callback_signature_spaces: Literal["keep", "strip"] | None,
+              app_key: str | None) -> None:
+    """Run the provider simulator (a sandbox CEC) for demos, tests and benchmarks.
+
+    More behaviours (an allowlist, answers without retCode, an account refused...) are set at run
+    time with POST /_sim/config; see worker/sandbox/simulator.py.
+    """
     from worker import logs
     from worker.sandbox.simulator import SimulatorConfig, run
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
-    config = SimulatorConfig(
-        app_key=app_key or settings.app_key,
-        app_secret=settings.app_secret.get_secret_value(),
-        latency_ms=latency_ms, jitter_ms=jitter_ms, fail_500_rate=fail_500_rate, retcode1_rate=retcode1_rate,
-        hang_rate=hang_rate, max_rps=max_rps, token_lifetime_s=token_lifetime_s, callbacks=callbacks,
-        callback_url_base64=settings.callback_url_base64,
-        # Signed like the provider, so `dialer serve` with the same DIALER_CALLBACK_SHARED_KEY accepts them.
-        callback_shared_key=None if settings.callback_shared_key is None
-        else settings.callback_shared_key.get_secret_value(),
-        callback_signature_mode=settings.callback_signature_mode,
-    )
+    try:
+        config = SimulatorConfig(
+            app_key=app_key or settings.app_key,
+            app_secret=settings.app_secret.get_secret_value(),
+            latency_ms=latency_ms, jitter_ms=jitter_ms, fail_500_rate=fail_500_rate, retcode1_rate=retcode1_rate,
+            hang_rate=hang_rate, max_rps=max_rps, token_lifetime_s=token_lifetime_s, callbacks=callbacks,
+            ret_code_rates=ret_code_rates, callback_url_base64=settings.callback_url_base64,
+            # Signed like the provider, so `dialer serve` with the same DIALER_CALLBACK_SHARED_KEY accepts them.
+            callback_shared_key=None if settings.callback_shared_key is None
+            else settings.callback_shared_key.get_secret_value(),
+            callback_signature_mode=settings.callback_signature_mode,
+            callback_signature_spaces=callback_signature_spaces or settings.callback_signature_spaces,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     run(host, port, config)
 
 
