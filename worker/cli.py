@@ -8,8 +8,11 @@ when named (see :class:`_MainGroup`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
+import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TextIO, TypeVar
@@ -264,6 +267,48 @@ def job(job_id: str) -> None:
     if data is None:
         raise click.ClickException(f"no job {job_id!r} in the ledger")
     click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@main.command()
+@click.option("--campaign", default=None, help="Only this campaign's events.")
+@click.option("--type", "types", multiple=True, help="Only events of this type (repeatable): queued, retrying, "
+              "sent, failed, dead, unknown, cancelled, expired, suppressed, outcome, redial, no_evidence.")
+@click.option("--since", default="0", show_default=True,
+              help="Events after this id (as printed: 1733400000000-0); 0 = the oldest kept, $ = only new ones.")
+@click.option("--follow", "-f", is_flag=True, help="Then wait for new events and print them as they come.")
+def events(campaign: str | None, types: tuple[str, ...], since: str, follow: bool) -> None:
+    """Print the event stream (one JSON object per line): what happened to each job, in order."""
+    from worker.ledger.events import EVENT_TYPES
+    from worker.ledger.events import events as read_events
+    from worker.store.client import cli_client
+
+    bad = [t for t in types if t not in EVENT_TYPES]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r}: must be one of {', '.join(EVENT_TYPES)}", param_hint="--type")
+    if since not in ("0", "$") and not _STREAM_ID.fullmatch(since):
+        raise click.BadParameter("must be an event id such as 1733400000000-0 (or 1733400000000), 0 or $",
+                                 param_hint="--since")
+
+    async def go(settings: Settings) -> None:
+        pool = cli_client(settings, blocking=follow)
+        try:
+            async for event in read_events(pool, settings, campaign=campaign, since=since, follow=follow,
+                                           types=types):
+                click.echo(json.dumps(event.as_dict(), separators=(",", ":")))
+        finally:
+            await pool.aclose()
+
+    try:
+        _run(go)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        # `dialer events | head`: the reader left; say nothing more (stdout is gone).
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # the closed stdout, replaced for the interpreter's exit
+
+
+_STREAM_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?")
 
 
 @main.group("dead-letter")

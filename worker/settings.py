@@ -249,6 +249,15 @@ class Settings(BaseSettings):
         "sha256", description="Digest of that signature: `sha256` (SHA-256 of `key_timestamp_nonce_fields`) or "
         "`hmac-sha256` (HMAC keyed with the shared key); which one the provider uses is unconfirmed.",
     )
+    events_max_len: int = Field(
+        1_000_000, ge=0, le=100_000_000, description="The event stream (`<prefix>events`, one entry per ledger "
+        "transition a producer cares about) keeps about this many entries, the oldest trimmed first (roughly; "
+        "Redis trims whole nodes); 0 = no event stream. An entry takes about 100-150 bytes of Redis memory.",
+    )
+    events_max_age_s: float = Field(
+        7 * 86400.0, gt=0, description="... and entries older than this are trimmed too (by the worker "
+        "processes, every minute). A consumer group reading slower than this loses what was trimmed.",
+    )
     callback_signature_spaces: Literal["keep", "strip"] = Field(
         "keep", description="Spaces in the release event's signed string: `keep` them (provider-api.md) or "
         "`strip` every space before hashing (what a Java reference implementation does). Unconfirmed which one "

@@ -40,10 +40,10 @@ async def test_a_queued_job_is_its_ledger_record_and_queue_entry_only(
     after = await server_ms(redis_client)
     assert (res.job_id, res.status, res.state, res.errors) == ("order-42", "accepted", "queued", ())
     # No arq job: the worker's claim writes it (tests/dispatch/test_claim.py). Besides the enqueue sequence
-    # counter, nothing else is stored.
+    # counter and the event stream's "queued" entry, nothing else is stored.
     assert await redis_client.exists(keys.arq_job("order-42")) == 0
     assert sorted(await redis_client.keys("*")) == sorted(
-        [keys.job("order-42").encode(), keys.queue(3).encode(), keys.seq.encode()]
+        [keys.job("order-42").encode(), keys.queue(3).encode(), keys.seq.encode(), keys.events.encode()]
     )
     created = await created_ms(redis_client, keys, "order-42")
     assert before <= created <= after
@@ -213,11 +213,13 @@ async def test_enqueue_many_mixed(redis_client: aioredis.Redis, producer: Produc
     assert [e.field for e in results[1].errors] == ["called"]
     assert [e.field for e in results[6].errors] == ["id"]
     assert [e.field for e in results[8].errors] == ["body"]
-    # Only the good items are stored: 5 ledger records (no arq jobs) + their queues + the sequence counter.
+    # Only the good items are stored: 5 ledger records (no arq jobs) + their queues + the sequence counter,
+    # and one "queued" event each in the event stream.
     assert await redis_client.zrange(keys.queue(1), 0, -1) == [b"camp:111"]
     assert await redis_client.zcard(keys.queue(4)) == 0
     assert set(await redis_client.zrange(keys.queue(9), 0, -1)) == {b"camp:222", b"camp:999", b"own-id", b"other:555"}
-    assert await redis_client.dbsize() == 5 + 2 + 1
+    assert await redis_client.dbsize() == 5 + 2 + 1 + 1
+    assert await redis_client.xlen(keys.events) == 5
     assert await redis_client.get(keys.seq) == b"5"
     own = await ledger.get("own-id")
     assert own is not None and own.campaign == "camp" and own.not_before_ms is not None

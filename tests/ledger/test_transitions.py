@@ -286,9 +286,10 @@ async def test_every_transition_refreshes_ttl(
     assert full - 5000 < await redis_client.pttl(keys.job(job3)) <= full
     assert full - 5000 < await redis_client.pttl(keys.serial("SN-3")) <= full
     # Every key we wrote has a TTL, except the shared sorted sets: arq's queues (members leave when their job
-    # runs), the dead-letter and unknown sets (trimmed by score), and the one enqueue sequence counter.
+    # runs), the dead-letter and unknown sets (trimmed by score), the one enqueue sequence counter and the
+    # event stream (trimmed by length and age).
     async for k in redis_client.scan_iter():
-        shared = (keys.dead.encode(), keys.unknown.encode(), keys.seq.encode())
+        shared = (keys.dead.encode(), keys.unknown.encode(), keys.seq.encode(), keys.events.encode())
         if k not in shared and not k.startswith(keys.queue(0)[:-1].encode()):
             assert await redis_client.pttl(k) > 0, k
 

@@ -14,7 +14,7 @@ from worker.store.keys import Keys
 
 WORKER = Path(__file__).resolve().parents[2] / "worker"
 INCLUDED = {"store/clock.lua", "ledger/counts.lua", "ledger/keep_alive.lua", "ledger/gate.lua", "ledger/park.lua",
-            "limits/lease.lua"}
+            "limits/lease.lua", "ledger/events.lua"}
 SCRIPTS = sorted(name for p in WORKER.rglob("*.lua") if (name := str(p.relative_to(WORKER))) not in INCLUDED)
 _FUNCTION = re.compile(r"^local function (\w+)\(", re.M)
 
@@ -53,7 +53,7 @@ async def test_each_script_compiles_in_redis(redis_client: aioredis.Redis, path:
 def _known_keys() -> set[str]:
     """Every key form keys.py builds, with "X" standing for the variable part, without the prefix."""
     k = Keys("")
-    out = {k.wake, k.seq, k.dead, k.token, k.token_lock, k.in_flight, k.campaigns, k.suppress}
+    out = {k.wake, k.seq, k.dead, k.token, k.token_lock, k.in_flight, k.campaigns, k.suppress, k.events}
     out |= {k.queue("X"), k.job("X"), k.serial("X"), k.rate("X"), k.number_calls("X")}  # type: ignore[arg-type]
     out |= {k.campaign("X"), k.campaign_counts("X"), k.campaign_jobs("X"), k.campaign_parked("X"),
             k.campaign_sent("X"), k.campaign_window_slots("X")}

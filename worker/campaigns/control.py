@@ -149,8 +149,8 @@ def _iso(ms: float | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _script(redis: Redis, name: str) -> AsyncScript:
-    return scripts.register(redis, f"campaigns/{name}")
+def _script(redis: Redis, name: str, settings: Settings) -> AsyncScript:
+    return scripts.register(redis, f"campaigns/{name}", settings)
 
 
 class Campaigns:
@@ -161,11 +161,11 @@ class Campaigns:
         self._settings = settings
         self._keys = Keys(settings.key_prefix)
         self._ttl_ms = settings.ledger_ttl_s * 1000
-        self._create = _script(redis, "campaign_create.lua")
-        self._state = _script(redis, "campaign_state.lua")
-        self._resume = _script(redis, "campaign_resume.lua")
-        self._cancel = _script(redis, "campaign_cancel.lua")
-        self._delete = _script(redis, "campaign_delete.lua")
+        self._create = _script(redis, "campaign_create.lua", settings)
+        self._state = _script(redis, "campaign_state.lua", settings)
+        self._resume = _script(redis, "campaign_resume.lua", settings)
+        self._cancel = _script(redis, "campaign_cancel.lua", settings)
+        self._delete = _script(redis, "campaign_delete.lua", settings)
 
     async def create(self, name: str, spec: CampaignSpec) -> Literal["created", "exists"]:
         """Create the campaign, or confirm it exists with the same spec. Raises CampaignError if it

@@ -25,6 +25,7 @@ from worker import metrics
 from worker.dispatch import engine
 from worker.dispatch.dispatcher import Dispatcher
 from worker.dispatch.stats import SendStats
+from worker.ledger.events import EventStream
 from worker.ledger.transitions import Ledger
 from worker.ledger.unknowns import Unknowns
 from worker.limits.inflight import InFlight
@@ -96,7 +97,8 @@ class DialerProcess:
         in_flight = InFlight(pool, settings)
         stats = SendStats(pool, settings)
         # The wake-up listener joins these once the workers exist.
-        background = [asyncio.ensure_future(stats.run()), asyncio.ensure_future(Unknowns(pool, settings).run())]
+        background = [asyncio.ensure_future(stats.run()), asyncio.ensure_future(Unknowns(pool, settings).run()),
+                      asyncio.ensure_future(EventStream(pool, settings).run_trim())]
         try:
             async with ProviderClient.open(settings, pool) as client:
                 dispatcher = Dispatcher(settings, Ledger(pool, settings), limiter, in_flight, client,

@@ -15,6 +15,7 @@
 -- @include ledger/keep_alive.lua
 -- @include ledger/gate.lua
 -- @include ledger/park.lua
+-- @include ledger/events.lua
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm', 'called', 'prio')
 local state = h[1]
 if not state then
@@ -61,6 +62,11 @@ if state == 'sending' then
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
   count_move(P, counted, 'sending', new, ttl)
+  if new == 'unknown' then
+    emit(P, KEYS[1], 'unknown', 'unknown', {error = ARGV[3]})
+  else
+    emit(P, KEYS[1], 'retrying', 'queued', {error = ARGV[3]})
+  end
   local camp = {}
   if counted and verdict == 'run' then
     camp = redis.call('HGETALL', campaign_key(P, counted, ''))

@@ -29,6 +29,7 @@
 -- straight to its parked set.
 -- @include store/clock.lua
 -- @include ledger/counts.lua
+-- @include ledger/events.lua
 local P = ARGV[1]
 local ledger_ttl0 = tonumber(ARGV[2])
 local now = now_ms()
@@ -218,6 +219,11 @@ for id, prio, called, campaign, nb, dl, tz, body in string.gmatch(ARGV[3], RECOR
     if c then
       c.ids[#c.ids + 1] = id
     end
+    local detail = {priority = tonumber(prio)}
+    if nb ~= '' then
+      detail.not_before = tonumber(nb)
+    end
+    emit_event(P, id, campaign, 'queued', 'queued', '0', detail)
     if not paused and score <= now then
       due[zkey] = true
     end

@@ -10,6 +10,7 @@
 -- Returns the previous state ("missing" if none).
 -- @include store/clock.lua
 -- @include ledger/counts.lua
+-- @include ledger/events.lua
 if KEYS[5] then
   redis.call('ZREM', KEYS[5], ARGV[7])
 end
@@ -38,6 +39,11 @@ if state == 'queued' or state == 'sending' or (state == 'dead' and ARGV[1] == 'd
       redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
     end
   end
+  local detail = {error = redis.call('HGET', KEYS[1], 'err') or nil}
+  if ARGV[6] ~= '' then
+    detail.serial = ARGV[6]
+  end
+  emit(ARGV[5], KEYS[1], ARGV[1], ARGV[1], detail)
   if ARGV[1] == 'dead' then
     redis.call('ZADD', KEYS[2], snow, ARGV[4])
     -- The set has no TTL of its own: drop members whose ledger records have expired by now.

@@ -9,6 +9,7 @@
 -- Returns {jobs looked at, marked no evidence, redialled, ids marked..., "|", ids redialled...}
 -- @include store/clock.lua
 -- @include ledger/counts.lua
+-- @include ledger/events.lua
 local now = now_ms()
 local P, ttl = ARGV[3], tonumber(ARGV[4])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(now - tonumber(ARGV[1])), 'LIMIT', 0, tonumber(ARGV[2]))
@@ -29,6 +30,7 @@ for _, id in ipairs(due) do
         redis.call('HINCRBY', campaign_key(P, counted, ':counts'), 'no_evidence', 1)
       end
       marked[#marked + 1] = id
+      emit(P, key, 'no_evidence', 'unknown', {grace_s = tonumber(ARGV[1]) / 1000})
     end
     if ARGV[5] == '1' and not h[3] and not busy and h[4] then
       -- Redialled once, never again: `agr` stays when it ends unknown a second time.
@@ -41,6 +43,7 @@ for _, id in ipairs(due) do
       redis.call('ZADD', queue, ms(now), id)
       redis.call('PUBLISH', P .. 'wake', queue)
       redialled[#redialled + 1] = id
+      emit(P, key, 'queued', 'queued', {grace_redial = true})
     end
   end
 end

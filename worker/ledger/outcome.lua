@@ -8,6 +8,7 @@
 -- Returns {HGETALL} after the write (or of the untouched record), or {} when there is no record.
 -- @include ledger/counts.lua
 -- @include ledger/keep_alive.lua
+-- @include ledger/events.lua
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm', 'outcome')
 if not h[1] then
   return {}
@@ -24,4 +25,10 @@ for i = 5, #ARGV - 1, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 keep_alive(KEYS[1], tonumber(ARGV[1]))
+local detail = {outcome = ARGV[3], release_reason = ARGV[4]}
+local talk = redis.call('HGET', KEYS[1], 'tk')
+if talk then
+  detail.talk_duration_s = tonumber(talk)
+end
+emit(ARGV[2], KEYS[1], 'outcome', h[1], detail)
 return redis.call('HGETALL', KEYS[1])

@@ -1,6 +1,7 @@
 -- Parking a paused campaign's job, and ending a queued job on a check.
 -- @include store/clock.lua
 -- @include ledger/counts.lua
+-- @include ledger/events.lua
 
 -- Hold a queued job of a paused campaign: into the campaign's parked set with its queue score (its
 -- place in line), without a TTL (a pause may last any time). Its arq run then ends normally, which
@@ -18,4 +19,5 @@ local function finish_queued(P, jobkey, campaign, new, err, now, ttl)
   redis.call('HDEL', jobkey, 'pk')
   redis.call('PEXPIRE', jobkey, ms(ttl))
   count_move(P, campaign, 'queued', new, ttl)
+  emit(P, jobkey, new, new, {error = err})
 end

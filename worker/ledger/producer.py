@@ -259,8 +259,8 @@ class Producer:
         self._consts = (settings.key_prefix.encode(), str(self._ledger_ttl_ms).encode())
         self._prefix = settings.key_prefix
         self._callback = _CallbackCheck(settings)
-        self._enqueue: AsyncScript = scripts.register(redis, "ledger/enqueue.lua")
-        self._requeue: AsyncScript = scripts.register(redis, "ledger/requeue.lua")
+        self._enqueue: AsyncScript = scripts.register(redis, "ledger/enqueue.lua", settings)
+        self._requeue: AsyncScript = scripts.register(redis, "ledger/requeue.lua", settings)
 
     async def enqueue(
         self,

@@ -7,6 +7,7 @@
 -- Returns the previous state, or "missing".
 -- @include store/clock.lua
 -- @include ledger/counts.lua
+-- @include ledger/events.lua
 local snow = ms(now_ms())
 local h = redis.call('HMGET', KEYS[1], 'state', 'campaign', 'cm')
 local state = h[1]
@@ -22,4 +23,5 @@ end
 redis.call('HSET', KEYS[1], 'state', 'dead', 'err', ARGV[1], 'updated', snow)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], snow, ARGV[3])
+emit(ARGV[4], KEYS[1], 'dead', 'dead', {error = ARGV[1]})
 return state or 'missing'

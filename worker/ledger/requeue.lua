@@ -8,6 +8,7 @@
 -- job has not finished yet), or the current state when it is not requeueable.
 -- @include store/clock.lua
 -- @include ledger/counts.lua
+-- @include ledger/events.lua
 local h = redis.call('HMGET', KEYS[1], 'state', 'prio', 'campaign', 'cm')
 local state = h[1]
 if not state then
@@ -35,5 +36,6 @@ count_move(ARGV[4], counted_campaign(h[3], h[4]), state, 'queued', tonumber(ARGV
 redis.call('DEL', KEYS[2], KEYS[5], KEYS[6])
 redis.call('ZADD', KEYS[3], snow, ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+emit(ARGV[4], KEYS[1], 'queued', 'queued', {requeued = state})
 redis.call('PUBLISH', ARGV[4] .. 'wake', KEYS[3])  -- its queue's idle workers start it now (enqueue.lua)
 return 'requeued'

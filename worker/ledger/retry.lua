@@ -6,6 +6,7 @@
 -- Returns the previous state ("missing" if none); only "sending" and "queued" are changed.
 -- @include store/clock.lua
 -- @include ledger/counts.lua
+-- @include ledger/events.lua
 if KEYS[2] then
   redis.call('ZREM', KEYS[2], ARGV[5])
 end
@@ -24,5 +25,8 @@ if state == 'sending' or state == 'queued' then
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   count_move(ARGV[3], counted_campaign(h[2], h[3]), state, 'queued', tonumber(ARGV[2]))
+  if state == 'sending' and ARGV[4] ~= '1' then
+    emit(ARGV[3], KEYS[1], 'retrying', 'queued', {error = redis.call('HGET', KEYS[1], 'err') or nil})
+  end
 end
 return state

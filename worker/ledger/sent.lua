@@ -10,6 +10,7 @@
 -- Returns the previous state, or "missing" (nothing written).
 -- @include store/clock.lua
 -- @include ledger/counts.lua
+-- @include ledger/events.lua
 if KEYS[3] then
   redis.call('ZREM', KEYS[3], ARGV[6])
 end
@@ -36,6 +37,11 @@ else
     count_move(ARGV[4], counted, state, 'sent', tonumber(ARGV[2]))
     count_sent_now(ARGV[4], counted, now)
   end
+  local detail = {serial = ARGV[1]}
+  if ARGV[5] ~= '' then
+    detail.evidence = ARGV[5]
+  end
+  emit(ARGV[4], KEYS[1], 'sent', 'sent', detail)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])

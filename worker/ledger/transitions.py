@@ -98,15 +98,15 @@ class Ledger:
         self._prefix = settings.key_prefix
         self._pipe = AutoPipeline.of(redis)
         self._cap = (str(settings.number_cap_calls), str(round(settings.number_cap_days * 86_400_000)))
-        self._claim: AsyncScript = scripts.register(redis, "ledger/claim.lua")
-        self._sending: AsyncScript = scripts.register(redis, "ledger/sending.lua")
-        self._sent: AsyncScript = scripts.register(redis, "ledger/sent.lua")
-        self._retry: AsyncScript = scripts.register(redis, "ledger/retry.lua")
-        self._final: AsyncScript = scripts.register(redis, "ledger/final.lua")
-        self._reject: AsyncScript = scripts.register(redis, "ledger/reject.lua")
-        self._outcome: AsyncScript = scripts.register(redis, "ledger/outcome.lua")
-        self._postpone: AsyncScript = scripts.register(redis, "ledger/postpone.lua")
-        self._link: AsyncScript = scripts.register(redis, "ledger/link.lua")
+        self._claim: AsyncScript = scripts.register(redis, "ledger/claim.lua", settings)
+        self._sending: AsyncScript = scripts.register(redis, "ledger/sending.lua", settings)
+        self._sent: AsyncScript = scripts.register(redis, "ledger/sent.lua", settings)
+        self._retry: AsyncScript = scripts.register(redis, "ledger/retry.lua", settings)
+        self._final: AsyncScript = scripts.register(redis, "ledger/final.lua", settings)
+        self._reject: AsyncScript = scripts.register(redis, "ledger/reject.lua", settings)
+        self._outcome: AsyncScript = scripts.register(redis, "ledger/outcome.lua", settings)
+        self._postpone: AsyncScript = scripts.register(redis, "ledger/postpone.lua", settings)
+        self._link: AsyncScript = scripts.register(redis, "ledger/link.lua", settings)
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self._redis.hgetall(self._keys.job(job_id))  # type: ignore[misc]  # redis-py's union

@@ -62,7 +62,7 @@ class Unknowns:
         self._redial = settings.redial_ambiguous == "after-grace"
         self._args = (settings.key_prefix, settings.ledger_ttl_s * 1000, "1" if self._redial else "0",
                       job_key_prefix, retry_key_prefix, result_key_prefix, in_progress_key_prefix)
-        self._script = scripts.register(redis, "ledger/grace.lua")
+        self._script = scripts.register(redis, "ledger/grace.lua", settings)
         self.every_s = min(max(settings.unknown_grace_s / 10, _MIN_EVERY_S), _MAX_EVERY_S)
         """How often :meth:`run` sweeps: a job is reported at most this long after its grace ends."""
 

@@ -175,16 +175,21 @@ def api_client(settings: Settings) -> Redis:
     return client
 
 
-def cli_client(settings: Settings) -> Redis:
-    """A CLI command's client: no retries, a short connect timeout, so an absent Redis fails at once."""
+def cli_client(settings: Settings, *, blocking: bool = False) -> Redis:
+    """A CLI command's client: no retries, a short connect timeout, so an absent Redis fails at once.
+    ``blocking``: for a command that waits in Redis (``XREAD BLOCK`` up to ``BLOCKING_WAIT_MS``), whose
+    answer may take that much longer."""
     client: Redis = Redis.from_url(
         settings.redis_url,
-        socket_timeout=_CLI_SOCKET_TIMEOUT_S,
+        socket_timeout=_CLI_SOCKET_TIMEOUT_S + (BLOCKING_WAIT_MS / 1000 if blocking else 0),
         socket_connect_timeout=_CLI_CONNECT_TIMEOUT_S,
         **tls_options(settings),
     )
     return client
 
+
+BLOCKING_WAIT_MS = 5000
+"""The longest a blocking read of a CLI command waits in Redis."""
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, OutOfMemoryError)
 """What a command meets when Redis is away (refused, unreachable, not answering in time, refusing the

@@ -75,6 +75,11 @@ class Keys:
         return f"{self.prefix}dead"
 
     @property
+    def events(self) -> str:
+        """The event stream: one entry per ledger transition a producer cares about (``ledger/events.lua``)."""
+        return f"{self.prefix}events"
+
+    @property
     def unknown(self) -> str:
         """Jobs whose outcome became ``unknown``, scored by when (ms): each waits there for the provider's
         release event, until its grace period ends (``ledger/unknowns.py``)."""
@@ -96,6 +101,13 @@ class Keys:
     def token_refused(self) -> str:
         """The fleet's pause while tokenByAkSk refuses the AK/SK: JSON {"until": ms, "step": s}, with a TTL."""
         return f"{self.prefix}token:refused"
+
+    @property
+    def account_refused(self) -> str:
+        """The fleet's pause while createVoiceNotification answers 401/403 even with a fresh access token (the
+        service not purchased, or the account wrong): JSON {"until": ms, "step": s}, with a TTL. Not ended by
+        a new token; ended by the next accepted request (``provider/token_account.lua``)."""
+        return f"{self.prefix}account:refused"
 
     def rate(self, name: str) -> str:
         """GCRA state (theoretical arrival time) of one limit: "global" or "campaign:<name>"."""

@@ -22,9 +22,12 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
+from worker.settings import Settings
+
 __all__ = ["register", "source"]
 
 _INCLUDE = re.compile(r"^--\s*@include\s+(\S+)\s*$")
+_EVENTS_CAP = "EVENTS_MAX_LEN"
 
 
 def _read(path: str) -> str:
@@ -54,7 +57,15 @@ def source(path: str) -> str:
     return "\n".join(_expand(path, set(), ())) + "\n"
 
 
-def register(redis: Any, path: str) -> AsyncScript:
-    """``redis.register_script`` of :func:`source`: the script runs by EVALSHA, loaded on first NOSCRIPT."""
-    script: AsyncScript = redis.register_script(source(path))
+def register(redis: Any, path: str, settings: Settings | None = None) -> AsyncScript:
+    """``redis.register_script`` of :func:`source`: the script runs by EVALSHA, loaded on first NOSCRIPT.
+
+    A script that writes the event stream (it includes ``ledger/events.lua``) gets the stream's cap from
+    ``settings`` (``DIALER_EVENTS_MAX_LEN``) as a constant, so it needs them."""
+    text = source(path)
+    if _EVENTS_CAP in text:
+        if settings is None:
+            raise ValueError(f"worker/{path} writes the event stream: register it with the settings")
+        text = f"local {_EVENTS_CAP} = {int(settings.events_max_len)}\n" + text
+    script: AsyncScript = redis.register_script(text)
     return script
