@@ -9,8 +9,10 @@
         ├── RetryableError     nothing was created; worth trying again (HTTP 500, retCode 1/3, refused)
         │   └── RetriesExhausted   ... and the attempts/time budget ran out
         ├── AuthError          401/403 even with a fresh token, or tokenByAkSk refused
-        ├── PermanentError     400/404/other retCodes: retrying will not help
-        └── AmbiguousError     the request left but no answer came: the call may exist
+        ├── PermanentError     400/404/other retCodes (HTTP 500 with DIALER_PROVIDER_HTTP_500=permanent)
+        └── AmbiguousError     the request left but no usable answer came (or a 200 without retCode, or
+                               retCode 0 without callSerialNo): the call may exist; .call_serial_no is
+                               any serial the answer carried
 """
 
 from __future__ import annotations
@@ -90,4 +92,23 @@ class PermanentError(ProviderError):
 
 
 class AmbiguousError(ProviderError):
+    """The call may exist. ``call_serial_no`` is a callSerialNo the answer carried although it was not a
+    success (kept on the job, so the call's release event finds it); None when there was none."""
+
     kind = "ambiguous"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        ret_code: str | None = None,
+        ret_msg: str | None = None,
+        call_serial_no: str | None = None,
+    ) -> None:
+        self.call_serial_no = call_serial_no
+        super().__init__(message, status=status, ret_code=ret_code, ret_msg=ret_msg)
+
+    def describe(self) -> str:
+        text = super().describe()
+        return text if self.call_serial_no is None else f"{text} serial={self.call_serial_no}"

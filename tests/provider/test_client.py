@@ -331,7 +331,15 @@ async def odd_server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
     [
         (200, b"<html>oops", AmbiguousError, None),
         (200, b"[1, 2]", AmbiguousError, None),
-        (200, b'{"retCode": "0", "retMsg": "ok"}', PermanentError, "0"),
+        # Issue 15 item 3: "success" without its serial, or no retCode at all, may be a call: ambiguous.
+        (200, b'{"retCode": "0", "retMsg": "ok"}', AmbiguousError, "0"),
+        (200, b'{"retCode": "0", "result": {}}', AmbiguousError, "0"),
+        (200, b'{"retCode": "0", "result": {"callSerialNo": ""}}', AmbiguousError, "0"),
+        (200, b'{"retMsg": "Created successfully."}', AmbiguousError, None),
+        (200, b'{"retCode": null, "result": {"callSerialNo": "77"}}', AmbiguousError, None),
+        (200, b'{"retCode": "", "result": {"callSerialNo": "78"}}', AmbiguousError, None),
+        (200, b'{}', AmbiguousError, None),
+        (200, b'{"retCode": "5", "retMsg": "called invalid"}', PermanentError, "5"),
         (200, b'{"retCode": "3", "retMsg": "no serial"}', RetryableError, "3"),
         (200, b'{"retCode": 0, "result": {"callSerialNo": 42}}', None, None),
         (404, b"not found", PermanentError, None),

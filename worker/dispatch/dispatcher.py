@@ -451,8 +451,11 @@ class Dispatcher:
         """Record a failed attempt (giving back ``lease``); return the final outcome, or None when the
         job should be retried."""
         reason = exc.describe()
-        if isinstance(exc, AmbiguousError) and self.settings.redial_ambiguous != "always":
-            await self.ledger.mark_final(job_id, State.UNKNOWN, reason, lease)
+        if isinstance(exc, AmbiguousError) and (self.settings.redial_ambiguous != "always" or exc.call_serial_no):
+            # The call may exist; with a callSerialNo in the answer it very likely does, so even
+            # DIALER_REDIAL_AMBIGUOUS=always does not redial it. The ledger keeps the serial and indexes it, so
+            # the call's release event finds the job.
+            await self.ledger.mark_final(job_id, State.UNKNOWN, reason, lease, serial=exc.call_serial_no)
             return Outcome(State.UNKNOWN, attempts, reason)
         if isinstance(exc, PermanentError):
             await self.ledger.mark_final(job_id, State.FAILED, reason, lease)

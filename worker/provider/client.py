@@ -11,10 +11,12 @@ Every failure is a :class:`ProviderError` subclass that says what the caller may
 
 - :class:`RetryableError`: nothing was created (HTTP 500/503/429, retCode 1 or 3, the connection
   could not be opened): try again later.
-- :class:`PermanentError`: the provider refused the request (400, 404, any other retCode).
+- :class:`PermanentError`: the provider refused the request (400, 404, any other retCode; HTTP 500 with
+  ``DIALER_PROVIDER_HTTP_500=permanent``, the seed's reading: "check the values of parameters").
 - :class:`AuthError`: still 401/403 with a fresh token, or tokenByAkSk refused the AK/SK.
 - :class:`AmbiguousError`: the request left but no usable answer came back (timeout, disconnect,
-  garbled 200, 5xx from a gateway): the call may exist, so it must not be redialed blindly.
+  garbled 200, a 200 without retCode, retCode 0 without callSerialNo, 5xx from a gateway): the call
+  may exist, so it must not be redialed blindly. ``call_serial_no`` keeps any serial the answer had.
 
 Nothing here logs or puts in an exception the app secret, a token or the Authorization header.
 """
@@ -315,6 +317,10 @@ class ProviderClient:
         if 200 <= status < 300:
             return self._classify_ok(status, data, latency)
         kwargs: dict[str, Any] = {"status": status, "ret_code": ret_code, "ret_msg": ret_msg}
+        if status == 500 and self.settings.provider_http_500 == "permanent":
+            # The seed's reading of 500: "Business failure. Check the values of parameters in the request."
+            raise PermanentError("createVoiceNotification refused (HTTP 500: check the values of the request's "
+                                 "parameters; DIALER_PROVIDER_HTTP_500=permanent)", **kwargs)
         if status in RETRYABLE_STATUSES:
             raise RetryableError(f"createVoiceNotification failed (HTTP {status})", **kwargs)
         if status >= 500:
@@ -328,16 +334,21 @@ class ProviderClient:
         except ValidationError:
             result = None
         if result is None:
-            raise AmbiguousError(f"HTTP {status} with a body that is not a JSON object", status=status)
-        code, msg = result.ret_code, result.ret_msg
-        serial = result.call_serial_no
+            raise AmbiguousError(f"HTTP {status} with a body the dialer cannot read (not the seed's JSON object)",
+                                 status=status)
+        code, msg = result.ret_code or None, result.ret_msg
+        serial = result.call_serial_no or None
         if code == "0" and serial:
             return Accepted(call_serial_no=serial, ret_msg=msg, latency_s=latency, attempts=1)
         kwargs: dict[str, Any] = {"status": status, "ret_code": code, "ret_msg": msg}
+        if code is None:
+            # No result code says neither success nor failure: the call may exist (a serial says it likely does).
+            raise AmbiguousError(f"HTTP {status} without a retCode", call_serial_no=serial, **kwargs)
+        if code == "0":
+            # "Success" without the call's serial: the call may exist, and nothing can find it.
+            raise AmbiguousError("createVoiceNotification retCode 0 without a callSerialNo", **kwargs)
         text = f"createVoiceNotification retCode {code}" + (f": {msg}" if msg else "")
         if code in RETRYABLE_RET_CODES:
             raise RetryableError(text, **kwargs)
-        if code == "0":
-            raise PermanentError("createVoiceNotification retCode 0 without a callSerialNo", **kwargs)
         raise PermanentError(text, **kwargs)
 
