@@ -8,7 +8,9 @@
     └── ProviderError          a provider call did not succeed
         ├── RetryableError     nothing was created; worth trying again (HTTP 500, retCode 1/3, refused)
         │   └── RetriesExhausted   ... and the attempts/time budget ran out
-        ├── AuthError          401/403 even with a fresh token, or tokenByAkSk refused
+        ├── AuthError          no access token (tokenByAkSk refused the AK/SK): no call was created
+        │   └── AccountError   401/403 again with a fresh token: the service is not purchased or the
+        │                      account is wrong (the seed's 401); the fleet pauses, no call was created
         ├── PermanentError     400/404/other retCodes (HTTP 500 with DIALER_PROVIDER_HTTP_500=permanent)
         └── AmbiguousError     the request left but no usable answer came (or a 200 without retCode, or
                                retCode 0 without callSerialNo): the call may exist; .call_serial_no is
@@ -84,7 +86,17 @@ class RetriesExhausted(RetryableError):
 
 
 class AuthError(ProviderError):
+    """No call was created for want of access: the job waits (none of its attempts or time is used)."""
+
     kind = "auth"
+
+
+class AccountError(AuthError):
+    """createVoiceNotification answered 401/403 again with a fresh access token. The token is fine; the seed's
+    401 says the service is not purchased or the account is wrong. The fleet pauses (see
+    :meth:`worker.provider.token.TokenManager.account_refused`) until a request is accepted again."""
+
+    kind = "account"
 
 
 class PermanentError(ProviderError):

@@ -329,6 +329,10 @@ class Dispatcher:
             if gate.sends == 0:
                 # No request left (the access token could not be had): not an attempt of this call.
                 return await self._no_token(record, exc)
+            if isinstance(exc, AuthError):
+                # 401/403 even with a fresh token (the account), or no fresh token after a 401: no call was
+                # created, so no attempt is used; the job waits for the fleet's pause.
+                return await self._not_authorized(record, exc, lease, answered=gate.refused_once)
             # The attempt the ledger counted (begin_send): the record and the error say the same number.
             attempts = max(gate.attempt, attempts)
             budget.started(gate)
@@ -363,11 +367,36 @@ class Dispatcher:
         counted against its retry time budget), its attempts untouched, with the reason as its error."""
         reason = f"no access token: {exc.describe()}"
         await self.ledger.mark_retry(record.job_id, reason)
-        pause = self._token_pause()
+        pause = self._pause_left()
+        return await self._wait_for_token(record, pause or backoff_delay(1, self.settings), reason, quiet=pause > 0)
+
+    async def _not_authorized(self, record: JobRecord, exc: AuthError, lease: Lease, *, answered: bool) -> Outcome:
+        """createVoiceNotification answered 401/403 even with a fresh token (:class:`AccountError`: the fleet is
+        paused), or the fresh token after a 401 could not be had, or the pause began while the request waited
+        for its gate: no call was created. The job goes back to ``queued`` with the attempt ``begin_send``
+        counted taken back (and ``lease`` given back), the reason as its last error, and waits for the pause:
+        none of its attempts or retry time is used, and it is never dead-lettered for it. The token is not
+        discarded again per job (the client did its one refresh-and-retry). ``answered``: a request did leave
+        (and was answered 401/403), so the attempt is counted in the send stats."""
+        job_id = record.job_id
+        reason = exc.describe()
+        if answered:
+            await self._count(ok=False, kind=metrics.error_kind(exc))
+        await self.ledger.mark_unsent(job_id, lease)
+        await self.ledger.mark_retry(job_id, reason)  # queued already: only the error is written
+        pause = self._pause_left()
         return await self._wait_for_token(record, pause or backoff_delay(1, self.settings), reason, quiet=pause > 0)
 
     def _token_pause(self) -> float:
-        """Seconds the fleet still waits for tokenByAkSk to accept its AK/SK (0: none): in memory, no I/O."""
+        """Seconds a job waits before asking for a rate permit (0: go), in memory, no I/O: the fleet's pause while
+        tokenByAkSk refuses the AK/SK or createVoiceNotification refuses the account, and after an account
+        pause, while this process's one probe request is out (:meth:`TokenManager.send_wait_s`)."""
+        tokens = getattr(self.client, "tokens", None)
+        wait = getattr(tokens, "send_wait_s", None) or getattr(tokens, "pause_s", None)
+        return float(wait()) if callable(wait) else 0.0
+
+    def _pause_left(self) -> float:
+        """The fleet's pause alone (:meth:`TokenManager.pause_s`; 0: none), without taking the probe."""
         pause_s = getattr(getattr(self.client, "tokens", None), "pause_s", None)
         return float(pause_s()) if callable(pause_s) else 0.0
 
@@ -460,9 +489,9 @@ class Dispatcher:
         if isinstance(exc, PermanentError):
             await self.ledger.mark_final(job_id, State.FAILED, reason, lease)
             return Outcome(State.FAILED, attempts, reason)
-        # Retryable, auth (credentials may be fixed by an operator; requeue from dead letters) and,
-        # with DIALER_REDIAL_AMBIGUOUS, ambiguous outcomes.
-        assert isinstance(exc, RetryableError | AuthError | AmbiguousError)
+        # Retryable and, with DIALER_REDIAL_AMBIGUOUS=always, ambiguous outcomes without a serial. (AuthError never
+        # comes here: no call was created, the job waits for the fleet's pause; see _not_authorized.)
+        assert isinstance(exc, RetryableError | AmbiguousError)
         now = self.clock()
         exhausted = (
             attempts >= self.settings.retry_max_attempts

@@ -13,7 +13,9 @@ Every failure is a :class:`ProviderError` subclass that says what the caller may
   could not be opened): try again later.
 - :class:`PermanentError`: the provider refused the request (400, 404, any other retCode; HTTP 500 with
   ``DIALER_PROVIDER_HTTP_500=permanent``, the seed's reading: "check the values of parameters").
-- :class:`AuthError`: still 401/403 with a fresh token, or tokenByAkSk refused the AK/SK.
+- :class:`AuthError`: tokenByAkSk refused the AK/SK; :class:`AccountError` (a subclass): still 401/403
+  with a fresh token, the seed's "service not purchased, or the account's status": the fleet pauses
+  (:meth:`TokenManager.account_refused`) until a request is accepted again. No call was created.
 - :class:`AmbiguousError`: the request left but no usable answer came back (timeout, disconnect,
   garbled 200, a 200 without retCode, retCode 0 without callSerialNo, 5xx from a gateway): the call
   may exist, so it must not be redialed blindly. ``call_serial_no`` keeps any serial the answer had.
@@ -43,6 +45,7 @@ from worker.errors import (
     AmbiguousError,
     AuthError,
     PermanentError,
+    ProviderError,
     RetryableError,
 )
 from worker.models import CallRequest, CallResult
@@ -245,7 +248,9 @@ class ProviderClient:
     async def create_voice_notification(
         self, request: CallRequest, *, gate: RequestGate[R] | None = None
     ) -> Accepted | R:
-        """One logical attempt: one HTTP request, plus one more with a fresh token after a 401/403.
+        """One logical attempt: one HTTP request, plus one more with a fresh token after a 401/403 (unless the
+        fleet is already paused for the account). 401/403 again raises :class:`AccountError` and pauses the
+        fleet (:meth:`TokenManager.account_refused`); while that pause lasts nothing is sent.
 
         ``gate`` (the dispatcher's) is asked immediately before each HTTP request whether it may leave
         (it takes its rate permit and in-flight slot there); when it refuses, nothing is sent and its
@@ -261,16 +266,31 @@ class ProviderClient:
         for auth_try in (1, 2):
             if gate is not None and (refusal := await gate.open(resend=auth_try == 2)) is not None:
                 return refusal
+            if (paused := tokens.account_paused()) is not None:
+                # The fleet paused for the account while this request waited for its gate: nothing is sent.
+                raise paused
             started = time.monotonic()
-            status, raw = await self._post_create(token, body)
+            try:
+                status, raw = await self._post_create(token, body)
+            except ProviderError:
+                if tokens.account_known:
+                    await tokens.account_answered(None)
+                raise
             latency = time.monotonic() - started
             if status not in (401, 403):
+                if tokens.account_known:  # cheap: only while this process knows of an account pause
+                    await tokens.account_answered(status)
                 return self._classify(status, raw, latency)
             if auth_try == 1 and gate is not None:
                 gate.refused()
-            await tokens.invalidate(token)
             if auth_try == 2:
-                raise AuthError(f"HTTP {status} even with a fresh access token", status=status)
+                # Refused again with a fresh token: the seed's 401 ("purchase the service, check the account").
+                # The token stays (it is fine); the fleet pauses instead of every job discarding it in turn.
+                raise await tokens.account_refused(status)
+            if (paused := await tokens.account_check()) is not None:
+                # Another process found the account refused: this 401 is that, not an expired token.
+                raise paused
+            await tokens.invalidate(token)
             log.info("createVoiceNotification got HTTP %s; retrying once with a fresh access token", status)
             token = await tokens.get()
         raise AssertionError("unreachable")

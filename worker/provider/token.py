@@ -15,6 +15,18 @@ most one Redis read burst and one provider call::
 
 Times stored with the token are the Redis server's clock (seconds since the epoch), so hosts with
 skewed clocks agree on when it expires; the in-process cache converts them to ``time.monotonic``.
+
+Two fleet-wide pauses live beside the token, each a Redis key with a doubling step (1 s up to
+``DIALER_TOKEN_REFUSED_RETRY_MAX_S``), and :meth:`TokenManager.send_wait_s` tells the dispatcher to hold
+its jobs (no attempt used) while either lasts:
+
+- tokenByAkSk refuses the AK/SK (``Keys.token_refused``): nobody asks it again before the pause ends;
+  the next token it gives ends the pause;
+- createVoiceNotification answers 401/403 even with a fresh token (``Keys.account_refused``,
+  :meth:`TokenManager.account_refused`): the service is not purchased or the account is wrong. A new
+  token does not end it; the next accepted request does. After it, one request per process probes
+  while the others wait for its answer. Other processes learn of it at their next 401 (which then
+  neither discards the token nor asks for a new one) or their next refresh.
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker import metrics
-from worker.errors import AuthError, ProviderError, RetryableError
+from worker.errors import AccountError, AuthError, ProviderError, RetryableError
 from worker.settings import Settings
 from worker.store import scripts
 from worker.store.keys import Keys
@@ -133,6 +145,10 @@ def _decode_pause(raw: Any) -> _Pause | None:
 
 
 _FIRST_REFUSED_WAIT_S = 1.0
+# After an account pause, one request per process probes whether the provider accepts again; the other
+# jobs wait this long at a time for its answer. A job let through as the probe has this long to send it
+# (else the next job probes); once sent, the probe is given up after two requests' time at most.
+_PROBE_WAIT_S = 1.0
 
 
 def _encode(token: Token) -> str:
@@ -154,6 +170,7 @@ class TokenManager:
         self._fetch = fetch
         self._keys = Keys(settings.key_prefix)
         self._get_or_lock = scripts.register(redis, "provider/token_get_or_lock.lua")
+        self._account = scripts.register(redis, "provider/token_account.lua")
         self._release = scripts.register(redis, "provider/token_release.lua")
         self._invalidate = scripts.register(redis, "provider/token_invalidate.lua")
         self._lock_ttl_ms = int((settings.request_timeout_s + _LOCK_SLACK_S) * 1000)
@@ -165,11 +182,123 @@ class TokenManager:
         self._paused_until = 0.0  # time.monotonic() until which tokenByAkSk is known to refuse
         self._pause_why = ""
         self._warned = False  # this process said (WARNING) that the fleet is paused
+        # The account pause (createVoiceNotification 401/403 with a fresh token), as this process knows it.
+        self._account_until = 0.0  # time.monotonic() at its end
+        self._account_pause: _Pause | None = None
+        self.account_known = False
+        """This process knows of an account pause that no accepted request has ended yet (cheap to test)."""
+        self._account_warned = False
+        self._probe_until = 0.0  # time.monotonic() until which this process's probe request is out
+        self._probe_s = 2 * settings.request_timeout_s + _LOCK_SLACK_S
 
     def pause_s(self) -> float:
-        """Seconds left of the fleet's pause while tokenByAkSk refuses the AK/SK, as this process last saw it
-        (0: none). Costs nothing: the dispatcher asks it before every rate permit."""
-        return max(self._paused_until - time.monotonic(), 0.0)
+        """Seconds left of the fleet's pause, as this process last saw it (0: none): tokenByAkSk refuses the
+        AK/SK, or createVoiceNotification refuses the account. Costs nothing (no I/O)."""
+        now = time.monotonic()
+        return max(self._paused_until - now, self._account_until - now, 0.0)
+
+    def send_wait_s(self) -> float:
+        """How long a job should wait before it asks for a rate permit (0: go): :meth:`pause_s`; and once an
+        account pause has ended but no request has been accepted since, the first caller goes (this process's
+        probe) while the others wait for its answer, a second at a time. The dispatcher asks before every
+        permit: no I/O."""
+        wait = self.pause_s()
+        if wait > 0 or not self.account_known:
+            return wait
+        now = time.monotonic()
+        if now < self._probe_until:
+            return min(self._probe_until - now, _PROBE_WAIT_S)
+        self._probe_until = now + _PROBE_WAIT_S  # reserved; held longer once the probe is sent
+        return 0.0
+
+    def account_paused(self) -> AccountError | None:
+        """Asked at the last moment before a request leaves (no I/O): the error to raise instead of sending
+        while the account pause lasts, as this process knows it; None to send. A request that leaves after the
+        pause, before one was accepted, is a probe: the other jobs wait for its answer."""
+        if not self.account_known:
+            return None
+        now = time.monotonic()
+        pause = self._account_pause
+        if pause is not None and now < self._account_until:
+            return self._account_error(pause, self._account_until - now)
+        self._probe_until = max(self._probe_until, now + self._probe_s)
+        return None
+
+    async def account_check(self) -> AccountError | None:
+        """After a first 401/403: is the fleet already paused for the account (another process found the
+        account refused)? Then the error to raise, with no token discarded and nothing re-sent; else None."""
+        try:
+            raw, now_ms = await self._account(keys=[self._keys.account_refused], args=["check", 0, 0, "", 0])
+        except RedisError as exc:
+            log.debug("could not read the fleet's account pause: %s", type(exc).__name__)
+            return None
+        pause = _decode_pause(raw)
+        if pause is None or pause.until_ms <= int(now_ms):
+            return None
+        return self._adopt_account(pause, int(now_ms), time.monotonic())
+
+    async def account_refused(self, status: int) -> AccountError:
+        """createVoiceNotification answered ``status`` (401/403) even with a fresh access token: pause the whole
+        fleet (stored in Redis; a pause already on is kept, the next one after it doubles) and say so once.
+        Returns the error the caller raises. The token is not discarded: it is fine, the account is not."""
+        limit = self._settings.token_refused_retry_max_s
+        why = f"createVoiceNotification answered HTTP {status} even with a fresh access token"
+        mono = time.monotonic()
+        try:
+            raw, now_ms = await self._account(
+                keys=[self._keys.account_refused],
+                args=["refuse", min(_FIRST_REFUSED_WAIT_S, limit), limit, why, status],
+            )
+            pause = _decode_pause(raw)
+        except RedisError as exc:
+            log.debug("could not store the fleet's account pause: %s", type(exc).__name__)
+            pause, now_ms = None, 0
+        if pause is None:  # Redis failed us: pause this process at least
+            step = min(_FIRST_REFUSED_WAIT_S, limit)
+            pause, now_ms = _Pause(step * 1000, step, why, status), 0
+        return self._adopt_account(pause, int(now_ms), mono)
+
+    async def account_answered(self, status: int | None) -> None:
+        """A createVoiceNotification request was answered ``status`` other than 401/403 (None: no answer) while
+        this process knows of an account pause: a 2xx ends the pause fleet-wide; anything else only ends this
+        process's probe, so the next job probes. The client calls this only when :attr:`account_known`."""
+        if status is None or not 200 <= status < 300:
+            self._probe_until = 0.0
+            return
+        was_on = self.account_known
+        self.account_known = False
+        self._account_pause = None
+        self._account_until = self._probe_until = 0.0
+        try:
+            await self._redis.delete(self._keys.account_refused)
+        except RedisError as exc:
+            log.debug("could not clear the fleet's account pause: %s", type(exc).__name__)
+        if was_on and self._account_warned:
+            self._account_warned = False
+            log.warning("createVoiceNotification accepts requests again: taking jobs again")
+
+    def _adopt_account(self, pause: _Pause, server_now_ms: float, mono: float) -> AccountError:
+        """Remember the fleet's account pause (and say so once per pause); the error for the caller."""
+        wait = max(pause.until_ms - server_now_ms, 0.0) / 1000
+        self._account_until = max(self._account_until, mono + wait)
+        self._account_pause = pause
+        self.account_known = True
+        self._probe_until = 0.0  # a probe that met the pause has its answer
+        if not self._account_warned:
+            self._account_warned = True
+            log.warning(
+                "%s: the service may not be purchased for this tenant, or the account is wrong or suspended "
+                "(the provider's 401: check the purchase, and the account's status with customer service); the "
+                "access token itself is fine. This worker takes no jobs meanwhile (they wait, none is burnt) and "
+                "tries one request again with backoff (next in %.0f s, at most every %g s)",
+                pause.why, wait, self._settings.token_refused_retry_max_s,
+            )
+        return self._account_error(pause, wait)
+
+    @staticmethod
+    def _account_error(pause: _Pause, wait: float) -> AccountError:
+        return AccountError(f"{pause.why} (service not purchased or account refused); the fleet waits "
+                            f"{wait:.1f} s before trying again", status=pause.status)
 
     def __repr__(self) -> str:
         return f"<TokenManager key={self._keys.token!r} refreshes={self.refreshes}>"
@@ -308,13 +437,17 @@ class TokenManager:
         margin_ms = int(settings.refresh_margin_s * 1000)
         while True:
             res = await self._get_or_lock(
-                keys=[self._keys.token, self._keys.token_lock, self._keys.token_refused],
+                keys=[self._keys.token, self._keys.token_lock, self._keys.token_refused, self._keys.account_refused],
                 args=[owner, self._lock_ttl_ms, margin_ms],
             )
             taken, raw, now_ms = res[0], res[1], res[2]
             pause = _decode_pause(res[3] if len(res) > 3 else None)
             # TIME ran inside the script, a little before this: deadlines derived from it err early.
             mono = time.monotonic()
+            account = _decode_pause(res[4] if len(res) > 4 else None)
+            if account is not None and account.until_ms > int(now_ms):
+                # Another process found the account refused: hold this process's jobs too (the token is fine).
+                self._adopt_account(account, int(now_ms), mono)
             server_now = int(now_ms) / 1000
             stored = _decode(raw)
             if self._is_revoked(stored):
