@@ -6,6 +6,7 @@ Imports of Redis, pydantic models and rich happen inside the commands, so ``dial
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -57,7 +58,7 @@ def _with_redis(fn: Callable[[Redis, Settings], Awaitable[T]], usage: tuple[type
 
 @click.group("campaign")
 def campaign_group() -> None:
-    """Bulk campaigns: launch a file, watch, pause, resume, cancel, delete."""
+    """Bulk campaigns: launch a file, watch, pause, resume, cancel, delete, export."""
 
 
 @campaign_group.command("launch")
@@ -78,6 +79,9 @@ def campaign_group() -> None:
 @click.option("--redial", type=int, default=None,
               help="Redial unanswered calls (releaseReason 4, 6, 8, 9) up to N times; needs DIALER_PUBLIC_URL.")
 @click.option("--redial-after", default=None, help="Delay before each redial: 30m (default), 90s, 2h, 1h30m ...")
+@click.option("--status-callback-url", default=None,
+              help="POST the events of rows without their own statusCallbackUrl here, signed (dialer webhooks; "
+              "docs/webhooks.md). Never sent to the provider.")
 @click.option("--dry-run", is_flag=True, help="Validate and report only; store nothing.")
 @click.option("--strict", is_flag=True, help="All or nothing: enqueue nothing if any row is rejected.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
@@ -86,7 +90,8 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
                voice_file_name: str | None, params: tuple[str, ...], caller_present: str | None,
                play_times: int | None, rate: float | None, window: str | None, days: str | None,
                timezone: str | None, deadline: str | None, redial: int | None, redial_after: str | None,
-               dry_run: bool, strict: bool, as_json: bool, progress: bool | None) -> None:
+               status_callback_url: str | None, dry_run: bool, strict: bool, as_json: bool,
+               progress: bool | None) -> None:
     """Validate FILE (CSV or JSONL), report rejected rows, enqueue the rest as campaign NAME.
 
     \b
@@ -104,7 +109,7 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
         name=name, priority=priority, voice_id=voice_id, template_id=template_id, voice_file_name=voice_file_name,
         params=params, caller_present=caller_present, play_times=play_times, rate=rate, window=window, days=days,
         timezone=timezone, deadline=deadline, dry_run=dry_run, strict=strict, redial=redial,
-        redial_after=redial_after,
+        redial_after=redial_after, status_callback_url=status_callback_url,
     )
     show_bar = progress if progress is not None else (sys.stderr.isatty() and not as_json)
 
@@ -289,6 +294,76 @@ def jobs_cmd(name: str, limit: int, state: str | None) -> None:
     rows: list[tuple[str, str]] = _with_redis(go)
     for job_id, st in rows:
         click.echo(f"{job_id}\t{st}")
+
+
+EXPORT_FORMATS = ("csv", "jsonl")
+"""``worker.campaigns.export.FORMATS``, repeated here so ``--help`` does not import Redis (a test keeps them equal)."""
+EXIT_BROKEN_PIPE = 141
+"""Exit status when stdout closed early (``| head``): 128 + SIGPIPE, what a shell reports for ``cat`` there."""
+
+
+@campaign_group.command("export")
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS, case_sensitive=False), default="csv",
+              show_default=True, help="CSV (a header row, RFC 4180) or JSONL (one object per line).")
+@click.option("--state", "states", multiple=True, metavar="S",
+              help="Only numbers whose latest call is in state S; repeat or comma-separate (--state sent,failed).")
+def export_cmd(name: str, fmt: str, states: tuple[str, ...]) -> None:
+    """Write campaign NAME to stdout: one row per number, in launch order.
+
+    \b
+    Columns: called, job_id, latest_job_id, state, attempts, sent_at, call_serial_no,
+    outcome, release_reason, talk_duration_s, redials, last_error, evidence.
+    A number's row is its first job; the call fields are its latest call's (its last
+    redial, if it had any); redials counts them. Streams in constant memory:
+
+    \b
+      dialer campaign export spring > spring.csv
+      dialer campaign export spring --format jsonl --state failed,dead | jq .last_error
+
+    A one-line tally (rows per state) goes to stderr. Exit status: 0 done; 1 no such
+    campaign or Redis unreachable; 2 a bad option; 141 stdout closed early (| head).
+    """
+    from worker.campaigns.export import CampaignExport, ExportOptionError, parse_states
+
+    try:
+        wanted = parse_states(states)
+    except ExportOptionError as exc:
+        raise click.BadParameter(exc.rule, param_hint="'--state'") from None
+    out = sys.stdout.buffer
+    export: CampaignExport | None = None
+
+    async def go(redis: Redis, settings: Settings) -> bool:
+        """True when stdout took the whole export, False when it was closed early."""
+        nonlocal export
+        export = CampaignExport(redis, settings, name, fmt=fmt.lower(), states=wanted)
+        stream = export.stream()
+        try:
+            async for data in stream:
+                out.write(data)
+            out.flush()
+        except BrokenPipeError:
+            return False
+        finally:
+            await stream.aclose()  # no more reads from Redis
+        return True
+
+    if not _with_redis(go):
+        _stdout_gone()
+    assert export is not None
+    tally = " ".join(f"{k}={v}" for k, v in sorted(export.by_state.items())) or "-"
+    note = f"; {export.missing} number(s) skipped: their records left the ledger (TTL)" if export.missing else ""
+    click.echo(f"campaign {name}: {export.rows} rows ({tally}), {export.redials} redials{note}", err=True)
+
+
+def _stdout_gone() -> None:
+    """stdout's reader went away (``| head``): leave quietly, without Python's flush error at exit."""
+    import os
+
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 # --- suppression ----------------------------------------------------------------------------------
