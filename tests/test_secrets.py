@@ -86,6 +86,15 @@ async def test_no_secret_anywhere(
         await client.create_voice_notification(REQUEST)  # 401 -> refresh -> call
         await remember_token()
 
+        await sim.configure(fail_500_rate=1.0)
+        await expect_error(client.create_voice_notification(REQUEST))  # RetryableError, HTTP 500
+        await sim.configure(fail_500_rate=0.0, hang_rate=1.0, hang_s=2.0)
+        short = sim_settings.model_copy(update={"request_timeout_s": 0.3})
+        async with ProviderClient.open(short, redis_client) as hanging:
+            await expect_error(hanging.create_voice_notification(REQUEST))  # AmbiguousError
+            await remember_token()
+        await sim.configure(hang_rate=0.0)
+
         hook_calls = 0
 
         class RevokeEveryTime:
@@ -97,18 +106,11 @@ async def test_no_secret_anywhere(
             def refused(self) -> None:
                 pass
 
-        # AuthError: every request is refused, even with a fresh token
+        # AccountError: refused again even with a fresh token. It pauses the fleet (a key in Redis) until a
+        # request is accepted again; ended here at once, so the clients below get to send.
         await expect_error(client.create_voice_notification(REQUEST, gate=RevokeEveryTime()))
         await remember_token()
-
-        await sim.configure(fail_500_rate=1.0)
-        await expect_error(client.create_voice_notification(REQUEST))  # RetryableError, HTTP 500
-        await sim.configure(fail_500_rate=0.0, hang_rate=1.0, hang_s=2.0)
-        short = sim_settings.model_copy(update={"request_timeout_s": 0.3})
-        async with ProviderClient.open(short, redis_client) as hanging:
-            await expect_error(hanging.create_voice_notification(REQUEST))  # AmbiguousError
-            await remember_token()
-        await sim.configure(hang_rate=0.0)
+        await redis_client.delete(Keys(sim_settings.key_prefix).account_refused)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,7 +129,7 @@ async def test_no_secret_anywhere(
 
     # The run did what it claims, so the checks below look at real tokens and errors.
     kinds = {type(e).__name__ for e in errors}
-    assert kinds == {"AuthError", "AmbiguousError", "RetryableError"}
+    assert kinds == {"AccountError", "AuthError", "AmbiguousError", "RetryableError"}
     # The two RetryableErrors: an HTTP 500 and a refused connection (no status).
     retryable = sorted(str(getattr(e, "status", None)) for e in errors if type(e).__name__ == "RetryableError")
     assert retryable == ["500", "None"]
