@@ -9,6 +9,8 @@ The same operations and JSON as ``dialer campaign ...`` (both call :mod:`worker.
          -H 'Content-Type: text/csv' --data-binary @spring.csv          # or -F file=@spring.csv (multipart)
     curl -sS http://127.0.0.1:8080/v1/campaigns/spring -H "Authorization: Bearer $KEY"   # status --json
     curl -sS -X POST http://127.0.0.1:8080/v1/campaigns/spring:pause -H "Authorization: Bearer $KEY"
+    curl -sS -OJ 'http://127.0.0.1:8080/v1/campaigns/spring/export?format=csv&state=failed,dead' \\
+         -H "Authorization: Bearer $KEY"                                  # spring-export.csv, streamed
 
 A launch answers 201 when it created the campaign, 200 otherwise (a re-run adds nothing twice; a dry
 run stores nothing); rejected rows are listed in the report, or, with ``strict``, refuse the launch with
@@ -18,12 +20,17 @@ rows named the same way). ``DELETE /v1/campaigns/{name}`` deletes a campaign wit
 ``campaign_busy`` otherwise).
 Bad options are 422 naming the option; a campaign that exists with other settings or was cancelled is
 409; an unknown campaign is 404; resuming or pausing a cancelled campaign is 409.
+``GET /v1/campaigns/{name}/export`` streams ``dialer campaign export`` (:mod:`worker.campaigns.export`) as a
+chunked download; it is a VIEW route, so the dashboard's session cookie can follow its link.
 
 The module also feeds the dashboard's campaign rows (``CAMPAIGNS_FEED``): the newest campaigns' status.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import PurePath
 from typing import Any
@@ -32,6 +39,17 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from worker.campaigns.control import CampaignBusy, CampaignError, Campaigns, UnknownCampaign, valid_name
+from worker.campaigns.export import (
+    COLUMNS,
+    FORMATS,
+    MEDIA_TYPES,
+    STATES,
+    CampaignExport,
+    ExportOptionError,
+    check_format,
+    filename,
+    parse_states,
+)
 from worker.campaigns.launch import LaunchError, LaunchOptions, LaunchReport, launch_rows, launch_text
 from worker.errors import FieldError
 from worker.http.common import CAMPAIGNS_FEED, REDIS, SETTINGS, read_json
@@ -50,7 +68,9 @@ from worker.models import field_errors
 from worker.rules import CAMPAIGN_PATTERN
 from worker.settings import Settings
 
-__all__ = ["DASHBOARD_CAMPAIGNS", "routes", "setup"]
+__all__ = ["DASHBOARD_CAMPAIGNS", "export_path", "routes", "setup"]
+
+log = logging.getLogger(__name__)
 
 DASHBOARD_CAMPAIGNS = 20
 """How many campaigns (the newest) the dashboard shows."""
@@ -68,11 +88,18 @@ _RENAME = {
     "--voice-file-name": "voiceFileName", "--param": "templateParams", "--caller-present": "callerPresent",
     "--play-times": "playTimes", "--rate": "rate", "--window": "window", "--days": "days",
     "--timezone": "timezone", "--deadline": "deadline", "--redial": "redial", "--redial-after": "redialAfter",
+    "--status-callback-url": "statusCallbackUrl",
     "--voice-id/--template-id/--voice-file-name": "voiceId/templateId/voiceFileName", "FILE": "file",
 }
 _UPLOAD_TYPES = {"text/csv": False, "application/x-ndjson": True, "application/jsonl": True}
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _BOOL_QUERY = {"true": True, "false": False}
+_EXPORT_QUERY = ("format", "state")
+
+
+def export_path(name: str) -> str:
+    """The URL path of a campaign's export (the dashboard links it)."""
+    return f"/v1/campaigns/{name}/export"
 
 
 def _launch_options(o: CampaignOptions) -> LaunchOptions:
@@ -81,6 +108,7 @@ def _launch_options(o: CampaignOptions) -> LaunchOptions:
         voice_file_name=o.voice_file_name, params=tuple(o.template_params or ()), caller_present=o.caller_present,
         play_times=o.play_times, rate=o.rate, window=o.window, days=o.days, timezone=o.timezone,
         deadline=o.deadline, dry_run=o.dry_run, strict=o.strict, redial=o.redial, redial_after=o.redial_after,
+        status_callback_url=o.status_callback_url,
     )
 
 
@@ -221,6 +249,64 @@ async def delete_campaign(request: web.Request) -> web.Response:
     return web.json_response(CampaignDeleted(deleted=name).model_dump(mode="json"))
 
 
+async def export_campaign(request: web.Request) -> web.StreamResponse:
+    """Stream the export; 404 before the first byte for an unknown campaign, 422 for a bad parameter.
+
+    The client's pace sets the reading: a slice of the job list is read from Redis only when the previous
+    one has been written, so a client that goes away stops the reads at its next write."""
+    name = _name(request)
+    errors = [FieldError(k, "unknown query parameter: use format and state") for k in dict.fromkeys(request.query)
+              if k not in _EXPORT_QUERY]
+    formats = request.query.getall("format", ["csv"])
+    fmt = "csv"
+    if len(formats) > 1:
+        errors.append(FieldError("format", "given more than once"))
+    else:
+        try:
+            fmt = check_format(formats[0], "format")
+        except ExportOptionError as exc:
+            errors.append(FieldError("format", exc.rule))
+    states = None
+    try:
+        states = parse_states(request.query.getall("state", []), "state")
+    except ExportOptionError as exc:
+        errors.append(FieldError("state", exc.rule))
+    if errors:
+        raise ApiError.refused(errors)
+    export = CampaignExport(request.app[REDIS], request.app[SETTINGS], name, fmt=fmt, states=states)
+    try:
+        await export.check()
+    except UnknownCampaign as exc:
+        raise ApiError(404, str(exc)) from None
+    response = web.StreamResponse(headers={
+        "Content-Type": MEDIA_TYPES[fmt],
+        "Content-Disposition": f'attachment; filename="{filename(name, fmt)}"',
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    })
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    async with contextlib.aclosing(export.stream()) as chunks:
+        try:
+            async for data in chunks:
+                await response.write(data)
+        except ConnectionResetError:  # the client went away: stop reading (aclosing cancels the read ahead)
+            log.info("export of campaign %s: the client left after %d rows", name, export.rows)
+            return response
+        except asyncio.CancelledError:  # the same, where the server cancels the handler (or is stopping)
+            log.info("export of campaign %s: cancelled after %d rows", name, export.rows)
+            raise
+        except Exception as exc:
+            # The status line is sent: a 5xx is no longer possible. Closing the connection without the last
+            # chunk tells the client the download is incomplete.
+            log.warning("export of campaign %s stopped after %d rows: %s", name, export.rows, type(exc).__name__)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+    await response.write_eof()
+    return response
+
+
 def _action(action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         name = _name(request)
@@ -304,6 +390,29 @@ def routes(settings: Settings) -> list[Route]:
             operation_id="getCampaign", parameters=(name,),
             responses={200: Reply("Counts per state and outcome, send rate and ETA.", CampaignStatus)},
             errors=(404,),
+        ),
+        Route(
+            "GET", _NAME_PATH + "/export", export_campaign, "Export a campaign, one row per number", Access.VIEW,
+            tag="campaigns", operation_id="exportCampaign",
+            parameters=(
+                name,
+                Param("format", "query", "`csv` (a header row, RFC 4180, UTF-8) or `jsonl` (one JSON object per line, "
+                      "the same keys).", schema={"type": "string", "enum": list(FORMATS), "default": "csv"}),
+                Param("state", "query", "Only numbers whose latest call is in these states: repeat the parameter or "
+                      "comma-separate (`state=failed,dead`).",
+                      schema={"type": "string", "pattern": "^[a-z]+(,[a-z]+)*$",
+                              "description": "Each one of: " + ", ".join(STATES)}),
+            ),
+            description="`dialer campaign export` over HTTP, streamed (chunked) in launch order, in constant memory "
+            "whatever the campaign's size. One row per number: its first job, with the state, attempts, sent_at, "
+            "callSerialNo, outcome, release reason, talk duration, last error and evidence of its *latest* call "
+            "(its last redial, if any) and how many redials it had. Columns: " + ", ".join(f"`{c}`" for c in COLUMNS)
+            + ". With `format=jsonl` the body is `application/x-ndjson`. A VIEW route: the dashboard key and the "
+            "dashboard's session cookie may download it. A failure after the first byte ends the connection "
+            "without the last chunk, so the client sees an incomplete download.",
+            responses={200: Reply("The export (CSV; JSONL with `format=jsonl`).", None, media="text/csv",
+                                  headers={"Content-Disposition": 'attachment; filename="<name>-export.csv"'})},
+            errors=(404, 422),
         ),
         Route(
             "DELETE", _NAME_PATH, delete_campaign, "Delete a campaign with no work left", Access.API,
