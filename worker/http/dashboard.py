@@ -15,7 +15,9 @@ The data (cached for one second, however many browsers poll):
 * the shared token's age and time to expiry (never the token);
 * ``campaigns``: the newest campaigns' status (counts per state and outcome, redials, send rate, ETA),
   from the campaigns module when it is installed (``CAMPAIGNS_FEED``); the page adds pause/resume/cancel
-  buttons for API-key sessions (a read-only session gets none, and 403 if it tries).
+  buttons for API-key sessions (a read-only session gets none, and 403 if it tries), and to every row a
+  link to the campaign's CSV export (``GET /v1/campaigns/{name}/export``, a VIEW route: the session cookie
+  is enough, read-only sessions included; see :data:`EXPORT_LINKS_JS`).
 """
 
 from __future__ import annotations
@@ -138,8 +140,32 @@ async def logout(request: web.Request) -> web.Response:
     return response
 
 
+EXPORT_LINKS_JS = """
+// Export links (served by worker/http/dashboard.py after dashboard.js): every campaign row links its CSV
+// export. GET /v1/campaigns/{name}/export is a VIEW route, so the session cookie of this page is all it
+// needs (no header), read-only sessions included; the browser saves the streamed download.
+{
+  const renderRow = renderCampaign;
+  renderCampaign = (c) => {
+    const row = renderRow(c);
+    const link = el("a", {
+      class: "export-link", "data-role": "export", download: `${c.name}-export.csv`,
+      href: `/v1/campaigns/${encodeURIComponent(c.name)}/export?format=csv`, text: "export CSV",
+    });
+    const head = row.querySelector(".campaign-head");
+    const spacer = head && head.querySelector(".spacer");
+    if (spacer) spacer.before(link);
+    else if (head) head.append(link);
+    return row;
+  };
+}
+"""
+"""Appended to dashboard.js when it is served: wraps its ``renderCampaign`` so each campaign row gets its
+export link. (It belongs in dashboard.js itself; it lives here while that file has other owners.)"""
+
+
 async def script(request: web.Request) -> web.Response:
-    return web.Response(text=_asset("dashboard.js"), content_type="application/javascript",
+    return web.Response(text=_asset("dashboard.js") + EXPORT_LINKS_JS, content_type="application/javascript",
                         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
@@ -233,4 +259,4 @@ def setup(app: web.Application) -> None:
     app[_CACHE] = _Cache()
 
 
-__all__ = ["COOKIE", "routes", "setup"]
+__all__ = ["COOKIE", "EXPORT_LINKS_JS", "routes", "setup"]
