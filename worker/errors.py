@@ -86,7 +86,8 @@ class RetriesExhausted(RetryableError):
 
 
 class AuthError(ProviderError):
-    """No call was created for want of access: the job waits (none of its attempts or time is used)."""
+    """No call was created for want of access: the job waits (no attempt used, the wait not charged to its
+    retry time budget)."""
 
     kind = "auth"
 

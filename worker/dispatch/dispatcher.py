@@ -375,7 +375,7 @@ class Dispatcher:
         paused), or the fresh token after a 401 could not be had, or the pause began while the request waited
         for its gate: no call was created. The job goes back to ``queued`` with the attempt ``begin_send``
         counted taken back (and ``lease`` given back), the reason as its last error, and waits for the pause:
-        none of its attempts or retry time is used, and it is never dead-lettered for it. The token is not
+        no attempt used, the wait not charged to its retry time budget, never dead-lettered for it. The token is not
         discarded again per job (the client did its one refresh-and-retry). ``answered``: a request did leave
         (and was answered 401/403), so the attempt is counted in the send stats."""
         job_id = record.job_id
