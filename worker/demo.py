@@ -5,7 +5,9 @@ callbacks, ``dialer serve`` (a generated API key; its dashboard URL is printed) 
 writes a CSV of generated numbers with mixed priorities and launches it as a campaign (the same path as
 ``dialer campaign launch``) that redials unanswered calls once after a short delay; shows live progress
 from the campaign's status; prints the final status JSON (answered / unanswered / redials included)
-reconciled with the simulator's request and callback logs; and cleans everything up.
+reconciled with the simulator's request and callback logs; writes the campaign's export (``dialer campaign
+export``, one row per number) to ``<temp dir>/<campaign>-export.csv``, which outlives the demo, with a
+one-line tally reconciled with the simulator's log; and cleans everything up.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from typing import Any
 
 import aiohttp
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from worker.campaigns.control import Campaigns
+from worker.campaigns.export import CampaignExport, filename
 from worker.campaigns.launch import LaunchOptions, launch_file
 from worker.settings import Settings
 from worker.store.client import cli_client
@@ -53,6 +57,9 @@ class DemoOptions:
     ring_time_s: float = 0.5
     redial: int = 1
     redial_after: str = "2s"
+    export_dir: Path | None = None
+    """Where the campaign's export is written (default: the system's temp directory; the demo's own
+    directory is removed when it ends)."""
 
 
 def _free_port() -> int:
@@ -220,9 +227,31 @@ async def _drive(console: Console, settings: Settings, options: DemoOptions, wor
               and sum(outcomes.values()) == sent == delivered)
         console.print("[green]reconciled: every job sent exactly once, every call's outcome recorded" if ok
                       else "[red]NOT reconciled")
-        return 0 if ok else 1
+        exported = await _export(console, client, settings, name, options.export_dir or Path(tempfile.gettempdir()),
+                                 numbers=report.enqueued, created=created)
+        return 0 if ok and exported else 1
     finally:
         await client.aclose()
+
+
+async def _export(console: Console, redis: Redis, settings: Settings, name: str, directory: Path, *,
+                  numbers: int, created: int) -> bool:
+    """Write the campaign's CSV export to ``directory`` and print its path and a one-line tally, reconciled
+    with the simulator's log: a row per number, every row sent, and the rows' calls (each number's first
+    call and its redials) as many as the calls the simulator created. True when it reconciles."""
+    path = directory / filename(name, "csv")
+    export = CampaignExport(redis, settings, name, fmt="csv")
+    with path.open("wb") as out:
+        async for data in export.stream():
+            out.write(data)
+    calls = export.rows + export.redials
+    tally = " ".join(f"{k}={v}" for k, v in sorted(export.by_state.items())) or "-"
+    ok = export.rows == numbers and export.by_state["sent"] == export.rows and calls == created
+    console.print(f"export: {path}", soft_wrap=True, markup=False)
+    console.print(f"export tally: {export.rows} rows ({tally}), {export.rows} first calls + {export.redials} "
+                  f"redials = {calls} calls; simulator created {created}: "
+                  + ("[green]reconciled" if ok else "[red]NOT reconciled"), soft_wrap=True)
+    return ok
 
 
 async def _follow(console: Console, campaigns: Campaigns, name: str, enqueued: int) -> dict[str, Any]:

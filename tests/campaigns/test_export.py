@@ -342,3 +342,50 @@ async def test_cli_into_a_closed_pipe_ends_quietly(redis_client: aioredis.Redis,
     err = (await asyncio.wait_for(proc.stderr.read(), 60)).decode()
     assert await proc.wait() == commands.EXIT_BROKEN_PIPE
     assert err == "", err  # no traceback, no "Exception ignored ... BrokenPipeError"
+
+
+# --- dialer demo -------------------------------------------------------------------------------------
+
+
+async def test_the_demo_export_reconciles_only_when_every_number_was_sent_once_per_call(
+    redis_client: aioredis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from worker.demo import _export
+
+    await fill_campaign(redis_client, settings, "d", 40)
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    assert await _export(console, redis_client, settings, "d", tmp_path, numbers=40, created=40) is True
+    path = tmp_path / "d-export.csv"
+    assert out.getvalue().splitlines() == [
+        f"export: {path}",
+        "export tally: 40 rows (sent=40), 40 first calls + 0 redials = 40 calls; simulator created 40: reconciled",
+    ]
+    assert len(csv_rows(path.read_bytes())) == 40
+    out.truncate(0)
+    out.seek(0)
+    # One call the simulator created that no row accounts for: not reconciled.
+    assert await _export(console, redis_client, settings, "d", tmp_path, numbers=40, created=41) is False
+    assert out.getvalue().rstrip().endswith("simulator created 41: NOT reconciled")
+
+
+@pytest.mark.slow
+async def test_dialer_demo_ends_by_writing_its_export() -> None:
+    rc, out, err = await run_dialer("demo", "--calls", "60", "--rate", "400", env={"DIALER_REDIS_URL": ""},
+                                    timeout=60)
+    assert rc == 0, out + err
+    final = json.loads(out[out.index("{"): out.rindex("}") + 1])
+    lines = out.splitlines()
+    path = Path(next(line for line in lines if line.startswith("export: ")).removeprefix("export: "))
+    try:
+        rows = csv_rows(path.read_bytes())
+        assert len(rows) == 60 and {r["state"] for r in rows} == {"sent"}
+        assert sum(int(r["redials"]) for r in rows) == final["redials"]
+        assert [r["called"] for r in rows] == [f"1380{i:07d}" for i in range(60)]  # the demo's file order
+        calls = 60 + final["redials"]
+        assert (f"export tally: 60 rows (sent=60), 60 first calls + {final['redials']} redials = {calls} calls; "
+                f"simulator created {calls}: reconciled") in lines
+    finally:
+        path.unlink(missing_ok=True)
