@@ -23,7 +23,15 @@ import redis.asyncio as aioredis
 from tests.helpers import do_launch, free_port, numbers_csv, run_dialer, settings_env
 from worker.campaigns import commands
 from worker.campaigns.control import Campaigns, CampaignSpec, UnknownCampaign
-from worker.campaigns.export import COLUMNS, FORMATS, STATES, CampaignExport, ExportOptionError, parse_states
+from worker.campaigns.export import (
+    COLUMNS,
+    FORMATS,
+    STATES,
+    CampaignExport,
+    ExportOptionError,
+    csv_field,
+    parse_states,
+)
 from worker.ledger.producer import Producer
 from worker.ledger.states import State
 from worker.ledger.transitions import Ledger
@@ -176,6 +184,24 @@ async def test_csv_is_rfc4180_with_awkward_errors(
         + f"{N[2]},camp:{N[2]},camp:{N[2]},failed,1,,,,,,0,{quoted},\r\n"
     )
     assert csv_rows(data)[0]["last_error"] == AWKWARD
+    # Any text column is quoted when it needs it (values from a callback, or another producer's records).
+    await redis_client.hset(Keys(settings.key_prefix).job(f"camp:{N[0]}"),  # type: ignore[misc]
+                            mapping={"reason": '9,"x"', "serial": "SN\n0", "called": "+86 1380"})
+    data, _ = await export_bytes(redis_client, settings)
+    row = csv_rows(data)[0]
+    assert (row["release_reason"], row["call_serial_no"], row["called"]) == ('9,"x"', "SN\n0", "+86 1380")
+    assert data.decode().splitlines()[1].startswith('+86 1380,camp:13800000000,')
+
+
+def test_csv_fields_are_quoted_exactly_as_the_csv_module_quotes_them() -> None:
+    values = ["", "plain", "a,b", 'say "hi"', "line\nbreak", "cr\rhere", "crlf\r\n", '"', ",", " lead", "trail ",
+              "tab\tin", "ünïcødé, \u2028", "'single'", "=1+1", "\x00nul", '""', AWKWARD]
+    ours = io.StringIO()
+    theirs = io.StringIO()
+    csv.writer(theirs).writerows([values, list(reversed(values))])
+    for row in (values, list(reversed(values))):
+        ours.write(",".join(csv_field(v) for v in row) + "\r\n")
+    assert ours.getvalue() == theirs.getvalue()
 
 
 async def test_jsonl_has_the_same_keys_in_order_typed(

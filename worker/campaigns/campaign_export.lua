@@ -17,7 +17,7 @@ local n = 0
 local missing = 0
 for i = 1, #ids do
   local id = ids[i]
-  if not string.find(id, ':r%d+$') then
+  if not string.find(id, ':r', 1, true) then  -- only a redial's id holds ':r' (names and numbers cannot)
     local f = redis.call('HMGET', P .. 'job:' .. id,
       'called', 'state', 'attempts', 'sent', 'serial', 'outcome', 'reason', 'tk', 'err', 'ev', 'rdl')
     if not f[2] then

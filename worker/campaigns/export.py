@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable
@@ -65,7 +63,7 @@ from worker.store.keys import Keys
 
 __all__ = [
     "CHUNK", "COLUMNS", "FORMATS", "MEDIA_TYPES", "STATES", "CampaignExport", "ExportOptionError", "check_format",
-    "filename", "parse_states",
+    "csv_field", "filename", "parse_states",
 ]
 
 COLUMNS: tuple[str, ...] = (
@@ -84,6 +82,8 @@ _STATE, _SENT, _REDIALS = COLUMNS.index("state"), COLUMNS.index("sent_at"), COLU
 _NUMBERS = frozenset({"attempts", "redials"})  # always digits (the script makes sure)
 _NULLABLE_NUMBERS = frozenset({"talk_duration_s"})
 _NOT_NULL = frozenset({"called", "job_id", "latest_job_id", "state"})  # never empty in a row
+_TEXT_COLUMNS = tuple(i for i, c in enumerate(COLUMNS) if c not in {*_NUMBERS, *_NULLABLE_NUMBERS, "sent_at"})
+"""Columns whose values may need CSV quoting (the others are digits or times)."""
 _JSON_LINE = "{" + ",".join(f'"{c}":%s' for c in COLUMNS) + "}\n"
 _STAMP_CACHE = 4096  # seconds formatted and kept, at most (sent_at values cluster in time)
 
@@ -147,9 +147,7 @@ class CampaignExport:
         """Redials of the numbers written (their sum of ``redials``)."""
         self.missing = 0
         """Numbers without a row: their first job's record has left the ledger (TTL)."""
-        self._stamps: dict[int, str] = {}
-        self._buf = io.StringIO()
-        self._csv = csv.writer(self._buf)  # the excel dialect: RFC 4180, \r\n line ends, minimal quoting
+        self._stamps: dict[str, str] = {}  # seconds (text) -> "2025-01-02T03:04:05."
 
     async def check(self) -> None:
         """UnknownCampaign unless the campaign exists."""
@@ -162,8 +160,7 @@ class CampaignExport:
         iterating (or ``aclose()``) and no more is read from Redis."""
         await self.check()
         if self.fmt == "csv":
-            self._csv.writerow(COLUMNS)
-            yield self._take()
+            yield (",".join(COLUMNS) + "\r\n").encode()
         slices = self._slices()
         try:
             async for values in slices:
@@ -204,33 +201,29 @@ class CampaignExport:
 
     # --- formatting ------------------------------------------------------------------------------------
 
-    def _take(self) -> bytes:
-        data = self._buf.getvalue().encode("utf-8")
-        self._buf.seek(0)
-        self._buf.truncate()
-        return data
-
     def _iso(self, values: list[str]) -> list[str]:
-        """Unix ms (text) -> ``2025-01-02T03:04:05.678Z``, as JobRecord.as_dict writes times."""
+        """Unix ms (text of digits, as the script checks) -> ``2025-01-02T03:04:05.678Z``, as JobRecord.as_dict
+        writes times. Seconds are formatted once each (a bounded cache: sent times cluster)."""
         stamps = self._stamps
         out = []
         for v in values:
-            if not v:
-                out.append("")
+            if len(v) < 4:
+                out.append(self._stamp(int(v)) if v else "")
                 continue
-            sec, ms = divmod(int(v), 1000)
-            head = stamps.get(sec)
+            head = stamps.get(v[:-3])
             if head is None:
                 if len(stamps) >= _STAMP_CACHE:
                     stamps.clear()
-                try:
-                    head = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-                except (OverflowError, OSError, ValueError):
-                    out.append("")
-                    continue
-                stamps[sec] = head
-            out.append(f"{head}.{ms:03d}Z")
+                head = stamps[v[:-3]] = self._stamp(int(v[:-3]) * 1000)[:-4]
+            out.append(f"{head}{v[-3:]}Z" if head else "")
         return out
+
+    @staticmethod
+    def _stamp(ms: int) -> str:
+        try:
+            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+        except (OverflowError, OSError, ValueError):  # not a time (a value no dialer wrote)
+            return ""
 
     def _format(self, values: list[str]) -> bytes:
         values[_SENT::_WIDTH] = self._iso(values[_SENT::_WIDTH])
@@ -238,15 +231,27 @@ class CampaignExport:
         self.by_state.update(values[_STATE::_WIDTH])
         self.redials += sum(map(int, values[_REDIALS::_WIDTH]))
         if self.fmt == "csv":
-            self._csv.writerows(zip(*[iter(values)] * _WIDTH, strict=True))
-            return self._take()
-        for i, column in enumerate(COLUMNS):
-            if column in _NUMBERS:
+            for i in _TEXT_COLUMNS:
+                column = values[i::_WIDTH]
+                joined = "".join(column)  # one scan of the slice's column instead of one per value
+                if '"' in joined or "," in joined or "\n" in joined or "\r" in joined:
+                    values[i::_WIDTH] = [csv_field(v) for v in column]
+            return ("\r\n".join(map(",".join, zip(*[iter(values)] * _WIDTH, strict=True))) + "\r\n").encode()
+        for i, column_name in enumerate(COLUMNS):
+            if column_name in _NUMBERS:
                 continue
-            if column in _NULLABLE_NUMBERS:
+            if column_name in _NULLABLE_NUMBERS:
                 values[i::_WIDTH] = [v or "null" for v in values[i::_WIDTH]]
-            elif column in _NOT_NULL:
+            elif column_name in _NOT_NULL:
                 values[i::_WIDTH] = [encode_basestring(v) for v in values[i::_WIDTH]]
             else:
                 values[i::_WIDTH] = [encode_basestring(v) if v else "null" for v in values[i::_WIDTH]]
         return "".join(map(_JSON_LINE.__mod__, zip(*[iter(values)] * _WIDTH, strict=True))).encode("utf-8")
+
+
+def csv_field(value: str) -> str:
+    """One CSV field as RFC 4180 and the csv module's excel dialect (QUOTE_MINIMAL) write it: quoted when it
+    holds ``,``, ``"``, CR or LF, with ``"`` doubled; as it is otherwise (tests hold it equal to csv.writer)."""
+    if '"' in value or "," in value or "\n" in value or "\r" in value:
+        return '"' + value.replace('"', '""') + '"'
+    return value
