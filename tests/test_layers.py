@@ -14,11 +14,11 @@ WORKER = Path(__file__).resolve().parents[1] / "worker"
 FLOORS: dict[str, int] = {
     # ground floor: no Redis, no HTTP service, no queue engine
     "settings": 0, "models": 0, "errors": 0, "logs": 0, "runtime": 0, "windows": 0, "rules": 0, "metrics": 0,
-    "callback_url": 0,
+    "callback_url": 0, "status_callback": 0,
     "store": 1,
     "limits": 2, "provider": 2,
     "ledger": 3, "sandbox": 3,
-    "dispatch": 4, "campaigns": 4,
+    "dispatch": 4, "campaigns": 4, "webhooks": 4,
     "http": 5,
     "cli": 6, "demo": 6, "__init__": 6,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
@@ -171,13 +172,15 @@ def _json_items(stream: TextIO) -> Iterator[tuple[int, Any]]:
 @click.option("--id", "job_id", help="Idempotency key: enqueuing the same id again is a no-op. No ':' "
               "(ids with ':' are the dialer's own: <campaign>:<number>, <id>:r<k>).")
 @click.option("--campaign", help="Campaign name (job id defaults to <campaign>:<number>).")
+@click.option("--status-callback-url", help="POST this job's events here, signed (dialer webhooks; "
+              "docs/webhooks.md). Never sent to the provider.")
 @click.option("--json", "json_file", type=click.File("r"), default=None,
               help="Seed-shaped bodies: one JSON object, a JSON array, or JSONL; '-' for stdin. "
-              "An 'id' key in a body is its idempotency key.")
+              "An 'id' key in a body is its idempotency key, a 'statusCallbackUrl' key its own URL.")
 def enqueue(called: str | None, voice_id: str | None, voice_file_name: str | None, template_id: str | None,
             params: tuple[str, ...], priority: int | None, caller_present: str | None,
             play_times: int | None, callback_url: str | None, job_id: str | None, campaign: str | None,
-            json_file: TextIO | None) -> None:
+            status_callback_url: str | None, json_file: TextIO | None) -> None:
     """Enqueue calls. Prints one line per job: its id and whether it was new."""
     from worker.ledger.producer import CallJob, Producer
     from worker.store.client import cli_client
@@ -195,7 +198,9 @@ def enqueue(called: str | None, voice_id: str | None, voice_file_name: str | Non
             else:
                 body = dict(item)
                 key = body.pop("id", None)
-                jobs.append(CallJob(request=body, job_id=None if key is None else str(key), campaign=campaign))
+                scb = body.pop("statusCallbackUrl", None)
+                jobs.append(CallJob(request=body, job_id=None if key is None else str(key), campaign=campaign,
+                                    status_callback_url=None if scb is None else str(scb)))
     else:
         if not called:
             raise click.UsageError("--called is required (or --json FILE)")
@@ -215,6 +220,8 @@ def enqueue(called: str | None, voice_id: str | None, voice_file_name: str | Non
             if value is not None:
                 body[key] = value
         jobs.append(CallJob(request=body, job_id=job_id, campaign=campaign))
+    jobs = [job if job.status_callback_url is not None or status_callback_url is None
+            else dataclasses.replace(job, status_callback_url=status_callback_url) for job in jobs]
 
     if problems:
         for p in problems:

@@ -267,6 +267,49 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Each worker process serves `/metrics` and `/healthz` on this port; 0 = off."
     )
 
+    # --- Webhooks (`dialer webhooks`) ------------------------------------------------------------
+    webhook_secret: SecretStr | None = Field(
+        None, description="Key of the HMAC-SHA256 signature on every webhook POST (`X-Dialer-Signature`, "
+        "docs/webhooks.md); a secret, 16+ random characters, never logged. Unset: `dialer webhooks` refuses to "
+        "start, unless DIALER_WEBHOOK_INSECURE_UNSIGNED is true.",
+    )
+    webhook_insecure_unsigned: bool = Field(
+        False, description="INSECURE: with no DIALER_WEBHOOK_SECRET, deliver webhooks unsigned, so a receiver "
+        "cannot tell them from forgeries. `dialer webhooks` logs a WARNING at start-up. Ignored when the secret "
+        "is set.",
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Allow statusCallbackUrls on loopback, private, link-local and other non-public "
+        "addresses (refused at enqueue when literal, and at delivery after DNS). Off by default so that whoever "
+        "may enqueue calls cannot make the dialer POST into its own network (SSRF); `dialer webhooks` logs a "
+        "WARNING at start-up when on.",
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Total time allowed for one webhook POST (connect, send, answer); longer "
+        "is a failed attempt, retried.",
+    )
+    webhook_concurrency: int = Field(
+        64, ge=1, le=10_000, description="Webhook POSTs one `dialer webhooks` process has in flight at most.",
+    )
+    webhook_max_per_destination: int = Field(
+        8, ge=1, le=1000, description="Webhook POSTs in flight to one receiver (scheme, host and port) across "
+        "every `dialer webhooks` process: a slow receiver holds this many, never the others' share.",
+    )
+    webhook_retry_base_s: float = Field(
+        1.0, gt=0, description="First webhook retry ceiling; doubles per failed attempt (full jitter: uniform "
+        "0..ceiling).",
+    )
+    webhook_retry_max_backoff_s: float = Field(
+        600.0, gt=0, description="Largest single wait between two attempts of one webhook.",
+    )
+    webhook_retry_max_s: float = Field(
+        6 * 3600.0, gt=0, description="Retry a webhook for this long after its first attempt, then dead-letter it "
+        "(`dialer webhooks dead list` / `replay`). A job's later events wait behind it meanwhile (order per job).",
+    )
+    webhook_dead_max_len: int = Field(
+        100_000, ge=1, le=100_000_000, description="Webhook dead letters kept (the oldest dropped first).",
+    )
+
     # --- Logging -----------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="`DEBUG`, `INFO`, `WARNING` or `ERROR`."
@@ -312,7 +355,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"API key {i} of {len(v)} {why}")
         return v
 
-    @field_validator("dashboard_key", "callback_shared_key", mode="before")
+    @field_validator("dashboard_key", "callback_shared_key", "webhook_secret", mode="before")
     @classmethod
     def _empty_is_none(cls, v: Any) -> Any:
         return None if v == "" else v
@@ -320,6 +363,16 @@ class Settings(BaseSettings):
     @field_validator("dashboard_key")
     @classmethod
     def _dashboard_key_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        if v is not None and (why := weak_key(v.get_secret_value())) is not None:
+            raise ValueError(why)
+        return v
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_strength(cls, v: SecretStr | None) -> SecretStr | None:
+        # Ours to choose (receivers store a copy): as strong as an API key.
         if v is not None and len(v.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
         if v is not None and (why := weak_key(v.get_secret_value())) is not None:
@@ -369,6 +422,8 @@ class Settings(BaseSettings):
             raise ValueError("DIALER_REDIS_TLS_KEY_FILE needs DIALER_REDIS_TLS_CERT_FILE")
         if self.retry_base_s > self.retry_max_backoff_s:
             raise ValueError("DIALER_RETRY_BASE_S must not exceed DIALER_RETRY_MAX_BACKOFF_S")
+        if self.webhook_retry_base_s > self.webhook_retry_max_backoff_s:
+            raise ValueError("DIALER_WEBHOOK_RETRY_BASE_S must not exceed DIALER_WEBHOOK_RETRY_MAX_BACKOFF_S")
         if self.number_cap_calls > 0 and self.number_cap_days <= 0:
             raise ValueError("DIALER_NUMBER_CAP_DAYS must be > 0 when DIALER_NUMBER_CAP_CALLS is set")
         if self.public_url is not None:

@@ -371,7 +371,7 @@ async def test_status_shape_rate_and_eta(redis_client: aioredis.Redis, settings:
     assert list(status) == ["name", "status", "created_at", "settings", "total", "states", "parked", "outcomes",
                             "redials", "unknown", "remaining", "send_rate_per_s", "eta_s", "as_of"]
     assert list(status["settings"]) == ["priority", "rate", "window", "days", "timezone", "deadline", "defaults",
-                                        "callback_url", "redial"]
+                                        "callback_url", "redial", "status_callback_url"]
     assert status["redials"] == 0 and status["settings"]["redial"] is None
     assert list(status["states"]) == list(STATUS_STATES)
     assert status["settings"]["rate"] == 50.0 and status["total"] == 30 and status["remaining"] == 20

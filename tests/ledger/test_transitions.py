@@ -302,7 +302,7 @@ async def test_as_dict_shape(redis_client: aioredis.Redis, settings: Settings, l
     assert list(d) == [
         "id", "state", "priority", "called", "campaign", "attempts", "last_error", "call_serial_no",
         "created_at", "updated_at", "sent_at", "not_before", "deadline", "body", "outcome", "release_reason",
-        "talk_duration_s", "redial_of", "redials", "evidence", "grace_redialled",
+        "talk_duration_s", "redial_of", "redials", "evidence", "grace_redialled", "status_callback_url",
     ]  # fmt: skip
     assert d["outcome"] is None and d["redial_of"] is None and d["redials"] == []
     assert d["id"] == job_id and d["state"] == "sent" and d["priority"] == 2 and d["call_serial_no"] == "SN-1"

@@ -79,6 +79,9 @@ def campaign_group() -> None:
 @click.option("--redial", type=int, default=None,
               help="Redial unanswered calls (releaseReason 4, 6, 8, 9) up to N times; needs DIALER_PUBLIC_URL.")
 @click.option("--redial-after", default=None, help="Delay before each redial: 30m (default), 90s, 2h, 1h30m ...")
+@click.option("--status-callback-url", default=None,
+              help="POST the events of rows without their own statusCallbackUrl here, signed (dialer webhooks; "
+              "docs/webhooks.md). Never sent to the provider.")
 @click.option("--dry-run", is_flag=True, help="Validate and report only; store nothing.")
 @click.option("--strict", is_flag=True, help="All or nothing: enqueue nothing if any row is rejected.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
@@ -87,7 +90,8 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
                voice_file_name: str | None, params: tuple[str, ...], caller_present: str | None,
                play_times: int | None, rate: float | None, window: str | None, days: str | None,
                timezone: str | None, deadline: str | None, redial: int | None, redial_after: str | None,
-               dry_run: bool, strict: bool, as_json: bool, progress: bool | None) -> None:
+               status_callback_url: str | None, dry_run: bool, strict: bool, as_json: bool,
+               progress: bool | None) -> None:
     """Validate FILE (CSV or JSONL), report rejected rows, enqueue the rest as campaign NAME.
 
     \b
@@ -105,7 +109,7 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
         name=name, priority=priority, voice_id=voice_id, template_id=template_id, voice_file_name=voice_file_name,
         params=params, caller_present=caller_present, play_times=play_times, rate=rate, window=window, days=days,
         timezone=timezone, deadline=deadline, dry_run=dry_run, strict=strict, redial=redial,
-        redial_after=redial_after,
+        redial_after=redial_after, status_callback_url=status_callback_url,
     )
     show_bar = progress if progress is not None else (sys.stderr.isatty() and not as_json)
 

@@ -94,6 +94,8 @@ class CampaignSpec:
     calling window (see :mod:`worker.windows`). ``deadline_ms``: jobs not sent by then expire.
     ``callback_url``: the callBackUrl filled into rows without one (``DIALER_PUBLIC_URL`` +
     ``/v1/callbacks/release``). ``redial``: ``{"max": N, "after_s": S}``, see :mod:`worker.campaigns.outcomes`.
+    ``status_callback_url``: where ``dialer webhooks`` POSTs the events of the campaign's jobs that have no
+    statusCallbackUrl of their own; kept in the campaign hash (``scb``), so a row costs no copy of it.
     """
 
     priority: int | None = None
@@ -105,9 +107,14 @@ class CampaignSpec:
     deadline_ms: int | None = None
     callback_url: str | None = None
     redial: dict[str, Any] | None = None
+    status_callback_url: str | None = None
 
     def canonical(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        data = asdict(self)
+        if data["status_callback_url"] is None:
+            # Left out when unset, so a campaign created before the field existed is still "the same".
+            del data["status_callback_url"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_canonical(cls, text: str) -> CampaignSpec:
@@ -126,7 +133,7 @@ class CampaignSpec:
         out: list[str] = ["pace", f"{self.pace_ms(global_rate):.3f}"]
         for name, value in (("rate", self.rate), ("window", self.window), ("days", self.days),
                             ("tz", self.timezone), ("dl", self.deadline_ms), ("priority", self.priority),
-                            ("callback", self.callback_url)):
+                            ("callback", self.callback_url), ("scb", self.status_callback_url)):
             if value is not None:
                 out += [name, str(value)]
         return out
@@ -303,6 +310,7 @@ class Campaigns:
                 "defaults": spec.defaults,
                 "callback_url": spec.callback_url,
                 "redial": spec.redial,
+                "status_callback_url": spec.status_callback_url,
             },
             "total": max(int(counts.get("total", 0)), 0),
             "states": states,

@@ -11,10 +11,11 @@ Files:
 
 * CSV with a header row. ``called`` is required; optional columns ``priority``, ``callerPresent``,
   ``templateParams`` (``|``-separated), ``voiceId``, ``templateId``, ``voiceFileName``, ``playTimes``,
-  ``id`` (idempotency key, without ':'; default ``<campaign>:<number>``) and ``timezone`` (the callee's IANA zone,
-  overriding ``--timezone``). An unknown column refuses the whole file (a typo would drop data silently).
+  ``id`` (idempotency key, without ':'; default ``<campaign>:<number>``), ``timezone`` (the callee's IANA zone,
+  overriding ``--timezone``) and ``statusCallbackUrl`` (where this row's events are POSTed, overriding
+  ``--status-callback-url``). An unknown column refuses the whole file (a typo would drop data silently).
 * JSONL (``.jsonl``/``.ndjson``/``.json``, or a file starting with ``{``): one seed-shaped request body
-  per line, plus optional ``id`` and ``timezone`` keys.
+  per line, plus optional ``id``, ``timezone`` and ``statusCallbackUrl`` keys.
 
 Options give defaults for what rows leave out. A row that names any of ``voiceId``/``templateId``/
 ``voiceFileName`` uses only its own sources; ``templateParams`` in a row replaces ``--param``. In
@@ -74,6 +75,7 @@ from worker.rules import (
     valid_timezone,
 )
 from worker.settings import Settings
+from worker.status_callback import url_problem as status_callback_problem
 from worker.windows import WindowError, parse_days, parse_hours
 
 __all__ = [
@@ -82,7 +84,7 @@ __all__ = [
 ]
 
 CSV_COLUMNS = ("called", "priority", "callerPresent", "templateParams", "voiceId", "templateId",
-               "voiceFileName", "playTimes", "id", "timezone")
+               "voiceFileName", "playTimes", "id", "timezone", "statusCallbackUrl")
 _SOURCES = ("voiceId", "templateId", "voiceFileName")
 _ENQUEUE_CHUNK = 10_000
 
@@ -118,6 +120,8 @@ class LaunchOptions:
     """Redial unanswered calls (releaseReason 4, 6, 8, 9) up to this many times (1..10)."""
     redial_after: str | float | None = None
     """Delay before each redial: ``30m``, ``90s``, ``2h``, ``1h30m`` or seconds (default 30m)."""
+    status_callback_url: str | None = None
+    """Where ``dialer webhooks`` POSTs the events of rows without a ``statusCallbackUrl`` of their own."""
 
 
 @dataclass(frozen=True)
@@ -185,22 +189,30 @@ class _Row:
     timezone: str | None
     given_id: str | None
     """The row's own ``id``; None: the producer derives ``job_id`` (``<campaign>:<number>``) itself."""
+    status_callback_url: str | None = None
+    """The row's own statusCallbackUrl (None: the campaign's is used, and nothing is stored per job)."""
 
 
 Progress = Callable[[int, int], None]
 """Called with (rows enqueued so far, rows to enqueue)."""
 
-RowItem = tuple[int, dict[str, Any] | None, str | None, str | None, list[FieldError]]
-"""(line, body, id, timezone, errors) of one data row."""
+RowItem = tuple[int, dict[str, Any] | None, str | None, str | None, str | None, list[FieldError]]
+"""(line, body, id, timezone, statusCallbackUrl, errors) of one data row."""
 
 
 def check_options(
-    opts: LaunchOptions, now: datetime | None = None, *, callback: str | None = None, callback_base64: bool = False
+    opts: LaunchOptions, now: datetime | None = None, *, callback: str | None = None, callback_base64: bool = False,
+    allow_private: bool = False,
 ) -> tuple[CampaignSpec, list[FieldError]]:
     """Validate the flags; errors name the flag (``--rate``, ``--window`` ...). ``callback`` is the
-    callBackUrl rows get (:func:`~worker.campaigns.outcomes.callback_url`), None without a public URL."""
+    callBackUrl rows get (:func:`~worker.campaigns.outcomes.callback_url`), None without a public URL.
+    ``allow_private``: DIALER_WEBHOOK_ALLOW_PRIVATE, for ``--status-callback-url``."""
     now = now or datetime.now(UTC)
     errors: list[FieldError] = []
+    if opts.status_callback_url is not None and (
+        problem := status_callback_problem(opts.status_callback_url, allow_private=allow_private)
+    ) is not None:
+        errors.append(FieldError("--status-callback-url", problem))
     policy, problems = RedialPolicy.build(opts.redial, opts.redial_after)
     errors += [FieldError("--" + option.replace("_", "-"), rule) for option, rule in problems]
     if opts.redial is not None and callback is None:
@@ -268,7 +280,7 @@ def check_options(
     spec = CampaignSpec(
         priority=opts.priority, defaults=defaults, rate=opts.rate, window=opts.window, days=opts.days,
         timezone=opts.timezone, deadline_ms=deadline_ms, callback_url=callback,
-        redial=policy.as_spec() if policy is not None else None,
+        redial=policy.as_spec() if policy is not None else None, status_callback_url=opts.status_callback_url,
     )
     return spec, errors
 
@@ -366,12 +378,14 @@ def read_rows(path: Path, spec: CampaignSpec) -> Iterator[RowItem]:
 
 
 def _json_item(n: int, data: Any, spec: CampaignSpec) -> RowItem:
-    """One JSONL line or JSON row, already parsed: a seed-shaped body plus optional ``id``/``timezone``."""
+    """One JSONL line or JSON row, already parsed: a seed-shaped body plus optional ``id``/``timezone``/
+    ``statusCallbackUrl``."""
     if not isinstance(data, dict):
-        return n, None, None, None, [FieldError("body", "must be a JSON object")]
+        return n, None, None, None, None, [FieldError("body", "must be a JSON object")]
     data = dict(data)
     job_id = data.pop("id", None)
     tz = data.pop("timezone", None)
+    scb = data.pop("statusCallbackUrl", None)
     errors = []
     if job_id is not None and not isinstance(job_id, str):
         errors.append(FieldError("id", "must be a string"))
@@ -379,7 +393,10 @@ def _json_item(n: int, data: Any, spec: CampaignSpec) -> RowItem:
     if tz is not None and not isinstance(tz, str):
         errors.append(FieldError("timezone", "must be a string"))
         tz = None
-    return n, _jsonl_body(data, spec), job_id, tz, errors
+    if scb is not None and not isinstance(scb, str):
+        errors.append(FieldError("statusCallbackUrl", "must be a string"))
+        scb = None
+    return n, _jsonl_body(data, spec), job_id, tz, scb, errors
 
 
 def json_rows(rows: Iterable[Any], spec: CampaignSpec) -> Iterator[RowItem]:
@@ -399,7 +416,7 @@ def _text_rows(text: str, spec: CampaignSpec, jsonl: bool) -> Iterator[RowItem]:
                 # ValueError also covers numbers too long to convert (over 4,300 digits).
                 msg = exc.msg if isinstance(exc, json.JSONDecodeError) else (
                     "nested too deeply" if isinstance(exc, RecursionError) else "a number is too long")
-                yield n, None, None, None, [FieldError("body", f"not valid JSON ({msg})")]
+                yield n, None, None, None, None, [FieldError("body", f"not valid JSON ({msg})")]
                 continue
             yield _json_item(n, data, spec)
         return
@@ -427,20 +444,21 @@ def _text_rows(text: str, spec: CampaignSpec, jsonl: bool) -> Iterator[RowItem]:
         line = reader.line_num
         values = {k: (v or "").strip() if isinstance(v, str) else "" for k, v in row.items() if isinstance(k, str)}
         if None in row:
-            yield line, None, None, None, [FieldError("row", "has more cells than the header")]
+            yield line, None, None, None, None, [FieldError("row", "has more cells than the header")]
             continue
         if not any(values.values()):
             continue
         body, errors = _csv_body(values, spec)
-        yield line, body, values.get("id") or None, values.get("timezone") or None, errors
+        yield (line, body, values.get("id") or None, values.get("timezone") or None,
+               values.get("statusCallbackUrl") or None, errors)
 
 
 def _validate_rows(
-    items: Iterable[RowItem], csv_mode: bool, opts: LaunchOptions, report: LaunchReport
+    items: Iterable[RowItem], csv_mode: bool, opts: LaunchOptions, report: LaunchReport, allow_private: bool = False
 ) -> list[_Row]:
     rows: list[_Row] = []
     first_line: dict[str, int] = {}
-    for line, body, job_id, tz, pre_errors in items:
+    for line, body, job_id, tz, scb, pre_errors in items:
         report.rows += 1
         errors = list(pre_errors)
         request = None
@@ -453,6 +471,8 @@ def _validate_rows(
             errors.append(FieldError("id", PRODUCER_ID_RULE))
         if tz is not None and not valid_timezone(tz):
             errors.append(FieldError("timezone", "must be an IANA time zone such as Europe/Paris"))
+        if scb is not None and (problem := status_callback_problem(scb, allow_private=allow_private)) is not None:
+            errors.append(FieldError("statusCallbackUrl", problem))
         if errors or request is None:
             report.rejected += [RowError(line, e.field, e.rule) for e in errors]
             continue
@@ -466,7 +486,7 @@ def _validate_rows(
             report.duplicates_in_file += 1
             continue
         first_line[key] = line
-        rows.append(_Row(line, request, row_id, number, tz, job_id))
+        rows.append(_Row(line, request, row_id, number, tz, job_id, scb))
     report.valid = len(rows)
     return rows
 
@@ -554,13 +574,15 @@ async def _launch_checked(
     progress: Progress | None,
 ) -> LaunchReport:
     started = time.monotonic()
-    spec, errors = check_options(opts, callback=callback_url(settings), callback_base64=settings.callback_url_base64)
+    spec, errors = check_options(opts, callback=callback_url(settings), callback_base64=settings.callback_url_base64,
+                                 allow_private=settings.webhook_allow_private)
     if errors:
         raise LaunchError(errors)
     report = LaunchReport(campaign=opts.name, file=source, dry_run=opts.dry_run)
     with _bulk():
         # Parsing and validating 100k rows takes ~1 s of CPU: in a thread, so `dialer serve` keeps answering.
-        rows = await asyncio.to_thread(_validate_rows, items(spec), csv_mode, opts, report)
+        rows = await asyncio.to_thread(_validate_rows, items(spec), csv_mode, opts, report,
+                                       settings.webhook_allow_private)
         await _launch(redis, settings, rows, opts, spec, report, progress)
     report.seconds = time.monotonic() - started
     return report
@@ -603,7 +625,8 @@ async def _launch(
     for start in range(0, len(todo), _ENQUEUE_CHUNK):
         part = todo[start : start + _ENQUEUE_CHUNK]
         results = await producer.enqueue_many(
-            [CallJob(request=r.request, job_id=r.given_id, timezone=r.timezone) for r in part],
+            [CallJob(request=r.request, job_id=r.given_id, timezone=r.timezone,
+                     status_callback_url=r.status_callback_url) for r in part],
             campaign=opts.name,
             deadline=deadline,
         )

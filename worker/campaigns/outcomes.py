@@ -312,7 +312,7 @@ class Outcomes:
             await self._producer.enqueue(
                 record.body, derived_id=redial_id, campaign=record.campaign, not_before=_utc(run_at),
                 deadline=None if record.deadline_ms is None else _utc(record.deadline_ms / 1000),
-                timezone=record.timezone,
+                timezone=record.timezone, status_callback_url=record.status_callback_url,
             )
         except InvalidRequest as exc:  # e.g. the deadline passed meanwhile
             log.warning("job %s: no redial: %s", record.job_id, exc)

@@ -44,8 +44,8 @@ from worker.store.decode import as_dict
 from worker.store.keys import Keys
 
 # The producer names options as Python does; the API uses the seed's camelCase.
-_SINGLE_RENAME = {"not_before": "notBefore", "id": "Idempotency-Key"}
-_BATCH_RENAME = {"not_before": "notBefore"}
+_SINGLE_RENAME = {"not_before": "notBefore", "id": "Idempotency-Key", "status_callback_url": "statusCallbackUrl"}
+_BATCH_RENAME = {"not_before": "notBefore", "status_callback_url": "statusCallbackUrl"}
 _CONFLICT_RULE = "already used for a different call"
 
 
@@ -54,10 +54,13 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return web.json_response(data, status=status, headers=headers)
 
 
-def _same_call(record: JobRecord, request: CallRequest, campaign: str | None) -> bool:
+def _same_call(record: JobRecord, request: CallRequest, campaign: str | None,
+               status_callback_url: str | None = None) -> bool:
     """Whether a stored job is this call (defaults filled in on both sides, so an explicit
-    ``"priority": "9"`` equals no priority)."""
+    ``"priority": "9"`` equals no priority), with the same campaign and statusCallbackUrl."""
     if (record.campaign or None) != (campaign or None):
+        return False
+    if (record.status_callback_url or None) != (status_callback_url or None):
         return False
     try:
         stored = record.request()
@@ -82,7 +85,8 @@ async def create_call(request: web.Request) -> web.Response:
         seed = call.seed()
         try:
             result = await request.app[PRODUCER].enqueue(
-                seed, job_id=key, campaign=call.campaign, not_before=call.not_before, deadline=call.deadline
+                seed, job_id=key, campaign=call.campaign, not_before=call.not_before, deadline=call.deadline,
+                status_callback_url=call.status_callback_url,
             )
         except InvalidRequest as exc:
             raise ApiError.invalid(exc, _SINGLE_RENAME) from None
@@ -93,7 +97,7 @@ async def create_call(request: web.Request) -> web.Response:
     record = await request.app[LEDGER].get(result.job_id)
     if record is None:  # only if the record expired between the two calls
         raise ApiError(503, "The job was stored but could not be read back; GET it shortly.")
-    if result.status == "duplicate" and not _same_call(record, seed, call.campaign):
+    if result.status == "duplicate" and not _same_call(record, seed, call.campaign, call.status_callback_url):
         observe_enqueued("conflict")
         field = "Idempotency-Key" if key is not None else "campaign"
         raise ApiError(409, f"Job {result.job_id!r} already exists with a different call.",
@@ -108,9 +112,11 @@ async def create_call(request: web.Request) -> web.Response:
 # --- POST /v1/calls:batch --------------------------------------------------------------------------
 
 
-def _parse_items(items: Sequence[Any]) -> tuple[list[tuple[int, CallJob, CallRequest, str | None]],
-                                                 dict[int, list[FieldError]]]:
-    parsed: list[tuple[int, CallJob, CallRequest, str | None]] = []
+_Parsed = tuple[int, CallJob, CallRequest, str | None]
+
+
+def _parse_items(items: Sequence[Any]) -> tuple[list[_Parsed], dict[int, list[FieldError]]]:
+    parsed: list[_Parsed] = []
     rejected: dict[int, list[FieldError]] = {}
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -123,7 +129,7 @@ def _parse_items(items: Sequence[Any]) -> tuple[list[tuple[int, CallJob, CallReq
             continue
         seed = it.seed()
         job = CallJob(request=seed, job_id=it.id, campaign=it.campaign, not_before=it.not_before,
-                      deadline=it.deadline)
+                      deadline=it.deadline, status_callback_url=it.status_callback_url)
         parsed.append((index, job, seed, it.campaign))
     return parsed, rejected
 
@@ -163,6 +169,7 @@ async def create_batch(request: web.Request) -> web.Response:
         results = await request.app[PRODUCER].enqueue_many(
             [job for _, job, _, _ in parsed],
             campaign=batch.campaign, not_before=batch.not_before, deadline=batch.deadline,
+            status_callback_url=batch.status_callback_url,
         )
     except InvalidRequest as exc:  # the batch-wide options themselves
         raise ApiError.invalid(exc, _BATCH_RENAME) from None
@@ -172,20 +179,21 @@ async def create_batch(request: web.Request) -> web.Response:
                            errors=[FieldErrorView(field=e.field, rule=e.rule) for e in errs])
         for i, errs in rejected.items()
     }
-    duplicates: list[tuple[int, EnqueueResult, CallRequest, str | None]] = []
+    duplicates: list[tuple[int, EnqueueResult, CallRequest, str | None, str | None]] = []
     for (index, job, seed, own_campaign), res in zip(parsed, results, strict=True):
         if res.status == "rejected":
             errs = rename_fields(res.errors, _BATCH_RENAME)
             by_index[index] = BatchItemResult(index=index, status="rejected", id=job.job_id, state=None,
                                               errors=[FieldErrorView(field=e.field, rule=e.rule) for e in errs])
         elif res.status == "duplicate":
-            duplicates.append((index, res, seed, own_campaign if own_campaign is not None else batch.campaign))
+            scb = job.status_callback_url if job.status_callback_url is not None else batch.status_callback_url
+            duplicates.append((index, res, seed, own_campaign if own_campaign is not None else batch.campaign, scb))
         else:
             by_index[index] = BatchItemResult(index=index, status="accepted", id=res.job_id, state=res.state,
                                               errors=[])
-    records = await _records(request, [str(res.job_id) for _, res, _, _ in duplicates])
-    for (index, res, seed, campaign), record in zip(duplicates, records, strict=True):
-        same = record is not None and _same_call(record, seed, campaign)
+    records = await _records(request, [str(res.job_id) for _, res, _, _, _ in duplicates])
+    for (index, res, seed, campaign, scb), record in zip(duplicates, records, strict=True):
+        same = record is not None and _same_call(record, seed, campaign, scb)
         by_index[index] = BatchItemResult(
             index=index, status="duplicate" if same else "conflict", id=res.job_id, state=res.state,
             errors=[] if same else [FieldErrorView(field="id", rule=_CONFLICT_RULE)],

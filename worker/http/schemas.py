@@ -28,6 +28,11 @@ IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 _CAMPAIGN_DOC = "Campaign name; with no explicit id the job id is `<campaign>:<number>` (one call per number)."
 _NOT_BEFORE_DOC = "Do not dial before this time (ISO 8601 with a UTC offset)."
 _DEADLINE_DOC = "Give up at this time: the job becomes `expired` and is never dialled (ISO 8601 with offset)."
+_STATUS_CALLBACK_DOC = (
+    "Where `dialer webhooks` POSTs this job's events (queued, sent, outcome, ...), signed (docs/webhooks.md): "
+    "http(s), at most 2048 characters, no private or loopback address unless DIALER_WEBHOOK_ALLOW_PRIVATE. The "
+    "dialer's own field: never sent to the provider. Default: the campaign's, if any."
+)
 
 
 class CallCreate(CallRequest):
@@ -39,6 +44,8 @@ class CallCreate(CallRequest):
     campaign: str | None = Field(None, description=_CAMPAIGN_DOC, json_schema_extra={"pattern": CAMPAIGN_PATTERN})
     not_before: IsoDatetime | None = Field(None, description=_NOT_BEFORE_DOC)
     deadline: IsoDatetime | None = Field(None, description=_DEADLINE_DOC)
+    status_callback_url: str | None = Field(None, description=_STATUS_CALLBACK_DOC, max_length=2048,
+                                            json_schema_extra={"format": "uri"})
 
     def seed(self) -> CallRequest:
         """The seed's body alone (what is stored and sent), without validating it again."""
@@ -67,6 +74,8 @@ class BatchCreate(BaseModel):
     campaign: str | None = Field(None, description=_CAMPAIGN_DOC, json_schema_extra={"pattern": CAMPAIGN_PATTERN})
     not_before: IsoDatetime | None = Field(None, description=_NOT_BEFORE_DOC)
     deadline: IsoDatetime | None = Field(None, description=_DEADLINE_DOC)
+    status_callback_url: str | None = Field(None, description=_STATUS_CALLBACK_DOC, max_length=2048,
+                                            json_schema_extra={"format": "uri"})
 
 
 # --- replies ---------------------------------------------------------------------------------------
@@ -119,6 +128,8 @@ class JobView(BaseModel):
         "pending); `none`: an unknown call got no release event within DIALER_UNKNOWN_GRACE_S.")
     grace_redialled: bool = Field(
         False, description="Redialled once after its grace period (DIALER_REDIAL_AMBIGUOUS=after-grace).")
+    status_callback_url: str | None = Field(
+        None, description="The job's own statusCallbackUrl (null: none, or its campaign's is used).")
 
 
 class EnqueueReply(BaseModel):
@@ -185,6 +196,10 @@ class CampaignOptions(BaseModel):
     redial: int | None = Field(None, ge=1, le=10, description="Redial unanswered calls (releaseReason 4, 6, 8, "
                                "9) up to this many times; needs DIALER_PUBLIC_URL.")
     redial_after: str | None = Field(None, description="Delay before each redial: 30m (default), 90s, 2h, 1h30m.")
+    status_callback_url: str | None = Field(
+        None, max_length=2048, json_schema_extra={"format": "uri"},
+        description="Where `dialer webhooks` POSTs the events of the campaign's jobs (rows without their own "
+        "`statusCallbackUrl`), signed (docs/webhooks.md); never sent to the provider.")
     dry_run: bool = Field(False, description="Validate and report only; store nothing.")
     strict: bool = Field(False, description="All or nothing: a rejected row refuses the launch (422).")
 
@@ -236,6 +251,8 @@ class CampaignSettingsView(BaseModel):
     defaults: dict[str, Any]
     callback_url: str | None
     redial: dict[str, Any] | None = Field(..., description='`{"max": N, "after_s": seconds}` or null.')
+    status_callback_url: str | None = Field(None, description="Where the campaign's events are POSTed "
+                                            "(`dialer webhooks`), or null.")
 
 
 class CampaignStatus(BaseModel):

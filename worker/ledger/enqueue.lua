@@ -8,8 +8,9 @@
 -- ARGV[1] key prefix  ARGV[2] ledger TTL ms
 -- ARGV[3] the jobs, one record each, records separated by \30 (ASCII record separator); a record is its
 -- fields joined by \31 (unit separator): id, priority, called, campaign or "", not_before ms or "",
--- deadline ms or "", IANA time zone or "", body (compact JSON). No field may hold \30 or \31 (JSON
--- escapes control characters). (One argument per batch: packing arguments is most of a producer's work.)
+-- deadline ms or "", IANA time zone or "", statusCallbackUrl or "" (field `scb`, never part of the body),
+-- body (compact JSON). No field may hold \30 or \31 (JSON escapes control characters; the URL is
+-- checked for them). (One argument per batch: packing arguments is most of a producer's work.)
 -- Returns {flags, states...}: flags has one character per job, "1" stored (state "queued"), "0" a
 -- duplicate; then the existing state of each duplicate, in order. (A compact reply: converting and
 -- parsing two reply values per job cost the producer more than storing the job.)
@@ -123,8 +124,8 @@ local function wake()
 end
 
 local F = '([^\30\31]*)\31'
-local RECORD = F .. F .. F .. F .. F .. F .. F .. '([^\30]*)'
-for id, prio, called, campaign, nb, dl, tz, body in string.gmatch(ARGV[3], RECORD) do
+local RECORD = F .. F .. F .. F .. F .. F .. F .. F .. '([^\30]*)'
+for id, prio, called, campaign, nb, dl, tz, scb, body in string.gmatch(ARGV[3], RECORD) do
   local jobkey = P .. 'job:' .. id
   local state = redis.call('EXISTS', jobkey) == 1 and redis.call('HGET', jobkey, 'state')
   if state then
@@ -193,6 +194,9 @@ for id, prio, called, campaign, nb, dl, tz, body in string.gmatch(ARGV[3], RECOR
     end
     if tz ~= '' then
       f[#f + 1] = 'tz'; f[#f + 1] = tz
+    end
+    if scb ~= '' then
+      f[#f + 1] = 'scb'; f[#f + 1] = scb
     end
     local paused = c and c.paused
     if paused then

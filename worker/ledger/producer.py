@@ -47,6 +47,7 @@ from worker.rules import (
     valid_timezone,
 )
 from worker.settings import Settings, load_settings
+from worker.status_callback import url_problem as status_callback_problem
 from worker.store import scripts
 from worker.store.client import cli_client
 from worker.store.decode import text
@@ -123,6 +124,8 @@ class CallJob:
     deadline: datetime | None = None
     timezone: str | None = None
     """The callee's IANA time zone, for the campaign's calling window (default: the campaign's)."""
+    status_callback_url: str | None = None
+    """Where ``dialer webhooks`` POSTs this job's events (default: the batch's, else its campaign's)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class _Options:
     campaign: str  # "" = none, as the script wants it
     encoded: tuple[bytes, bytes, bytes]  # a job's fields in enqueue.lua: campaign, not_before ms, deadline ms
     timezone: bytes = b""  # a job's IANA time zone field in enqueue.lua
+    status_callback_url: bytes = b""  # its statusCallbackUrl field (`scb`) in enqueue.lua
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +156,14 @@ def _check_options(
     deadline: datetime | None,
     timezone: str | None = None,
     derived: bool = False,
+    status_callback_url: str | None = None,
+    allow_private: bool = False,
 ) -> tuple[_Options, list[FieldError]]:
     errors: list[FieldError] = []
+    if status_callback_url is not None and (
+        problem := status_callback_problem(status_callback_url, allow_private=allow_private)
+    ) is not None:
+        errors.append(FieldError("status_callback_url", problem))
     if timezone is not None and not valid_timezone(timezone):
         errors.append(FieldError("timezone", "must be an IANA time zone such as Europe/Paris"))
     if derived:
@@ -185,7 +195,8 @@ def _check_options(
                 errors.append(FieldError("deadline", "must be in the future"))
             dl = str(_to_ms(deadline))
     encoded = ((campaign or "").encode(), nb.encode(), dl.encode())
-    return _Options(campaign or "", encoded, (timezone or "").encode()), errors
+    scb = status_callback_url.encode() if isinstance(status_callback_url, str) and not errors else b""
+    return _Options(campaign or "", encoded, (timezone or "").encode(), scb), errors
 
 
 def _validate(request: Any) -> tuple[CallRequest | None, list[FieldError]]:
@@ -258,6 +269,7 @@ class Producer:
         self._ledger_ttl_ms = settings.ledger_ttl_s * 1000
         self._consts = (settings.key_prefix.encode(), str(self._ledger_ttl_ms).encode())
         self._prefix = settings.key_prefix
+        self._allow_private = settings.webhook_allow_private
         self._callback = _CallbackCheck(settings)
         self._enqueue: AsyncScript = scripts.register(redis, "ledger/enqueue.lua", settings)
         self._requeue: AsyncScript = scripts.register(redis, "ledger/requeue.lua", settings)
@@ -272,6 +284,7 @@ class Producer:
         deadline: datetime | None = None,
         timezone: str | None = None,
         derived_id: str | None = None,
+        status_callback_url: str | None = None,
     ) -> EnqueueResult:
         """Enqueue one call. Raises InvalidRequest (nothing stored) on bad input.
 
@@ -281,14 +294,17 @@ class Producer:
 
         ``not_before`` defers the call; ``deadline`` is when the worker gives up on it (state
         ``expired``). Both must be timezone-aware. ``timezone`` is the callee's IANA zone for the
-        campaign's calling window (default: the campaign's own).
+        campaign's calling window (default: the campaign's own). ``status_callback_url``: where ``dialer
+        webhooks`` POSTs the job's events (http(s), at most 2,048 characters; no private address unless
+        DIALER_WEBHOOK_ALLOW_PRIVATE), stored on the record, never sent to the provider; default: its
+        campaign's, if any.
         """
         req, errors = _validate(request)
         if derived_id is not None and job_id is not None:
             raise InvalidRequest([FieldError("id", "give job_id or derived_id, not both")])
         derived = derived_id is not None
         opts, opt_errors = _check_options(derived_id if derived else job_id, campaign, not_before, deadline,
-                                          timezone, derived)
+                                          timezone, derived, status_callback_url, self._allow_private)
         job_id = derived_id if derived else job_id
         errors += opt_errors
         if errors or req is None:
@@ -310,13 +326,17 @@ class Producer:
         not_before: datetime | None = None,
         deadline: datetime | None = None,
         chunk: int = 2000,
+        status_callback_url: str | None = None,
     ) -> list[EnqueueResult]:
         """Enqueue many calls; one result per item, in input order. Bad items are "rejected" (with
         ``errors``), never raised; a repeated id, in the batch or already in Redis, is "duplicate".
+        ``status_callback_url`` is the batch's default (a :class:`CallJob` may give its own).
 
         Raises InvalidRequest only when the batch-wide options themselves are invalid.
         """
-        base_opts, base_errors = _check_options(None, campaign, not_before, deadline)
+        base_opts, base_errors = _check_options(None, campaign, not_before, deadline,
+                                                status_callback_url=status_callback_url,
+                                                allow_private=self._allow_private)
         if base_errors:
             raise InvalidRequest(base_errors)
         results: list[EnqueueResult | None] = []
@@ -331,7 +351,8 @@ class Producer:
             async with asyncio.TaskGroup() as tg:
                 part: list[_Call] = []
                 for index, item in enumerate(items):
-                    call = self._prepare(item, index, base_opts, campaign, not_before, deadline, results, new_id)
+                    call = self._prepare(item, index, base_opts, campaign, not_before, deadline, results, new_id,
+                                         status_callback_url)
                     if call is None:
                         continue
                     # A repeat within the batch is answered here: chunks run concurrently, so Redis alone
@@ -366,6 +387,7 @@ class Producer:
         deadline: datetime | None,
         results: list[EnqueueResult | None],
         new_id: Callable[[], str],
+        status_callback_url: str | None = None,
     ) -> _Call | None:
         """Validate one ``enqueue_many`` item; a rejected one gets its result now and None is returned."""
         opts = base_opts
@@ -373,15 +395,17 @@ class Producer:
         if isinstance(item, CallJob):
             job_id = item.job_id
             req, errors = _validate(item.request)
-            if (item.job_id, item.campaign, item.not_before, item.deadline, item.timezone) != (
-                None, None, None, None, None
-            ):
+            if (item.job_id, item.campaign, item.not_before, item.deadline, item.timezone,
+                    item.status_callback_url) != (None, None, None, None, None, None):
                 opts, opt_errors = _check_options(
                     item.job_id,
                     item.campaign if item.campaign is not None else campaign,
                     item.not_before if item.not_before is not None else not_before,
                     item.deadline if item.deadline is not None else deadline,
                     item.timezone,
+                    status_callback_url=(item.status_callback_url if item.status_callback_url is not None
+                                         else status_callback_url),
+                    allow_private=self._allow_private,
                 )
                 errors += opt_errors
         else:
@@ -464,7 +488,8 @@ class Producer:
         # validated, and JSON escapes every control character in the body.
         campaign, nb, dl = opts.encoded
         packed = b"\x1f".join(
-            (job_id.encode(), prio.encode(), called.encode(), campaign, nb, dl, opts.timezone, body.encode())
+            (job_id.encode(), prio.encode(), called.encode(), campaign, nb, dl, opts.timezone,
+             opts.status_callback_url, body.encode())
         )
         return _Call(index, job_id, packed)
 
@@ -477,13 +502,15 @@ async def enqueue_call(
     not_before: datetime | None = None,
     deadline: datetime | None = None,
     settings: Settings | None = None,
+    status_callback_url: str | None = None,
 ) -> EnqueueResult:
     """:meth:`Producer.enqueue` on a connection of its own (``settings`` default: ``load_settings()``)."""
     settings = settings or load_settings()
     redis = cli_client(settings)
     try:
         return await Producer(redis, settings).enqueue(
-            request, job_id=job_id, campaign=campaign, not_before=not_before, deadline=deadline
+            request, job_id=job_id, campaign=campaign, not_before=not_before, deadline=deadline,
+            status_callback_url=status_callback_url,
         )
     finally:
         await redis.aclose()
@@ -496,13 +523,15 @@ async def enqueue_many(
     not_before: datetime | None = None,
     deadline: datetime | None = None,
     settings: Settings | None = None,
+    status_callback_url: str | None = None,
 ) -> list[EnqueueResult]:
     """:meth:`Producer.enqueue_many` on a connection of its own (``settings``: ``load_settings()``)."""
     settings = settings or load_settings()
     redis = cli_client(settings)
     try:
         return await Producer(redis, settings).enqueue_many(
-            requests, campaign=campaign, not_before=not_before, deadline=deadline
+            requests, campaign=campaign, not_before=not_before, deadline=deadline,
+            status_callback_url=status_callback_url,
         )
     finally:
         await redis.aclose()

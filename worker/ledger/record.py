@@ -21,6 +21,8 @@ The arq job only says "run job <id>"; the body, state and history live here, at 
     ev        evidence about an unknown outcome: "release" (the provider's release event proved the call:
               now sent), "none" (no event within DIALER_UNKNOWN_GRACE_S)
     agr       "1" once the job was redialled after its grace period (DIALER_REDIAL_AMBIGUOUS=after-grace)
+    scb       the job's own statusCallbackUrl (``dialer webhooks`` POSTs its events there; a campaign job
+              without one uses its campaign's). Never part of ``body``: the provider never sees it
 
 Fields are absent rather than empty or default, to keep a queued job's record small (millions of them).
 Every transition is one Lua script (``ledger_*.lua``): it checks the state, writes, stamps ``updated``
@@ -43,7 +45,7 @@ __all__ = ["JobRecord", "reserved_field"]
 
 _RESERVED_FIELDS = frozenset(
     {"state", "prio", "called", "campaign", "body", "created", "updated", "attempts", "err", "serial", "sent",
-     "nb", "dl", "cm", "tz", "first", "pk", "outcome", "reason", "q", "rof", "rn", "rdl", "ev", "agr"}
+     "nb", "dl", "cm", "tz", "first", "pk", "outcome", "reason", "q", "rof", "rn", "rdl", "ev", "agr", "scb"}
 )
 _BODY_PIECE = re.compile(r"b[0-9]+")
 """Names of the body's continuation fields (``b1``, ``b2``, ...), reserved as well."""
@@ -118,6 +120,8 @@ class JobRecord:
     got no event within its grace period; None otherwise."""
     grace_redialled: bool = False
     """The job was redialled once after its grace period (DIALER_REDIAL_AMBIGUOUS=after-grace)."""
+    status_callback_url: str | None = None
+    """The job's own statusCallbackUrl (its events are POSTed there by ``dialer webhooks``), if it has one."""
 
     @classmethod
     def from_hash(cls, job_id: str, h: dict[str, str]) -> JobRecord:
@@ -148,6 +152,7 @@ class JobRecord:
             redials=tuple(i for i in (h.get("rdl") or "").split(",") if i),
             evidence=h.get("ev") or None,
             grace_redialled="agr" in h,
+            status_callback_url=h.get("scb") or None,
         )
 
     @property
@@ -169,8 +174,8 @@ class JobRecord:
         releaseReason) and ``talk_duration_s``; for redials (campaign option) ``redial_of`` (the number's
         first job) and, on that first job, ``redials`` (ids, in order; ``[]`` otherwise); ``evidence``
         (``release``: the provider's release event proved an unknown call; ``none``: an unknown call got no
-        event within its grace period; else null) and ``grace_redialled``. Absent values are null, never
-        missing.
+        event within its grace period; else null) and ``grace_redialled``; ``status_callback_url`` (the job's
+        own, not its campaign's). Absent values are null, never missing.
         """
         return {
             "id": self.job_id,
@@ -194,4 +199,5 @@ class JobRecord:
             "redials": list(self.redials),
             "evidence": self.evidence,
             "grace_redialled": self.grace_redialled,
+            "status_callback_url": self.status_callback_url,
         }
