@@ -63,6 +63,8 @@ _LAZY_COMMANDS: dict[str, _Lazy] = {
                    "Run the HTTP service: enqueue API (/v1), /metrics, /healthz, /readyz and the dashboard (/)."),
     "suppress": _Lazy("worker.campaigns.commands", "suppress_group",
                       "The fleet-wide do-not-call list (numbers normalized: spaces, - . ( ) and a leading + dropped)."),
+    "webhooks": _Lazy("worker.webhooks.commands", "webhooks_group",
+                      "Deliver each job's events to its statusCallbackUrl, signed; status and dead letters."),
 }
 
 

@@ -52,6 +52,9 @@ __all__ = [
     "RATE_WAIT",
     "REDIS_UP",
     "TOKEN_REFRESHES",
+    "WEBHOOK_DELIVERIES",
+    "WEBHOOK_LAG",
+    "WEBHOOK_REQUEST_SECONDS",
     "error_kind",
     "error_label",
     "observe_enqueued",
@@ -61,6 +64,7 @@ __all__ = [
     "observe_rate_wait",
     "observe_throttled",
     "observe_token_refresh",
+    "observe_webhook",
     "render",
     "serve_worker_metrics",
     "track_in_flight",
@@ -111,6 +115,19 @@ ENQUEUED = Counter("dialer_enqueued", "Calls submitted over the HTTP API, by res
 HTTP_THROTTLED = Counter(
     "dialer_http_throttled", "Requests dialer serve refused with 429 because their key was over its rate limit.",
     ["key_id", "route"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "dialer_webhook_deliveries", "Webhook POST attempts of dialer webhooks by result: delivered (2xx), retried "
+    "(failed; tried again after a backoff), dead (dead-lettered: 410, a refused address, or out of retry time).",
+    ["result"],
+)
+WEBHOOK_REQUEST_SECONDS = Histogram(
+    "dialer_webhook_request_seconds", "Duration of webhook POSTs, answered or not, by result.", ["result"],
+    buckets=_LATENCY_BUCKETS,
+)
+WEBHOOK_LAG = Histogram(
+    "dialer_webhook_delivery_lag_seconds", "From an event (its ledger transition) to its webhook's delivery.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0),
 )
 UNKNOWN_GRACE = Counter(
     "dialer_unknown_grace_ended", "Unknown jobs whose grace period ended without a release event (`no_evidence`), "
@@ -176,6 +193,16 @@ def observe_unknown_grace(no_evidence: int, redialled: int) -> None:
         UNKNOWN_GRACE.labels("no_evidence").inc(no_evidence)
     if redialled:
         UNKNOWN_GRACE.labels("redialled").inc(redialled)
+
+
+def observe_webhook(result: str, request_s: float, lag_s: float | None = None) -> None:
+    """Count one webhook attempt (``delivered``, ``retried``, ``dead``), time its POST and, when delivered, the
+    event's way from its transition to the receiver. No URL or host is ever a label (unbounded)."""
+    label = result if result in ("delivered", "retried", "dead") else "other"
+    WEBHOOK_DELIVERIES.labels(label).inc()
+    WEBHOOK_REQUEST_SECONDS.labels(label).observe(max(request_s, 0.0))
+    if lag_s is not None:
+        WEBHOOK_LAG.observe(max(lag_s, 0.0))
 
 
 def observe_token_refresh(ok: bool) -> None:

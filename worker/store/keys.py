@@ -149,6 +149,49 @@ class Keys:
         """Next free send slot per (window opening, priority) for jobs deferred to an opening (hash)."""
         return f"{self.prefix}campaign:{name}:wz"
 
+    # --- webhooks (worker/webhooks; the Lua there builds the same names from the prefix) ---------------
+
+    def webhook_queue(self, job_id: str) -> str:
+        """A job's undelivered events, oldest first (list; each entry ``dest \\x1f id \\x1f url \\x1f body``)."""
+        return f"{self.prefix}webhooks:q:{job_id}"
+
+    def webhook_due(self, destination: str) -> str:
+        """Jobs whose next event waits for a receiver (``scheme://host:port``), scored by when it is due (ms)."""
+        return f"{self.prefix}webhooks:due:{destination}"
+
+    def webhook_busy(self, destination: str) -> str:
+        """Jobs whose next event is being POSTed to a receiver, scored by when that lease expires (ms)."""
+        return f"{self.prefix}webhooks:busy:{destination}"
+
+    @property
+    def webhook_destinations(self) -> str:
+        """Receivers with events to deliver, scored by when a delivery process should look at them next."""
+        return f"{self.prefix}webhooks:dests"
+
+    @property
+    def webhook_tries(self) -> str:
+        """job id -> ``<failed attempts>:<first attempt ms>`` of its next event (hash; absent: none yet)."""
+        return f"{self.prefix}webhooks:tries"
+
+    @property
+    def webhook_dead(self) -> str:
+        """Dead-lettered webhooks: event id -> JSON (job, entry, reason, attempts) (hash)."""
+        return f"{self.prefix}webhooks:dead"
+
+    @property
+    def webhook_dead_ids(self) -> str:
+        """Dead-lettered webhooks' event ids, scored by when they died (ms)."""
+        return f"{self.prefix}webhooks:dead:ids"
+
+    @property
+    def webhook_intake(self) -> str:
+        """Lock of the one delivery process that moves events from the stream's group to the job queues."""
+        return f"{self.prefix}webhooks:intake"
+
+    def webhook_alive(self, consumer: str) -> str:
+        """Heartbeat of one ``dialer webhooks`` process (``<host>:<pid>``), with a TTL."""
+        return f"{self.prefix}webhooks:alive:{consumer}"
+
     @property
     def suppress(self) -> str:
         """Do-not-call set of normalized numbers, fleet-wide (see campaigns.suppression.normalize_number)."""
