@@ -43,9 +43,9 @@ from worker.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DIALER_SERVICES = ("worker", "api", "simulator")
+DIALER_SERVICES = ("worker", "api", "simulator", "webhooks")
 # Settings that are credentials: .env.example must leave them blank.
-CREDENTIALS = {"app_key", "app_secret", "api_keys", "dashboard_key", "callback_shared_key"}
+CREDENTIALS = {"app_key", "app_secret", "api_keys", "dashboard_key", "callback_shared_key", "webhook_secret"}
 # Settings whose compose default differs from the program's (the containers reach each other by name).
 COMPOSE_DEFAULTS = {"redis_url": "redis://redis:6379/0", "api_base_url": "http://simulator:8090"}
 
@@ -159,7 +159,8 @@ def test_every_service_has_a_health_check_and_dialer_services_an_init() -> None:
 def test_sandbox_profile_adds_the_simulator_and_the_workers_use_it_by_default() -> None:
     services = _compose()["services"]
     assert _service("simulator")["profiles"] == ["sandbox"]
-    assert [n for n, s in services.items() if s.get("profiles")] == ["simulator"]
+    assert _service("webhooks")["profiles"] == ["webhooks"]  # opt-in: it needs DIALER_WEBHOOK_SECRET
+    assert sorted(n for n, s in services.items() if s.get("profiles")) == ["simulator", "webhooks"]
     sim_args = _service("simulator")["command"]
     sim_port = sim_args[sim_args.index("--port") + 1]
     for name in ("worker", "api"):
@@ -378,6 +379,9 @@ def test_compose_without_env_file_runs_the_sandbox_only_with_its_profile(tmp_pat
     assert set(plain["services"]) == {"redis", "worker", "api"}
     sandbox = _normalized(tmp_path, "--profile", "sandbox")
     assert set(sandbox["services"]) == {"redis", "worker", "api", "simulator"}
+    hooks = _normalized(tmp_path, "--profile", "webhooks")
+    assert set(hooks["services"]) == {"redis", "worker", "api", "webhooks"}
+    assert hooks["services"]["webhooks"]["command"] == ["dialer", "webhooks"]
     worker = sandbox["services"]["worker"]
     assert worker["environment"]["DIALER_API_BASE_URL"] == "http://simulator:8090"
     assert _duration_s(worker["stop_grace_period"]) == _duration_s(_service("worker")["stop_grace_period"])
@@ -392,7 +396,7 @@ def test_compose_passes_env_file_settings_to_every_dialer_service(tmp_path: Path
     assert untouched == _normalized(tmp_path, "--profile", "sandbox"), "an untouched copy must change nothing"
     custom = example + "\nDIALER_RATE_LIMIT=25\nDIALER_API_BASE_URL=https://cec.example.invalid\n" \
                        "DIALER_STOP_GRACE_PERIOD=2m\n"
-    services = _normalized(tmp_path, "--profile", "sandbox", env_file=custom)["services"]
+    services = _normalized(tmp_path, "--profile", "sandbox", "--profile", "webhooks", env_file=custom)["services"]
     for name in DIALER_SERVICES:
         assert services[name]["environment"]["DIALER_RATE_LIMIT"] == "25", name
         assert services[name]["environment"]["DIALER_API_BASE_URL"] == "https://cec.example.invalid", name
@@ -666,6 +670,43 @@ async def test_api_service_needs_api_keys_once_it_talks_to_the_real_provider(sta
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{stack.ports['api'][1]}/v1/calls/x") as r:
         assert r.status == 401  # keys are enforced
     assert await _terminate(api, _duration_s(_service("api")["stop_grace_period"])) == 0
+
+
+@pytest.mark.slow
+async def test_webhooks_service_needs_its_secret_then_delivers_signed_and_stops_within_its_grace(
+    stack: Stack,
+) -> None:
+    from tests.webhooks.support import receiving
+    from worker.ledger.producer import Producer
+    from worker.webhooks.signing import verify
+
+    refused = await stack.start("webhooks")
+    assert await asyncio.wait_for(refused.wait(), 30) != 0
+    assert "DIALER_WEBHOOK_SECRET" in stack.log("webhooks")
+    secret = "deploy-webhook-secret-4f9a2c7e1b"
+    hooks = await stack.start("webhooks", DIALER_WEBHOOK_SECRET=secret, DIALER_WEBHOOK_ALLOW_PRIVATE="true")
+
+    async def healthy() -> bool:
+        assert hooks.returncode is None, stack.log("webhooks")
+        return await stack.health("webhooks") == 0
+    await wait_until(healthy, 30, 0.2, lambda: "the webhooks health check never passed:\n" + stack.log("webhooks"))
+    async with receiving() as rec:
+        settings = load_settings(redis_url=stack.redis_url, webhook_allow_private=True)
+        client = aioredis.Redis.from_url(stack.redis_url)
+        try:
+            await Producer(client, settings).enqueue({"called": "13800000001", "playList": [{"voiceId": "100001"}]},
+                                                     job_id="hook-1", status_callback_url=rec.url)
+        finally:
+            await client.aclose()
+
+        async def delivered() -> bool:
+            return bool(rec.delivered())
+        await wait_until(delivered, 20, 0.1, lambda: "nothing delivered:\n" + stack.log("webhooks"))
+    [hit] = rec.delivered()
+    assert verify(secret.encode(), hit.headers["X-Dialer-Timestamp"], hit.body, hit.headers["X-Dialer-Signature"])
+    assert hit.event["job_id"] == "hook-1"
+    assert await _terminate(hooks, _duration_s(_service("webhooks")["stop_grace_period"])) == 0
+    assert secret not in stack.log("webhooks")
 
 
 async def _enqueue(settings: Settings, n: int, prefix: str) -> list[str]:
