@@ -140,8 +140,10 @@ async def test_the_account_refused_pauses_two_processes_burns_nothing_and_resume
         await asyncio.sleep(4.0)  # eight pauses of 0.5 s, well past the jobs' retry budget of 1 s and 2 attempts
         creates, token_calls = await _counts(sim)
         pauses = math.ceil((time.monotonic() - first) / 0.5) + 1
+        # Every job waits queued, no attempt used (read between two probes: a probe's job is `sending` for the
+        # moment its request is out; a job dead-lettered or counted never comes back to this).
+        await wait_for(lambda: _all_waiting(settings, ids), 5, interval=0.01, what="every job queued, attempts 0")
         recs = await records(settings, ids)
-        assert all(r is not None and r.state == State.QUEUED and r.attempts == 0 for r in recs.values()), recs
         assert all("account" in (r.last_error or "") for r in recs.values() if r is not None and r.last_error)
         # Bounded by the fleet, not by the jobs: the first burst by the in-flight cap (4 requests, each refused
         # twice at most), then at most one probe per process per pause (its request, one refresh, the re-send).
@@ -164,6 +166,11 @@ async def test_the_account_refused_pauses_two_processes_burns_nothing_and_resume
     assert not [r for r in caplog.records if r.levelno >= logging.INFO and "acct-" in r.getMessage()
                 and "deferred" in r.getMessage()]
     assert any("accepts requests again" in r.getMessage() for r in caplog.records)
+
+
+async def _all_waiting(settings: Settings, ids: list[str]) -> bool:
+    recs = await records(settings, ids)
+    return all(r is not None and r.state == State.QUEUED and r.attempts == 0 for r in recs.values())
 
 
 async def _refused_at_least(sim: Sim, n: int) -> bool:

@@ -171,7 +171,7 @@ async def test_401_again_with_a_fresh_token_pauses_the_fleet_and_keeps_the_token
 ) -> None:
     """Before: AuthError, the fresh token discarded, and the next job did the same (a tokenByAkSk per job)."""
     caplog.set_level(logging.INFO)
-    settings = sim_settings.model_copy(update={"token_refused_retry_max_s": 0.5})
+    settings = sim_settings.model_copy(update={"token_refused_retry_max_s": 30.0})  # the first pause: 1 s
     a, b = await make_client(settings), await make_client(settings)
     for c in (a, b):  # both processes hold the fleet's token
         assert isinstance(await c.create_voice_notification(REQUEST), Accepted)
@@ -186,8 +186,8 @@ async def test_401_again_with_a_fresh_token_pauses_the_fleet_and_keeps_the_token
     fresh = await stored_token(redis_client, settings)
     assert fresh is not None and fresh == (await tokens(a).get()).value.get_secret_value()
     pause = await stored_pause(redis_client, settings)
-    assert pause is not None and pause["step"] == 0.5 and pause["status"] == 401
-    assert 0 < tokens(a).pause_s() <= 0.5 and tokens(a).send_wait_s() > 0
+    assert pause is not None and pause["step"] == 1.0 and pause["status"] == 401
+    assert 0 < tokens(a).pause_s() <= 1.0 and tokens(a).send_wait_s() > 0
 
     # The other process still sends with the token it had: its first 401 finds the pause in Redis, and it
     # neither discards a token, nor asks for one, nor re-sends.
