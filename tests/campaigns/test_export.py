@@ -220,6 +220,13 @@ async def test_jsonl_has_the_same_keys_in_order_typed(
     assert export.rows == 6
     csv_data, _ = await export_bytes(redis_client, settings)
     assert csv_rows(csv_data) == as_csv_strings(objects)
+    # Escapes in any column (a column is copied as it is only while none of its values needs one).
+    awkward = {"called": '+86 "1"\\2\n', "serial": "S\tN\u2028é", "reason": "\x01"}
+    await redis_client.hset(Keys(settings.key_prefix).job(f"camp:{N[0]}"), mapping=awkward)  # type: ignore[misc]
+    data, _ = await export_bytes(redis_client, settings, fmt="jsonl")
+    first = json.loads(data.decode("utf-8").split("\n")[0])
+    assert (first["called"], first["call_serial_no"], first["release_reason"]) == tuple(awkward.values())
+    assert [json.loads(line)["called"] for line in data.decode("utf-8").splitlines()[1:]] == N[1:]
 
 
 async def test_unknown_campaign_fails_before_the_first_byte(

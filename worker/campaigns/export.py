@@ -31,7 +31,8 @@ evidence           release (a release event proved an unknown call) or none (no 
 A value the record does not have is empty in CSV and ``null`` in JSONL (``attempts`` and ``redials`` are
 always numbers). CSV: UTF-8, a header row, RFC 4180 (``\\r\\n`` line ends, fields with ``,``, ``"`` or a
 line break quoted, ``"`` doubled). JSONL: one JSON object per line with the same keys, in the same order;
-``attempts``, ``redials`` and ``talk_duration_s`` are numbers, the rest strings.
+``attempts``, ``redials`` and ``talk_duration_s`` are numbers, the rest strings (U+0085, U+2028 and U+2029
+escaped as well, so that only ``\\n`` ends a line).
 
 **Consistency.** Each slice of ``CHUNK`` ids is read by one script, so a row is consistent with itself
 (a number's first job and its latest redial are read together), but an export of a campaign that is still
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Iterable
@@ -63,7 +65,7 @@ from worker.store.keys import Keys
 
 __all__ = [
     "CHUNK", "COLUMNS", "FORMATS", "MEDIA_TYPES", "STATES", "CampaignExport", "ExportOptionError", "check_format",
-    "csv_field", "filename", "parse_states",
+    "csv_field", "filename", "json_string", "parse_states",
 ]
 
 COLUMNS: tuple[str, ...] = (
@@ -81,10 +83,12 @@ _WIDTH = len(COLUMNS)
 _STATE, _SENT, _REDIALS = COLUMNS.index("state"), COLUMNS.index("sent_at"), COLUMNS.index("redials")
 _NUMBERS = frozenset({"attempts", "redials"})  # always digits (the script makes sure)
 _NULLABLE_NUMBERS = frozenset({"talk_duration_s"})
-_NOT_NULL = frozenset({"called", "job_id", "latest_job_id", "state"})  # never empty in a row
 _TEXT_COLUMNS = tuple(i for i, c in enumerate(COLUMNS) if c not in {*_NUMBERS, *_NULLABLE_NUMBERS, "sent_at"})
 """Columns whose values may need CSV quoting (the others are digits or times)."""
-_JSON_LINE = "{" + ",".join(f'"{c}":%s' for c in COLUMNS) + "}\n"
+_JSON_ESCAPE = re.compile('["\\\\\x00-\x1f\x85\u2028\u2029]')
+"""What a JSONL string escapes: what JSON must (``"``, ``\\``, U+0000-U+001F), and the line breaks other than
+``\\n`` that ``str.splitlines()`` and some JSON Lines readers split on (U+0085, U+2028, U+2029)."""
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _STAMP_CACHE = 4096  # seconds formatted and kept, at most (sent_at values cluster in time)
 
 
@@ -192,7 +196,7 @@ class CampaignExport:
                     await asyncio.sleep(0)  # let it send its request before the formatting starts
                 self.missing += missing
                 if flat:
-                    yield [v.decode("utf-8", "replace") for v in flat] if isinstance(flat[0], bytes) else flat
+                    yield _text(flat)
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
@@ -237,16 +241,47 @@ class CampaignExport:
                 if '"' in joined or "," in joined or "\n" in joined or "\r" in joined:
                     values[i::_WIDTH] = [csv_field(v) for v in column]
             return ("\r\n".join(map(",".join, zip(*[iter(values)] * _WIDTH, strict=True))) + "\r\n").encode()
+        # JSONL: a column of the slice with no empty value and nothing to escape goes in as it is, between
+        # quotes the line's template holds; the others are encoded value by value ("" -> null).
+        parts = []
         for i, column_name in enumerate(COLUMNS):
             if column_name in _NUMBERS:
+                parts.append(f'"{column_name}":%s')
                 continue
+            column = values[i::_WIDTH]
+            empty = "" in column
             if column_name in _NULLABLE_NUMBERS:
-                values[i::_WIDTH] = [v or "null" for v in values[i::_WIDTH]]
-            elif column_name in _NOT_NULL:
-                values[i::_WIDTH] = [encode_basestring(v) for v in values[i::_WIDTH]]
+                if empty:
+                    values[i::_WIDTH] = [v or "null" for v in column]
+                parts.append(f'"{column_name}":%s')
+            elif not empty and _JSON_ESCAPE.search("".join(column)) is None:
+                parts.append(f'"{column_name}":"%s"')
             else:
-                values[i::_WIDTH] = [encode_basestring(v) if v else "null" for v in values[i::_WIDTH]]
-        return "".join(map(_JSON_LINE.__mod__, zip(*[iter(values)] * _WIDTH, strict=True))).encode("utf-8")
+                values[i::_WIDTH] = [json_string(v) if v else "null" for v in column]
+                parts.append(f'"{column_name}":%s')
+        line = "{" + ",".join(parts) + "}\n"
+        return "".join(map(line.__mod__, zip(*[iter(values)] * _WIDTH, strict=True))).encode("utf-8")
+
+
+def _text(flat: list[Any]) -> list[str]:
+    """A reply's values as str: UTF-8, as the dialer writes them (anything else another producer wrote is
+    decoded with replacement characters rather than stopping the export)."""
+    if not isinstance(flat[0], bytes):
+        return flat  # a client that decodes responses
+    try:
+        return list(map(bytes.decode, flat))
+    except UnicodeDecodeError:
+        return [v.decode("utf-8", "replace") for v in flat]
+
+
+def json_string(value: str) -> str:
+    """``value`` as a JSON string, as json.dumps(ensure_ascii=False) writes it, with U+0085, U+2028 and
+    U+2029 escaped too, so that no line reader splits a JSONL line inside a value."""
+    text = encode_basestring(value)
+    if "\x85" in text or "\u2028" in text or "\u2029" in text:
+        for char, escaped in _LINE_BREAKS.items():
+            text = text.replace(char, escaped)
+    return text
 
 
 def csv_field(value: str) -> str:
