@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import _baseline, latency, rate, storage, throughput
+from bench import _baseline, export, latency, rate, storage, throughput
 from bench._harness import REPO
 from bench._report import Config, Result, print_result, revision, write_markdown
 
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Bench] = {
     "P6": rate.p6,
     "P7": latency.p7,
     "P8": throughput.p8,
+    "P9": export.p9,
 }
 
 
