@@ -89,6 +89,9 @@ _JSON_ESCAPE = re.compile('["\\\\\x00-\x1f\x85\u2028\u2029]')
 """What a JSONL string escapes: what JSON must (``"``, ``\\``, U+0000-U+001F), and the line breaks other than
 ``\\n`` that ``str.splitlines()`` and some JSON Lines readers split on (U+0085, U+2028, U+2029)."""
 _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_SEND_STEPS = 3
+"""Loop turns a read ahead needs to put its request on the wire: one, or two with a socket timeout (redis-py
+then writes in a task of its own, through asyncio.wait_for); one more to spare. Fewer only cost speed."""
 _STAMP_CACHE = 4096  # seconds formatted and kept, at most (sent_at values cluster in time)
 
 
@@ -174,26 +177,34 @@ class CampaignExport:
 
     # --- reading ---------------------------------------------------------------------------------------
 
-    async def _read(self, start: int) -> tuple[int, int, list[Any]]:
+    async def _read(self, conn: Redis, start: int) -> tuple[int, int, list[Any]]:
         read, missing, flat = await self._script(
             keys=[self._keys.campaign_jobs(self.name)],
             args=[self._keys.prefix, start, self._chunk, self._filter],
+            client=conn,
         )
         return int(read), int(missing), flat
 
     async def _slices(self) -> AsyncGenerator[list[str], None]:
         """Each slice's row values (``_WIDTH`` per row), reading the next slice while the caller formats
-        this one: one read ahead at most."""
+        this one: one read ahead at most.
+
+        The reads use one connection of the client's pool, held for the export: a command taken from the
+        pool waits for the loop a few times before it is sent (the pool checks the connection first), so
+        the read ahead would leave only when this slice's formatting was over; on a held connection it
+        leaves within the few ``sleep(0)`` below, and Redis works while this process formats."""
+        conn = self._redis.client()  # the same pool and settings, one connection kept
         start = 0
-        pending: asyncio.Future[tuple[int, int, list[Any]]] | None = asyncio.ensure_future(self._read(start))
+        pending: asyncio.Future[tuple[int, int, list[Any]]] | None = asyncio.ensure_future(self._read(conn, start))
         try:
             while pending is not None:
                 read, missing, flat = await pending
                 start += read
                 pending = None
                 if read >= self._chunk:
-                    pending = asyncio.ensure_future(self._read(start))
-                    await asyncio.sleep(0)  # let it send its request before the formatting starts
+                    pending = asyncio.ensure_future(self._read(conn, start))
+                    for _ in range(_SEND_STEPS):  # let the request leave before the formatting starts
+                        await asyncio.sleep(0)
                 self.missing += missing
                 if flat:
                     yield _text(flat)
@@ -202,6 +213,7 @@ class CampaignExport:
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending
+            await conn.aclose()  # the connection goes back to the pool (dropped if a read was cut short)
 
     # --- formatting ------------------------------------------------------------------------------------
 
