@@ -7,7 +7,9 @@ writes a CSV of generated numbers with mixed priorities and launches it as a cam
 from the campaign's status; prints the final status JSON (answered / unanswered / redials included)
 reconciled with the simulator's request and callback logs; writes the campaign's export (``dialer campaign
 export``, one row per number) to ``<temp dir>/<campaign>-export.csv``, which outlives the demo, with a
-one-line tally reconciled with the simulator's log; and cleans everything up.
+one-line tally reconciled with the simulator's log; prints the tally of a webhook receiver (an aiohttp server
+in the demo's own process, the campaign's ``statusCallbackUrl``, fed by a ``dialer webhooks`` child and
+checking every signature) reconciled with the event stream and the simulator's log; and cleans everything up.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from redis.asyncio import Redis
 from rich.console import Console
@@ -38,8 +41,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from worker.campaigns.control import Campaigns
 from worker.campaigns.export import CampaignExport, filename
 from worker.campaigns.launch import LaunchOptions, launch_file
+from worker.ledger.events import events
 from worker.settings import Settings
 from worker.store.client import cli_client
+from worker.webhooks.signing import verify
 
 _ENV_PREFIX = "DIALER_"
 _CALLBACK_GRACE_S = 20.0
@@ -148,10 +153,11 @@ async def run_demo(base: Settings | None, options: DemoOptions) -> int:
         sim_port, serve_port = _free_port(), _free_port()
         # Throwaway secrets of this run: the API key opens the dashboard; the shared key signs callbacks.
         api_key, shared_key = secrets.token_hex(16), secrets.token_hex(16)
+        hooks = _WebhookTally(secrets.token_hex(16))  # the campaign's statusCallbackUrl, on this machine
         public_url = f"http://127.0.0.1:{serve_port}"
         settings: Settings = _DemoSettings(
             redis_url=redis_url, api_base_url=f"http://127.0.0.1:{sim_port}", token_url=None,
-            rate_limit=options.rate, public_url=public_url,
+            rate_limit=options.rate, public_url=public_url, webhook_allow_private=True,
         )
         env = {**_child_env(), "DIALER_REDIS_URL": redis_url, "DIALER_API_BASE_URL": settings.api_base_url,
                "DIALER_RATE_LIMIT": str(options.rate), "DIALER_LOG_LEVEL": "WARNING",
@@ -167,16 +173,22 @@ async def run_demo(base: Settings | None, options: DemoOptions) -> int:
                               "--jitter-ms", "40", "--fail-500-rate", "0.03", "--callbacks"],
                              env=env, stdout=quiet, stderr=quiet, cwd=tmp),
             subprocess.Popen([*cmd, "serve"], env=serve_env, stdin=quiet, stdout=quiet, stderr=quiet, cwd=tmp),
+            # Its loopback receiver needs DIALER_WEBHOOK_ALLOW_PRIVATE (whose start-up WARNING is not for the demo).
+            subprocess.Popen([*cmd, "webhooks"], stdin=quiet, stdout=quiet, stderr=quiet, cwd=tmp,
+                             env={**env, "DIALER_WEBHOOK_SECRET": hooks.secret,
+                                  "DIALER_WEBHOOK_ALLOW_PRIVATE": "true"}),
         ]
         try:
+            await hooks.start()
             await _wait_http(f"{settings.api_base_url}/_sim/health")
             await _configure_simulator(settings.api_base_url, options, shared_key)
             await _wait_http(f"{public_url}/healthz")
             children += [subprocess.Popen([*cmd, "worker"], env=env, stdin=subprocess.DEVNULL, cwd=tmp)
                          for _ in range(options.workers)]
             console.print(f"dashboard: {public_url}/?key={api_key}  (a throwaway key of this demo)", soft_wrap=True)
-            return await _drive(console, settings, options, Path(tmp))
+            return await _drive(console, settings, options, Path(tmp), hooks)
         finally:
+            await hooks.stop()
             for child in children:
                 child.terminate()
             for child in children:
@@ -193,7 +205,8 @@ async def _configure_simulator(url: str, options: DemoOptions, shared_key: str) 
         r.raise_for_status()
 
 
-async def _drive(console: Console, settings: Settings, options: DemoOptions, workdir: Path) -> int:
+async def _drive(console: Console, settings: Settings, options: DemoOptions, workdir: Path,
+                 hooks: _WebhookTally) -> int:
     client = cli_client(settings)
     try:
         name = f"demo-{int(time.time())}"
@@ -203,7 +216,7 @@ async def _drive(console: Console, settings: Settings, options: DemoOptions, wor
         report = await launch_file(
             client, settings, csv_path,
             LaunchOptions(name=name, template_id="tpl-reminder", caller_present="4001234567",
-                          redial=options.redial, redial_after=options.redial_after),
+                          redial=options.redial, redial_after=options.redial_after, status_callback_url=hooks.url),
         )
         console.print(f"launched campaign {name!r}: {report.enqueued} calls enqueued in {report.seconds:.2f}s "
                       f"({options.workers} workers, limit {options.rate:g}/s; unanswered calls are redialled "
@@ -229,7 +242,8 @@ async def _drive(console: Console, settings: Settings, options: DemoOptions, wor
                       else "[red]NOT reconciled")
         exported = await _export(console, client, settings, name, options.export_dir or Path(tempfile.gettempdir()),
                                  numbers=report.enqueued, created=created)
-        return 0 if ok and exported else 1
+        webhooks_ok = await _webhook_tally(console, client, settings, name, hooks, created=created, callbacks=delivered)
+        return 0 if ok and exported and webhooks_ok else 1
     finally:
         await client.aclose()
 
@@ -251,6 +265,66 @@ async def _export(console: Console, redis: Redis, settings: Settings, name: str,
     console.print(f"export tally: {export.rows} rows ({tally}), {export.rows} first calls + {export.redials} "
                   f"redials = {calls} calls; simulator created {created}: "
                   + ("[green]reconciled" if ok else "[red]NOT reconciled"), soft_wrap=True)
+    return ok
+
+
+class _WebhookTally:
+    """The demo's webhook receiver: verifies each delivery's signature, counts events once by id (delivery is
+    at least once) and by type."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.url = ""
+        self.types: dict[str, str] = {}  # event id -> type
+        self.deliveries = 0
+        self.bad_signatures = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.deliveries += 1
+        if not verify(self.secret.encode(), request.headers.get("X-Dialer-Timestamp", ""), body,
+                      request.headers.get("X-Dialer-Signature", "")):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        event = json.loads(body)
+        self.types[event["id"]] = event["type"]
+        return web.Response(text="ok")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/webhooks", self._receive)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = _free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/webhooks"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def _webhook_tally(console: Console, redis: Redis, settings: Settings, name: str, hooks: _WebhookTally, *,
+                         created: int, callbacks: int) -> bool:
+    """Wait (up to _CALLBACK_GRACE_S) for the receiver to have every event of the campaign's stream, then print
+    its tally, reconciled: the same events as the stream, a `sent` per call the simulator created and an
+    `outcome` per callback it delivered, every signature valid. True when it reconciles."""
+    stream = {e.id for e in [e async for e in events(redis, settings, campaign=name)]}
+    for _ in range(int(_CALLBACK_GRACE_S / 0.2)):
+        if stream <= hooks.types.keys():
+            break
+        await asyncio.sleep(0.2)
+    kinds: dict[str, int] = {}
+    for kind in hooks.types.values():
+        kinds[kind] = kinds.get(kind, 0) + 1
+    tally = " ".join(f"{k}={v}" for k, v in sorted(kinds.items())) or "-"
+    ok = (set(hooks.types) == stream and kinds.get("sent", 0) == created and kinds.get("outcome", 0) == callbacks
+          and hooks.bad_signatures == 0)
+    console.print(f"webhooks: {len(hooks.types)} events received, signatures verified ({tally}; "
+                  f"{hooks.deliveries} deliveries); stream {len(stream)} events, simulator created {created} calls "
+                  f"and delivered {callbacks} callbacks: " + ("[green]reconciled" if ok else "[red]NOT reconciled"),
+                  soft_wrap=True)
     return ok
 
 

@@ -34,6 +34,13 @@ async def test_demo_runs_a_small_campaign_to_completion() -> None:
     assert final["settings"]["redial"] == {"max": 1, "after_s": 2.0}
     assert final["settings"]["callback_url"].endswith("/v1/callbacks/release")
     assert re.search(rf"result callbacks: {final['total']} signed callbacks accepted", out)
+    # Its webhooks (the campaign's statusCallbackUrl, a `dialer webhooks` child, a receiver checking each
+    # signature): every event of the stream, a `sent` per call created and an `outcome` per callback.
+    hooks = re.search(r"webhooks: (\d+) events received, signatures verified \(([^;]*);[^\n]*: (\S*reconciled)", out)
+    assert hooks is not None and hooks[3] == "reconciled", out
+    kinds = dict(kv.split("=") for kv in hooks[2].split())
+    assert int(kinds["sent"]) == int(kinds["outcome"]) == final["total"] and int(kinds["redial"]) == redials
+    assert int(kinds["queued"]) == final["total"] and int(hooks[1]) == sum(map(int, kinds.values()))
 
 
 async def test_demo_never_uses_an_exported_redis_or_provider(tmp_path: Path) -> None:
