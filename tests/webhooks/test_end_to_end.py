@@ -306,3 +306,58 @@ async def test_the_cli_enqueues_with_a_url_lists_and_replays_dead_letters_and_st
     assert os.environ.get("DIALER_WEBHOOK_SECRET") is None
 
 
+
+
+# --- Redis away -----------------------------------------------------------------------------------------
+
+
+async def test_redis_away_one_warning_deliveries_resume_and_sigterm_is_obeyed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from tests.dispatch.test_redis_outage import BACK, UNREACHABLE, Stderr
+    from tests.helpers import RedisServer
+
+    server = RedisServer(tmp_path)  # not started yet: the process waits for it
+    ws = webhook_settings(settings, redis_url=server.url)
+    env = _env(ws)
+    async with receiving() as rec:
+        log = Stderr(await start_dialer("webhooks", env=env))
+        try:
+            await log.wait_for(UNREACHABLE)
+            await asyncio.sleep(2)
+            assert log.count(UNREACHABLE) == 1, log.lines
+            server.start()
+            client = aioredis.Redis.from_url(server.url)
+            try:
+                await enqueue_all(client, ws, [CallJob({"called": "13800000001", "playList": [{"voiceId": "1"}]},
+                                                       job_id="a", status_callback_url=rec.url)])
+                await wait_until(lambda: _delivered(rec, 1), 20, 0.1, what=lambda: "\n".join(log.lines))
+                server.stop()  # an outage while running (this Redis keeps no data: it comes back empty)
+                await log.wait_for(UNREACHABLE, n=2)
+                await asyncio.sleep(3)
+                assert log.count(UNREACHABLE) == 2, log.lines
+                server.start()
+                await log.wait_for(BACK)
+            finally:
+                await client.aclose()
+            client = aioredis.Redis.from_url(server.url)
+            try:  # the group is made again and a new event is delivered
+                await enqueue_all(client, ws, [CallJob({"called": "13800000002", "playList": [{"voiceId": "1"}]},
+                                                       job_id="b", status_callback_url=rec.url)])
+                await wait_until(lambda: _delivered(rec, 2), 20, 0.1, what=lambda: "\n".join(log.lines))
+            finally:
+                await client.aclose()
+            server.stop()
+            await log.wait_for(UNREACHABLE, n=3)
+            rc, took = await log.stop(timeout=30)
+        finally:
+            log.proc.kill()
+            server.stop()
+    assert rc == 0, log.lines
+    assert took < 15, took
+    assert [h.event["job_id"] for h in rec.delivered()] == ["a", "b"]
+    assert "Traceback" not in "\n".join(log.lines) and SECRET not in "\n".join(log.lines)
+
+
+async def _delivered(rec: Receiver, n: int) -> bool:
+    return len(rec.delivered()) >= n

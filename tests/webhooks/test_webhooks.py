@@ -480,7 +480,6 @@ async def test_a_campaign_through_a_worker_and_the_simulator_agrees_with_its_web
     sim_settings: Settings, redis_client: aioredis.Redis, tmp_path: Path
 ) -> None:
     """The quick cousin of tests/webhooks/test_end_to_end.py: no callbacks, a receiver down for 2 s."""
-    from tests.helpers import Sim  # noqa: F401 - the sim fixture's type
     from worker.ledger.events import events
 
     ws = webhook_settings(sim_settings)
@@ -503,3 +502,54 @@ async def test_a_campaign_through_a_worker_and_the_simulator_agrees_with_its_web
     sent = {h.event["job_id"]: h.event["data"]["serial"] for h in rec.delivered() if h.event["type"] == "sent"}
     assert sorted(sent.values()) == sorted(q["callSerialNo"] for q in created)
     assert all("statusCallbackUrl" not in q["body"] and rec.url not in str(q["body"]) for q in sim_log["requests"])
+
+
+# --- the intake's guarantees ----------------------------------------------------------------------------
+
+
+async def test_the_intake_is_fenced_by_its_lock_and_keeps_stream_order_against_a_stale_reader(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    """A holder that lost the lock changes nothing; a batch read while an older entry is pending (read by
+    that stale holder) is refused until the older one is moved first."""
+    from worker.webhooks.queue import GROUP, INTAKE_CONSUMER
+
+    ws = webhook_settings(settings)
+    queue = WebhookQueue(redis_client, ws)
+    await queue.ensure_group()
+    await give_url(redis_client, ws, "x", "https://hooks.example.com/x")
+    e1, e2 = await add_events(redis_client, ws, "x", ["queued", "sent"])
+    assert await queue.hold_intake("A", 60_000) and not await queue.hold_intake("B", 60_000)
+    await redis_client.delete(Keys(ws.key_prefix).webhook_intake)  # A's lock expired; B takes it
+    assert await queue.hold_intake("B", 60_000)
+    stream = Keys(ws.key_prefix).events
+    stale = await redis_client.xreadgroup(GROUP, INTAKE_CONSUMER, {stream: ">"}, count=1)  # A, late: e1
+    newer = await redis_client.xreadgroup(GROUP, INTAKE_CONSUMER, {stream: ">"}, count=1)  # B: e2
+    [(_, [(id1, f1)])], [(_, [(id2, f2)])] = stale, newer
+    assert (id1.decode(), id2.decode()) == (e1, e2)
+    assert await queue.intake("A", [(e1, f1)]) == -1  # fenced: nothing moved
+    assert await queue.intake("B", [(e2, f2)]) == -2  # e1 is older and still pending: not yet
+    assert await queue.intake("B", await queue.read(10, 0)) == 2  # the pending ones, oldest first
+    q = await redis_client.lrange(Keys(ws.key_prefix).webhook_queue("x"), 0, -1)
+    assert [entry.decode().split("\x1f")[1] for entry in q] == [e1, e2]
+    assert await queue.intake("B", [(e1, f1)]) == 0  # already moved: never queued twice
+
+
+async def test_entries_trimmed_from_the_stream_while_pending_are_acknowledged_not_stuck(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    ws = webhook_settings(settings)
+    queue = WebhookQueue(redis_client, ws)
+    await queue.ensure_group()
+    async with receiving() as rec:
+        await give_url(redis_client, ws, "t", rec.url)
+        await add_events(redis_client, ws, "t", ["queued", "sent"])
+        assert await queue.hold_intake("gone", 60_000)
+        assert len(await queue.read(10, 0)) == 2  # read by a holder that then died
+        await redis_client.xtrim(Keys(ws.key_prefix).events, maxlen=0)
+        await redis_client.delete(Keys(ws.key_prefix).webhook_intake)
+        [later] = await add_events(redis_client, ws, "t", ["outcome"])
+        async with delivering(ws):
+            await wait_until(lambda: _true(rec.delivered()), 10)
+        assert rec.delivered_ids() == [later]
+        assert (await queue.status())["intake_pending"] == 0
