@@ -191,35 +191,39 @@ async def _burst(settings: Settings, redis: aioredis.Redis, prefix: str, n: int,
 async def test_a_receiver_taking_5_s_per_request_does_not_slow_dialling(
     settings: Settings, redis_client: aioredis.Redis
 ) -> None:
-    """The simulator, a worker and `dialer webhooks` each in a process of their own (as deployed); the
-    burst's calls/s while every webhook of it goes to a receiver that sleeps 5 s per request, against the
-    same burst with no delivery process running."""
+    """The simulator, a worker and `dialer webhooks` each in a process of their own (as deployed); the calls/s
+    of bursts whose every webhook goes to a receiver that sleeps 5 s per request, against the same bursts with
+    no delivery process running. Alternated three times and the best of each compared: on a small machine
+    one burst's rate varies by a quarter from run to run whatever else runs."""
     port = free_port()
     settings = webhook_settings(settings, webhook_timeout_s=10.0, rate_limit=0,
                                 api_base_url=f"http://127.0.0.1:{port}")
     env = _env(settings, DIALER_LOG_LEVEL="WARNING")
-    n = 1500
+    n = 1000
     sim = await start_dialer("simulator", "--port", str(port), "--app-key", settings.app_key, env=env)
     procs = [sim]
+    with_slow: list[float] = []
+    without: list[float] = []
+    held: list[int] = []
     async with receiving() as slow:
         slow.delay_s = 5.0
         try:
             await wait_until(lambda: _up(settings.api_base_url), 15, 0.1)
             procs.append(await start_dialer("worker", env=env))
             await _burst(settings, redis_client, "1390", 20, slow.url)  # warm-up: token, connections
-            hooks = await start_dialer("webhooks", env=env)
-            procs.append(hooks)
-            await wait_until(lambda: _busy(slow), 20, 0.1)
-            with_slow = await _burst(settings, redis_client, "1391", n, slow.url)
-            busy = slow.in_flight
-            await _stop([hooks])
-            without = await _burst(settings, redis_client, "1392", n, slow.url)
+            for r in range(3):
+                hooks = await start_dialer("webhooks", env=env)
+                await wait_until(lambda: _busy(slow), 20, 0.1)
+                with_slow.append(await _burst(settings, redis_client, f"13{91 + 2 * r}", n, slow.url))
+                held.append(slow.in_flight)
+                await _stop([hooks])
+                without.append(await _burst(settings, redis_client, f"13{92 + 2 * r}", n, slow.url))
         finally:
             await _stop(procs)
-    print(f"\ndialling: {with_slow:.0f} calls/s while a receiver takes 5 s per webhook, {without:.0f} calls/s "
-          "with no delivery process", file=sys.stderr)
-    assert busy == settings.webhook_max_per_destination  # the slow receiver held its share throughout
-    assert with_slow >= 0.75 * without, (with_slow, without)
+    print(f"\ndialling: {', '.join(f'{x:.0f}' for x in with_slow)} calls/s while a receiver takes 5 s per webhook; "
+          f"{', '.join(f'{x:.0f}' for x in without)} calls/s with no delivery process", file=sys.stderr)
+    assert held == [settings.webhook_max_per_destination] * 3  # the slow receiver held its share throughout
+    assert max(with_slow) >= 0.8 * max(without), (with_slow, without)
 
 
 async def _up(url: str) -> bool:

@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 _INTAKE_BATCH = 200
 _INTAKE_BLOCK_MS = 1000
 _INTAKE_LOCK_MS = 15_000
+_INTAKE_GATHER_S = 0.05
+"""After a short batch the intake waits this long: events reach receivers at most 50 ms later, and a busy
+stream costs a few intake round trips a second, not one per event (CPU the workers may need)."""
 _IDLE_POLL_S = 0.5
 """Longest an idle process waits before it claims again (work queued by another process's intake, a lease
 freed by another process); its own intake and finishes wake it at once."""
@@ -255,6 +258,10 @@ class WebhookProcess:
                     holder = False
                 elif queued > 0:
                     self._wake.set()
+                if len(entries) < _INTAKE_BATCH:
+                    # A trickle: let entries gather for a moment, so a burst of dialling is moved in a few
+                    # large batches (one script each) rather than one small batch per event.
+                    await asyncio.sleep(_INTAKE_GATHER_S)
             except (RedisError, OSError) as exc:  # the client retries connection errors itself; others here
                 log.warning("webhooks: intake failed (%s); again in 1 s", type(exc).__name__)
                 await asyncio.sleep(1.0)
