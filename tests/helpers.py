@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -57,7 +56,7 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server child process; restartable on the same port and data dir (for outage tests)."""
 
-    def __init__(self, workdir: Path, *extra: str, password: str | None = None) -> None:
+    def __init__(self, workdir: Path, *extra: str, password: str | None = None, config: Path | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.exit("redis-server is not installed: run ./scripts/test, which installs it", returncode=2)
@@ -66,6 +65,7 @@ class RedisServer:
         self.workdir = workdir
         self.extra = (*extra, "--requirepass", password) if password is not None else extra
         self.password = password
+        self.config = config  # a config file read first (a Sentinel's, which it rewrites: writable)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,7 +74,8 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.exe, *([str(self.config)] if self.config else []),
+             "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.workdir), "--protected-mode", "no", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -93,6 +94,13 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, with whatever it had not written or replicated."""
+        if self.proc is not None:
+            self.proc.kill()
             self.proc.wait(10)
             self.proc = None
 
@@ -137,7 +145,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         elif isinstance(value, list):
-            value = json.dumps([v.get_secret_value() if hasattr(v, "get_secret_value") else v for v in value])
+            # Comma-separated: every list setting reads that form (API keys, Sentinel addresses), not all JSON.
+            value = ",".join(v.get_secret_value() if hasattr(v, "get_secret_value") else str(v) for v in value)
         env[f"DIALER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
