@@ -41,12 +41,15 @@ def _run(coro_fn: Callable[[Settings], Awaitable[T]]) -> T:
     from worker import logs
 
     logs.configure(settings.log_level, settings.log_format)
+    from worker.errors import NotReplicated
     from worker.store.client import UNREACHABLE, unreachable
 
     try:
         return asyncio.run(coro_fn(settings))  # type: ignore[arg-type]
     except UNREACHABLE as exc:
         raise click.ClickException(unreachable(settings, exc)) from None
+    except NotReplicated as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 class _Lazy(NamedTuple):

@@ -5,6 +5,8 @@
     DialerError
     ├── SettingsError          a DIALER_* variable is invalid
     ├── InvalidRequest         input refused; .errors names each field and the rule it broke
+    ├── NotReplicated          an enqueue reached the Redis primary but not enough replicas in time:
+    │                          not acknowledged (enqueue again with the same ids: nothing is doubled)
     └── ProviderError          a provider call did not succeed
         ├── RetryableError     nothing was created; worth trying again (HTTP 500, retCode 1/3, refused)
         │   └── RetriesExhausted   ... and the attempts/time budget ran out
@@ -47,6 +49,20 @@ class InvalidRequest(DialerError):
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
         super().__init__("; ".join(str(e) for e in errors) or "invalid request")
+
+
+class NotReplicated(DialerError):
+    """Enqueued on the Redis primary, but fewer replicas than DIALER_REDIS_WAIT_REPLICAS acknowledged it
+    within DIALER_REDIS_WAIT_TIMEOUT_MS: a failover now could lose it, so it is not acknowledged. The
+    jobs may well be stored; enqueueing them again with the same ids is safe (duplicates are answered
+    as such), while items without an id would be enqueued anew."""
+
+    def __init__(self, acked: int, wanted: int, timeout_ms: int) -> None:
+        self.acked, self.wanted, self.timeout_ms = acked, wanted, timeout_ms
+        super().__init__(
+            f"enqueued on the Redis primary but acknowledged by {acked} of the {wanted} replica(s) required "
+            f"(DIALER_REDIS_WAIT_REPLICAS) within {timeout_ms} ms: not acknowledged; enqueue again with the same ids"
+        )
 
 
 class ProviderError(DialerError):

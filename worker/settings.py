@@ -93,6 +93,29 @@ class Settings(BaseSettings):
     redis_tls_key_file: str | None = Field(
         None, description="PEM private key of DIALER_REDIS_TLS_CERT_FILE (unset: the key is in the certificate file).",
     )
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Redis Sentinels as `host:port,host:port,...` (empty: no Sentinel). When set, every component "
+        "finds the primary through them and follows a failover; DIALER_REDIS_URL then gives only the scheme "
+        "(`rediss://` for TLS, to the Sentinels too), user, password and db: its host and port are not used.",
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", min_length=1, description="The name the Sentinels monitor the primary under.",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Password of the Sentinels themselves (their `requirepass`); unset: none. The data "
+        "nodes' password is in DIALER_REDIS_URL.",
+    )
+    redis_wait_replicas: int | Literal["auto"] = Field(
+        "auto", description="Replicas that must acknowledge a job's `sending` mark before its request leaves, "
+        "and an enqueue before it is acknowledged (Redis `WAIT`): a failover then never loses either. `auto`: 1 "
+        "with Sentinel, 0 (no wait) without. 0 turns the wait off.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        500, ge=1, le=60_000, description="How long a `WAIT` may take (ms). A `sending` mark not acknowledged in time: "
+        "the call is not sent and the job waits; an enqueue not acknowledged in time: refused as not durable "
+        "(the producer retries with the same id).",
+    )
 
     # --- Provider ----------------------------------------------------------------------------------
     api_base_url: str = Field(
@@ -326,6 +349,40 @@ class Settings(BaseSettings):
             raise ValueError(REDIS_URL_RULE)
         return v
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _sentinel_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, v: list[str]) -> list[str]:
+        for address in v:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{address!r} must be host:port with a port of 1-65535")
+        return v
+
+    @field_validator("redis_wait_replicas", mode="before")
+    @classmethod
+    def _wait_replicas(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        if isinstance(v, str) and not (v.strip().isascii() and v.strip().isdigit()):
+            raise ValueError("must be `auto` or a number of replicas >= 0")
+        if isinstance(v, int | str) and int(v) < 0:
+            raise ValueError("must be `auto` or a number of replicas >= 0")
+        return v
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas a ``WAIT`` asks for (0: no wait): DIALER_REDIS_WAIT_REPLICAS with ``auto`` resolved."""
+        if self.redis_wait_replicas == "auto":
+            return 1 if self.redis_sentinels else 0
+        return self.redis_wait_replicas
+
     @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file", mode="before")
     @classmethod
     def _empty_file_is_none(cls, v: Any) -> Any:
@@ -420,6 +477,9 @@ class Settings(BaseSettings):
             raise ValueError("DIALER_REDIS_TLS_* files are set but DIALER_REDIS_URL does not start with rediss://")
         if self.redis_tls_key_file and not self.redis_tls_cert_file:
             raise ValueError("DIALER_REDIS_TLS_KEY_FILE needs DIALER_REDIS_TLS_CERT_FILE")
+        if self.redis_sentinels and self.redis_url.startswith("unix:"):
+            raise ValueError("DIALER_REDIS_SENTINELS needs a redis:// or rediss:// DIALER_REDIS_URL (a Sentinel names "
+                             "the primary by host and port, not by socket)")
         if self.retry_base_s > self.retry_max_backoff_s:
             raise ValueError("DIALER_RETRY_BASE_S must not exceed DIALER_RETRY_MAX_BACKOFF_S")
         if self.webhook_retry_base_s > self.webhook_retry_max_backoff_s:

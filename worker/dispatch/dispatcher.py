@@ -74,6 +74,9 @@ _RUN_SLACK_S = 5.0
 # A job whose backoff was cut to end at its retry time budget gets its last try if its queue hands it
 # back within this long after the budget; later, it is dead-lettered without one.
 _BUDGET_GRACE_S = 0.5
+# A job whose `sending` mark did not reach the replicas in time tries again after this long (the
+# replicas catching up, or a failover finishing).
+_UNREPLICATED_WAIT_MS = 1000
 END_BEFORE_JOB_TIMEOUT_S = 2.0
 """:meth:`Dispatcher.run_job` ends every run this long before the engine's job timeout, whatever the run
 waits for, and puts the job back on its queue; the waits of :meth:`Dispatcher.dial` end earlier."""
@@ -160,6 +163,8 @@ class Dispatcher:
         self.stats = stats
         self.late_permits = 0
         """Rate permits not used because the request would have left too late after its slot."""
+        self.unreplicated = 0
+        """Requests not sent because their `sending` mark was not on enough replicas in time."""
 
     async def run_job(self, job_id: str, order: float = 0.0, malformed: str | None = None) -> str:
         """One run of a job as the queue engine starts it: :meth:`dial` within the run's time budget,
@@ -443,7 +448,7 @@ class Dispatcher:
             case "unsent":
                 # `sending`, but the request never left: back to queued, the attempt not counted.
                 await self.ledger.mark_unsent(job_id, lease)
-        raise Defer(0.0, refusal.reason)
+        raise Defer(refusal.wait_ms / 1000, refusal.reason)
 
     async def _send_once(self, request: CallRequest, gate: _Gate, run_deadline: float) -> Accepted | Refusal:
         loop = asyncio.get_running_loop()
@@ -632,6 +637,13 @@ class _Gate:
             current = await d.ledger.get(record.job_id) if gate.reason == "state" else None
             if current is None or current.state != State.SENDING:
                 return Refusal("not_sent")
+        elif not gate.replicated:
+            # Not on enough replicas in time: a failover now could lose the mark and let another worker
+            # call the number again. The job waits (the attempt not counted) for the replicas to catch up.
+            d.unreplicated += 1
+            return Refusal("unsent", f"the sending mark was not acknowledged by {d.settings.wait_replicas} Redis "
+                           f"replica(s) within {d.settings.redis_wait_timeout_ms} ms: not sent",
+                           wait_ms=_UNREPLICATED_WAIT_MS)
         while self.permit.late():
             # begin_send itself (or the loop) made the request late: same rule, now `sending`.
             d.late_permits += 1

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.errors import FieldError, InvalidRequest
+from worker.errors import FieldError, InvalidRequest, NotReplicated
 from worker.http.routing import Handler
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise  # redirects and other non-errors pass through
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, headers=headers)
+    except NotReplicated as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return error_response(503, "not_replicated", f"Not acknowledged: {exc}.",
+                              headers={"Retry-After": _RETRY_AFTER_S})
     except REDIS_DOWN as exc:
         log.warning("%s %s: Redis unavailable (%s)", request.method, request.path, type(exc).__name__)
         return error_response(503, "redis_unavailable", "Redis is unavailable; try again shortly.",

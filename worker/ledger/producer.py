@@ -33,10 +33,11 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from worker.callback_url import for_job, max_job_id_chars, own_callback, url_problem
-from worker.errors import FieldError, InvalidRequest
+from worker.errors import FieldError, InvalidRequest, NotReplicated
 from worker.models import CallRequest, field_errors
 from worker.rules import (
     PRODUCER_ID_RULE,
@@ -273,6 +274,7 @@ class Producer:
         self._callback = _CallbackCheck(settings)
         self._enqueue: AsyncScript = scripts.register(redis, "ledger/enqueue.lua", settings)
         self._requeue: AsyncScript = scripts.register(redis, "ledger/requeue.lua", settings)
+        self._wait = (settings.wait_replicas, settings.redis_wait_timeout_ms) if settings.wait_replicas else None
 
     async def enqueue(
         self,
@@ -313,7 +315,12 @@ class Producer:
         if id_errors or (id_errors := self._callback.errors(req.call_back_url, job_id)):
             raise InvalidRequest(id_errors)
         call = self._script_call(req, job_id, opts)
-        flags, *states = await self._enqueue(keys=[], args=[*self._consts, call.packed])
+        if self._wait is None:
+            flags, *states = await self._enqueue(keys=[], args=[*self._consts, call.packed])
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._enqueue(keys=[], args=[*self._consts, call.packed], client=pipe)
+                [(flags, *states)] = await self._replicated(pipe)
         if text(flags) == "1":
             return EnqueueResult(call.job_id, "accepted", _QUEUED)
         return EnqueueResult(call.job_id, "duplicate", text(states[0]))
@@ -426,7 +433,10 @@ class Producer:
         async with gate, self._redis.pipeline(transaction=False) as pipe:
             for batch in batches:
                 await script(keys=[], args=[*self._consts, b"\x1e".join([c.packed for c in batch])], client=pipe)
-            replies = await pipe.execute()
+            if self._wait is None:
+                replies = await pipe.execute()
+            else:
+                replies = await self._replicated(pipe)
         for batch, (flags, *states) in zip(batches, replies, strict=True):
             dup = iter(states)
             for call, flag in zip(batch, text(flags), strict=True):
@@ -434,6 +444,18 @@ class Producer:
                     results[call.index] = EnqueueResult(call.job_id, "accepted", _QUEUED, (), call.index)
                 else:
                     results[call.index] = EnqueueResult(call.job_id, "duplicate", text(next(dup)), (), call.index)
+
+    async def _replicated(self, pipe: Pipeline) -> list[Any]:
+        """Execute ``pipe`` (the enqueue scripts) followed by ``WAIT`` on the same connection: the scripts'
+        replies. Raises :class:`NotReplicated` when too few did in time, since
+        a failover could then lose what the producer would be told is stored."""
+        assert self._wait is not None
+        pipe.execute_command("WAIT", *self._wait)
+        replies = await pipe.execute()
+        acked = int(replies.pop())
+        if acked < self._wait[0]:
+            raise NotReplicated(acked, *self._wait)
+        return replies
 
     async def requeue(self, job_id: str) -> bool:
         """Put a dead, failed or unknown job back on its priority queue, attempts reset to 0, and take it

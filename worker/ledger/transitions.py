@@ -81,6 +81,9 @@ class SendGate:
     attempts: int = 0
     reason: str = ""
     retry_after_ms: int | None = None
+    replicated: bool = True
+    """False when ``ok`` but fewer replicas than DIALER_REDIS_WAIT_REPLICAS acknowledged the ``sending``
+    mark in time: a failover could lose it, so the request must not leave (the job goes back to queued)."""
 
 
 class Ledger:
@@ -97,6 +100,7 @@ class Ledger:
         self._redial = "1" if settings.redial_ambiguous == "always" else "0"
         self._prefix = settings.key_prefix
         self._pipe = AutoPipeline.of(redis)
+        self._wait = (settings.wait_replicas, settings.redis_wait_timeout_ms) if settings.wait_replicas else None
         self._cap = (str(settings.number_cap_calls), str(round(settings.number_cap_days * 86_400_000)))
         self._claim: AsyncScript = scripts.register(redis, "ledger/claim.lua", settings)
         self._sending: AsyncScript = scripts.register(redis, "ledger/sending.lua", settings)
@@ -176,10 +180,16 @@ class Ledger:
             keys.append(lease.key)
             args += [lease.member, lease.cap, lease.ttl_ms]
             lease.held = True
-        res = await self._pipe.eval(self._sending, keys, args, now=now)
+        acked = 0
+        if self._wait is None:
+            res = await self._pipe.eval(self._sending, keys, args, now=now)
+        else:
+            # The mark must be on a replica before the request leaves: a failover to a replica without it
+            # would find the job `queued` and call the number again.
+            res, acked = await self._pipe.eval_replicated(self._sending, keys, args, self._wait, now=now)
         n = int(res[0])
         if n > 0:
-            return SendGate(True, n)
+            return SendGate(True, n, replicated=self._wait is None or acked >= self._wait[0])
         reason = text(res[1])
         if len(keys) > 1 and reason != "state":
             # Refused before the lease was taken. ("state": a first run of this script, retried by

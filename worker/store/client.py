@@ -12,6 +12,13 @@ password percent-encoded as URLs require is decoded by redis-py) and, for ``redi
 options of :func:`tls_options` (certificate and host name verified; CA and client certificate from
 ``DIALER_REDIS_TLS_*``).
 
+With ``DIALER_REDIS_SENTINELS`` every role's pool is a Sentinel pool instead (redis-py's
+``SentinelConnectionPool``; arq's own Sentinel support is not used, since arq is handed our client): a
+connection asks the Sentinels for the primary each time it opens, and one that meets a demoted primary
+(``READONLY``) is closed and its command fails as a connection error, which the worker's retry then
+sends again to whichever primary the Sentinels name. The URL then gives only the scheme, user,
+password and db.
+
     redis = cli_client(settings)
     try:
         await redis.ping()
@@ -29,9 +36,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.backoff import AbstractBackoff
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.backoff import AbstractBackoff, NoBackoff
 from redis.exceptions import AuthenticationError, OutOfMemoryError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,7 +49,8 @@ from worker.settings import Settings
 from worker.store.connections import DialerConnectionPool
 
 __all__ = [
-    "UNREACHABLE", "api_client", "cli_client", "full", "masked_url", "tls_options", "unreachable", "worker_client",
+    "UNREACHABLE", "api_client", "cli_client", "full", "masked_url", "redis_location", "tls_options", "unreachable",
+    "worker_client",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +68,8 @@ _CLI_CONNECT_TIMEOUT_S = 3.0
 # One command of a person's CLI run (a batch of 100 enqueues, a page of a list) answers in
 # milliseconds; a Redis that takes this long is as good as away.
 _CLI_SOCKET_TIMEOUT_S = 10.0
+# A Sentinel answers "who is the primary" from memory: one that takes longer is skipped for the next.
+_SENTINEL_TIMEOUT_S = 1.0
 
 
 class CappedBackoff(AbstractBackoff):
@@ -126,12 +138,12 @@ class OutageRetry(Retry):
                 return result
 
 
-def worker_retry(url: str = "") -> dict[str, Any]:
+def worker_retry(where: str = "") -> dict[str, Any]:
     """The retry settings of a worker's connections: every command and every socket opening is
     retried forever with capped backoff when Redis is unreachable, restarting or loading; an outage
     is logged once (:class:`OutageRetry`)."""
     return {
-        "retry": OutageRetry(CappedBackoff(), retries=-1, where=masked_url(url)),
+        "retry": OutageRetry(CappedBackoff(), retries=-1, where=where),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
     }
 
@@ -151,41 +163,90 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def worker_client(settings: Settings, redis_class: type[R] = Redis, **client_kwargs: Any) -> R:  # type: ignore[assignment]
-    """A worker process's Redis client. ``redis_class`` and ``client_kwargs`` let the queue engine's
-    seam make its own client class (arq's) on the same pool."""
-    pool = DialerConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=_WORKER_CONNECT_TIMEOUT_S, **worker_retry(settings.redis_url),
+class _SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, opening its socket once per look-up of the primary.
+
+    redis-py's ``connect_to`` opens the socket through ``Connection.connect``, which retries with the
+    connection's own ``Retry``: for a worker that retries forever, so a dead primary's address was
+    tried for ever and the failover never seen (measured: a worker stuck after the primary's kill -9).
+    Here that inner opening is tried once; the outer retry (``SentinelManagedConnection.connect``) asks
+    the Sentinels again before the next try."""
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        retry, self.retry = self.retry, Retry(NoBackoff(), 0)
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self.retry = retry
+
+
+class _SentinelSSLConnection(_SentinelConnection, SSLConnection):
+    pass
+
+
+class DialerSentinelPool(DialerConnectionPool, SentinelConnectionPool):
+    """The worker's pool (no check-out lock, retried handshake) on Sentinel-managed connections."""
+
+
+def _pool(settings: Settings, pool_class: type[ConnectionPool], **kwargs: Any) -> ConnectionPool:
+    """A pool of ``pool_class`` for ``settings.redis_url``, or its Sentinel variant when Sentinels are set."""
+    if not settings.redis_sentinels:
+        return pool_class.from_url(settings.redis_url, **kwargs, **tls_options(settings))
+    url_kwargs = parse_url(settings.redis_url)
+    url_kwargs.pop("host", None)
+    url_kwargs.pop("port", None)
+    ssl = url_kwargs.pop("connection_class", None) is SSLConnection
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": _SENTINEL_TIMEOUT_S, "socket_connect_timeout": _SENTINEL_TIMEOUT_S,
+        **({"ssl": True, **tls_options(settings)} if ssl else {}),
+    }
+    if settings.redis_sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    sentinels = [(host, int(port)) for host, _, port in (a.rpartition(":") for a in settings.redis_sentinels)]
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    sentinel_pool = DialerSentinelPool if issubclass(pool_class, DialerConnectionPool) else SentinelConnectionPool
+    connection_class = _SentinelSSLConnection if ssl else _SentinelConnection
+    return sentinel_pool(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master, sentinel, connection_class=connection_class, **url_kwargs, **kwargs,
         **tls_options(settings),
     )
+
+
+def _client(pool: ConnectionPool, redis_class: type[R] = Redis, **client_kwargs: Any) -> R:  # type: ignore[assignment]
     redis = redis_class(connection_pool=pool, **client_kwargs)
     redis.auto_close_connection_pool = True  # the pool is the client's own: aclose() closes it
     return redis
 
 
+def worker_client(settings: Settings, redis_class: type[R] = Redis, **client_kwargs: Any) -> R:  # type: ignore[assignment]
+    """A worker process's Redis client. ``redis_class`` and ``client_kwargs`` let the queue engine's
+    seam make its own client class (arq's) on the same pool."""
+    pool = _pool(
+        settings, DialerConnectionPool, socket_connect_timeout=_WORKER_CONNECT_TIMEOUT_S,
+        **worker_retry(redis_location(settings)),
+    )
+    return _client(pool, redis_class, **client_kwargs)
+
+
 def api_client(settings: Settings) -> Redis:
     """The HTTP service's client: bounded timeouts, so a Redis outage answers 503 instead of hanging."""
-    client: Redis = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=_API_SOCKET_TIMEOUT_S,
-        socket_connect_timeout=_API_CONNECT_TIMEOUT_S,
+    pool = _pool(
+        settings, ConnectionPool, socket_timeout=_API_SOCKET_TIMEOUT_S, socket_connect_timeout=_API_CONNECT_TIMEOUT_S,
         health_check_interval=_API_HEALTH_CHECK_S,
-        **tls_options(settings),
     )
-    return client
+    return _client(pool)
 
 
 def cli_client(settings: Settings, *, blocking: bool = False) -> Redis:
     """A CLI command's client: no retries, a short connect timeout, so an absent Redis fails at once.
     ``blocking``: for a command that waits in Redis (``XREAD BLOCK`` up to ``BLOCKING_WAIT_MS``), whose
     answer may take that much longer."""
-    client: Redis = Redis.from_url(
-        settings.redis_url,
+    pool = _pool(
+        settings, ConnectionPool,
         socket_timeout=_CLI_SOCKET_TIMEOUT_S + (BLOCKING_WAIT_MS / 1000 if blocking else 0),
         socket_connect_timeout=_CLI_CONNECT_TIMEOUT_S,
-        **tls_options(settings),
     )
-    return client
+    return _client(pool)
 
 
 BLOCKING_WAIT_MS = 5000
@@ -209,10 +270,18 @@ def masked_url(url: str) -> str:
         return "(unparseable DIALER_REDIS_URL)"
 
 
+def redis_location(settings: Settings) -> str:
+    """Where the dialer's Redis is, for a log line or an error: the URL with its password masked, or with
+    Sentinels, the master's name and the Sentinels' addresses."""
+    if not settings.redis_sentinels:
+        return masked_url(settings.redis_url)
+    return f"Sentinel master {settings.redis_sentinel_master!r} via {','.join(settings.redis_sentinels)}"
+
+
 def full(settings: Settings) -> str:
     """The one line a command prints when Redis refuses a write because it is full (``maxmemory`` with
     ``noeviction``)."""
-    return (f"Redis at {masked_url(settings.redis_url)} is full (maxmemory reached, writes refused): "
+    return (f"Redis at {redis_location(settings)} is full (maxmemory reached, writes refused): "
             "free memory or raise maxmemory, then run the command again")
 
 
@@ -226,6 +295,6 @@ def unreachable(settings: Settings, exc: BaseException) -> str:
     if isinstance(exc, OutOfMemoryError):
         return full(settings)
     if isinstance(exc, AuthenticationError):
-        return (f"Redis refused the login at {masked_url(settings.redis_url)} ({_reason(exc)}); check the user "
+        return (f"Redis refused the login at {redis_location(settings)} ({_reason(exc)}); check the user "
                 "and password in DIALER_REDIS_URL (percent-encoded: @ %40, : %3A, / %2F, # %23, % %25)")
-    return f"Redis is not reachable at {masked_url(settings.redis_url)} ({_reason(exc)})"
+    return f"Redis is not reachable at {redis_location(settings)} ({_reason(exc)})"

@@ -25,6 +25,12 @@ Semantics are those of calling each command on its own:
 * a caller cancelled before its batch leaves is dropped from it; once sent, the command runs anyway
   (as a single command whose reply is lost would).
 
+Replication: ``eval_replicated`` runs a script and then ``WAIT numreplicas timeout`` on the same
+connection (``WAIT`` counts the replicas that have every write of its own connection), in the same
+pipeline as the batch it joins: one ``WAIT`` covers every call of the batch, so the wait for replicas
+is shared by concurrent jobs as the round trip is. Its caller gets the script's reply and the number of
+replicas that acknowledged.
+
 Order between calls of one caller is kept (a caller awaits each reply before its next call); calls
 of different callers in one batch are independent, as they would be on separate connections.
 """
@@ -51,13 +57,27 @@ _NOSCRIPT_ROUNDS = 3
 _registry: weakref.WeakKeyDictionary[Redis, AutoPipeline] = weakref.WeakKeyDictionary()
 
 
-class _Call:
-    __slots__ = ("args", "future", "script")
+Wait = tuple[int, int]
+"""A ``WAIT``'s (numreplicas, timeout in ms)."""
 
-    def __init__(self, args: tuple[Any, ...], script: AsyncScript | None, future: asyncio.Future[Any]) -> None:
+
+class _Call:
+    __slots__ = ("args", "future", "script", "wait")
+
+    def __init__(self, args: tuple[Any, ...], script: AsyncScript | None, future: asyncio.Future[Any],
+                 wait: Wait | None = None) -> None:
         self.args = args
         self.script = script
         self.future = future
+        self.wait = wait
+
+
+def _wait_of(calls: Sequence[_Call]) -> Wait | None:
+    """The one ``WAIT`` a batch ends with: the most replicas and the longest timeout any call asked for."""
+    waits = [c.wait for c in calls if c.wait is not None]
+    if not waits:
+        return None
+    return max(w[0] for w in waits), max(w[1] for w in waits)
 
 
 class AutoPipeline:
@@ -94,23 +114,36 @@ class AutoPipeline:
             return await script(keys=keys, args=args)
         return await self._submit(("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
-    async def _submit(self, args: tuple[Any, ...], script: AsyncScript | None) -> Any:
+    async def eval_replicated(
+        self, script: AsyncScript, keys: Sequence[KeyT], args: Sequence[EncodableT], wait: Wait, *, now: bool = False,
+    ) -> tuple[Any, int]:
+        """Like :meth:`eval`, then ``WAIT`` for ``wait`` = (replicas, timeout ms) on the same connection:
+        the script's reply and how many replicas acknowledged its writes (and the batch's) in time."""
+        call_args = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        if now:
+            return await self._alone(call_args, script, wait)  # type: ignore[no-any-return]
+        return await self._submit(call_args, script, wait)  # type: ignore[no-any-return]
+
+    async def _alone(self, args: tuple[Any, ...], script: AsyncScript | None, wait: Wait | None) -> Any:
+        replies, acked = await self._send([args], wait)
+        if isinstance(replies[0], NoScriptError) and script is not None:
+            await self._redis.script_load(script.script)
+            replies, acked = await self._send([args], wait)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        return replies[0] if wait is None else (replies[0], acked)
+
+    async def _submit(self, args: tuple[Any, ...], script: AsyncScript | None, wait: Wait | None = None) -> Any:
         if self._busy:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._pending.append(_Call(args, script, future))
+            self._pending.append(_Call(args, script, future, wait))
             return await future
         # Nothing out: this call goes now, from its caller's own task, as it would without us.
         self._busy = True
         try:
-            [reply] = await self._send([args])
-            if isinstance(reply, NoScriptError) and script is not None:
-                await self._redis.script_load(script.script)
-                [reply] = await self._send([args])
+            return await self._alone(args, script, wait)
         finally:
             self._next()
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
     def _next(self) -> None:
         """The call or batch that was out came back: send what queued meanwhile, or go idle."""
@@ -142,7 +175,7 @@ class AutoPipeline:
     async def _run(self, calls: list[_Call]) -> None:
         for _ in range(_NOSCRIPT_ROUNDS):
             try:
-                replies = await self._send([c.args for c in calls])
+                replies, acked = await self._send([c.args for c in calls], _wait_of(calls))
             except asyncio.CancelledError:
                 for c in calls:
                     c.future.cancel()
@@ -161,7 +194,7 @@ class AutoPipeline:
                 elif isinstance(reply, Exception):
                     call.future.set_exception(reply)
                 else:
-                    call.future.set_result(reply)
+                    call.future.set_result(reply if call.wait is None else (reply, acked))
             if not missing:
                 return
             try:
@@ -181,14 +214,23 @@ class AutoPipeline:
             if not c.future.done():
                 c.future.set_exception(NoScriptError("script not loaded after repeated attempts"))
 
-    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        if len(commands) == 1:
+    async def _send(self, commands: list[tuple[Any, ...]], wait: Wait | None = None) -> tuple[list[Any], int]:
+        """The commands' replies (errors as values) and, with ``wait``, the replicas that acknowledged."""
+        if len(commands) == 1 and wait is None:
             # A plain command is cheaper than a pipeline of one.
             try:
-                return [await self._redis.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
+                return [await self._redis.execute_command(*commands[0])], 0  # type: ignore[no-untyped-call]
             except ResponseError as exc:  # the command's own error, as a pipeline would return it
-                return [exc]
+                return [exc], 0
         async with self._redis.pipeline(transaction=False) as pipe:
             for args in commands:
                 pipe.execute_command(*args)
-            return await pipe.execute(raise_on_error=False)
+            if wait is not None:
+                pipe.execute_command("WAIT", *wait)
+            replies = await pipe.execute(raise_on_error=False)
+        if wait is None:
+            return replies, 0
+        acked = replies.pop()
+        if isinstance(acked, Exception):
+            raise acked
+        return replies, int(acked)
