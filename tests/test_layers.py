@@ -14,7 +14,7 @@ WORKER = Path(__file__).resolve().parents[1] / "worker"
 FLOORS: dict[str, int] = {
     # ground floor: no Redis, no HTTP service, no queue engine
     "settings": 0, "models": 0, "errors": 0, "logs": 0, "runtime": 0, "windows": 0, "rules": 0, "metrics": 0,
-    "callback_url": 0, "status_callback": 0,
+    "callback_url": 0, "status_callback": 0, "numbers": 0,
     "store": 1,
     "limits": 2, "provider": 2,
     "ledger": 3, "sandbox": 3,

@@ -1,0 +1,345 @@
+"""Phone numbers as people: E.164 normalisation and the callee's time zone, with the phonenumbers library.
+
+::
+
+    normalise("008613800000001", "CN")       # '+8613800000001' (E.164; ValueError naming the rule)
+    number_key("13800000001", "CN")          # '8613800000001'  the do-not-call / cap / job-id key
+    number_key("8899", "CN")                 # '8899'           not a possible CN number: its digits, as before
+    zones("+12125550100")                    # ('America/New_York',)
+    zone_for("+18005550100", "UTC")          # 'UTC': +1 800 maps to many zones, so the default
+
+The key of a number (:func:`number_key`) is its E.164 form without the '+' when the number can be
+normalised, so ``+8613800000001``, ``008613800000001`` and ``13800000001`` (default region CN) are one
+person for the do-not-call list, the per-number cap and a campaign's job ids. A number written without
+'+' or an international prefix that is not a possible number of the default region (a short code, an
+extension such as the seed's ``8899``), or any such number when no default region is set, keeps today's
+key: its digits (:func:`worker.rules.normalize_number`). A number written internationally ('+', or the
+default region's international prefix such as ``00``) that is not a possible number of its country is
+refused (ValueError naming the rule): the provider could not connect it either.
+
+"Possible" is phonenumbers' length check (``is_possible_number_with_reason`` == IS_POSSIBLE), not its
+validity check: validity follows number-range metadata that lags behind new ranges, and a call refused
+for stale metadata is worse than one the network rejects.
+
+Cost: the launcher calls these per row (budget ~2 us). ``phonenumbers.parse`` costs ~15 us, so the common
+shapes take a fast path that repeats, with the library's own metadata and regular expressions, exactly
+what ``parse`` does for them (tests/test_numbers.py compares the two on many numbers): digits after '+'
+or the region's international prefix, or a national number that needs no national-prefix stripping. The
+rest goes to phonenumbers (LRU-cached). Time zones are phonenumbers' prefix table, memoised per country
+code and leading digits.
+
+phonenumbers is imported on first use (~25 ms), so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from worker.rules import strip_number_formatting, valid_timezone
+
+if TYPE_CHECKING:
+    from re import Pattern
+
+__all__ = [
+    "FORMAT_RULE",
+    "REGION_RULE",
+    "key_and_e164",
+    "normalise",
+    "number_key",
+    "valid_region",
+    "zone_for",
+    "zones",
+]
+
+FORMAT_RULE = "must be 1-32 digits, with an optional leading '+' (spaces, '-', '.', '(', ')' ignored)"
+"""Today's rule for a written number (:func:`worker.rules.normalize_number` says the same)."""
+REGION_RULE = "must be an ISO 3166 alpha-2 region code phonenumbers knows, such as CN, US or GB"
+_DIGITS = re.compile(r"[0-9]{1,32}")
+_MIN_NSN, _MAX_NSN = 2, 17  # phonenumbers' bounds on a national significant number
+_SLOW_CACHE = 1 << 16
+
+
+def valid_region(region: object) -> bool:
+    """True for a region code phonenumbers has metadata for (upper case: ``CN``, ``US``, ``GB``)."""
+    if not isinstance(region, str):
+        return False
+    import phonenumbers
+
+    return region in phonenumbers.SUPPORTED_REGIONS
+
+
+# --- Per country code / region facts, from phonenumbers' metadata, built on first use -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Country:
+    """What ``parse`` + ``is_possible_number`` look at for a number with this calling code (its main
+    region's metadata, as phonenumbers uses for a number given with its country code)."""
+
+    cc: str
+    npfp: Pattern[str] | None  # national_prefix_for_parsing: a match means parse may strip a prefix
+    full: frozenset[int]  # national number lengths that are IS_POSSIBLE (local-only lengths excluded)
+    region: str  # the main region, for messages
+    lengths: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Region:
+    """What ``parse`` looks at for a number written without '+' in this default region."""
+
+    cc: str
+    idd: Pattern[str] | None  # international_prefix ("00" for CN)
+    npfp: Pattern[str] | None  # the region's own national prefix for parsing
+    full: frozenset[int]  # IS_POSSIBLE lengths of the calling code's main region (what is_possible uses)
+
+
+_COUNTRIES: dict[str, _Country | None] = {}
+_REGIONS: dict[str, _Region] = {}
+
+
+def _compile(pattern: str | None) -> Pattern[str] | None:
+    return re.compile(pattern) if pattern else None
+
+
+def _country(cc: str) -> _Country | None:
+    """The facts of calling code ``cc`` (digits), None when no country has it."""
+    try:
+        return _COUNTRIES[cc]
+    except KeyError:
+        pass
+    import phonenumbers
+
+    found: _Country | None = None
+    code = int(cc)
+    if cc[0] != "0" and code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        region = phonenumbers.region_code_for_country_code(code)
+        meta = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+        if meta is not None:
+            general = meta.general_desc
+            possible = tuple(general.possible_length or ()) if general is not None else ()
+            local = set(general.possible_length_local_only or ()) if general is not None else set()
+            found = _Country(cc, _compile(meta.national_prefix_for_parsing),
+                             frozenset(n for n in possible if n not in local), region, possible)
+    _COUNTRIES[cc] = found
+    return found
+
+
+def _calling_code(digits: str) -> _Country | None:
+    """The country of an international number's digits (calling codes are prefix-free, 1-3 digits)."""
+    for n in (1, 2, 3):
+        if len(digits) > n:
+            country = _country(digits[:n])
+            if country is not None:
+                return country
+    return None
+
+
+def _region(region: str) -> _Region:
+    try:
+        return _REGIONS[region]
+    except KeyError:
+        pass
+    import phonenumbers
+
+    if not valid_region(region):
+        raise ValueError(f"region {region!r} {REGION_RULE}")
+    meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    assert meta is not None  # a supported region has metadata
+    country = _country(str(meta.country_code))
+    info = _Region(str(meta.country_code), _compile(meta.international_prefix),
+                   _compile(meta.national_prefix_for_parsing), country.full if country is not None else frozenset())
+    _REGIONS[region] = info
+    return info
+
+
+# --- Normalisation -----------------------------------------------------------------------------------
+
+
+def _clean(raw: object) -> tuple[bool, str]:
+    """(written with '+', its digits) under today's rule (:data:`FORMAT_RULE`); ValueError otherwise."""
+    if isinstance(raw, str):
+        if raw.isascii() and raw.isdigit() and len(raw) <= 32:
+            return False, raw
+        if raw[:1] == "+":
+            digits = raw[1:]
+            if digits.isascii() and digits.isdigit() and len(digits) <= 32:
+                return True, digits
+        text = strip_number_formatting(raw)
+        plus = text[:1] == "+"
+        digits = text[1:] if plus else text
+        if _DIGITS.fullmatch(digits):
+            return plus, digits
+    raise ValueError(FORMAT_RULE)
+
+
+def _international_fast(digits: str) -> str | None:
+    """E.164 of ``+<digits>`` when it is the plain case ``parse`` changes nothing in (no national prefix to
+    strip, no leading zero) and a possible length; None: ask phonenumbers."""
+    country = _calling_code(digits)
+    if country is None:
+        return None
+    nsn = digits[len(country.cc):]
+    n = len(nsn)
+    if n < _MIN_NSN or n > _MAX_NSN or nsn[0] == "0" or n not in country.full:
+        return None
+    if country.npfp is not None and country.npfp.match(nsn):
+        return None
+    return "+" + digits
+
+
+def _idd_rest(info: _Region, digits: str) -> str | None:
+    """The digits after the region's international prefix, as ``parse`` strips it (not when a 0 follows)."""
+    if info.idd is None:
+        return None
+    m = info.idd.match(digits)
+    if m is None:
+        return None
+    rest = digits[m.end():]
+    return None if rest[:1] == "0" else rest
+
+
+def _e164(plus: bool, digits: str, region: str | None) -> str | None:
+    """E.164 of a cleaned number; None for a national number that cannot be normalised (no region, or not
+    a possible number of it); ValueError for an international one that is not possible."""
+    if plus:
+        return _international_fast(digits) or _slow("+" + digits, None, True)
+    if region is None:
+        return None
+    info = _region(region)
+    rest = _idd_rest(info, digits)
+    if rest is not None:
+        return _international_fast(rest) or _slow(digits, region, True)
+    n = len(digits)
+    if (digits.startswith(info.cc) or n < _MIN_NSN or n > _MAX_NSN or digits[0] == "0" or n not in info.full
+            or (info.npfp is not None and info.npfp.match(digits))):
+        return _slow(digits, region, False)
+    return "+" + info.cc + digits
+
+
+@lru_cache(maxsize=_SLOW_CACHE)
+def _slow(text: str, region: str | None, international: bool) -> str | None:
+    """phonenumbers itself: E.164 when possible; else ValueError for an international number, None for a
+    national one."""
+    import phonenumbers
+    from phonenumbers import NumberParseException, ValidationResult
+
+    try:
+        num = phonenumbers.parse(text, region)
+    except NumberParseException as exc:
+        if not international:
+            return None
+        if exc.error_type in (NumberParseException.INVALID_COUNTRY_CODE, NumberParseException.TOO_SHORT_AFTER_IDD):
+            raise ValueError("must be a possible phone number: no country calling code follows its '+' or "
+                             "international prefix (E.164 is +<country code><number>)") from None
+        raise ValueError(f"must be a possible phone number ({exc._msg})") from None
+    if phonenumbers.is_possible_number_with_reason(num) == ValidationResult.IS_POSSIBLE:
+        return str(phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164))
+    if not international:
+        return None
+    country = _country(str(num.country_code))
+    nsn = phonenumbers.national_significant_number(num)
+    if country is None:  # pragma: no cover - parse only gives known calling codes
+        raise ValueError("must be a possible phone number: unknown country calling code")
+    lengths = ", ".join(str(n) for n in sorted(country.full)) or "none"
+    raise ValueError(f"must be a possible phone number: +{country.cc} ({country.region}) numbers have "
+                     f"{lengths} digits after the country code, this one has {len(nsn)}")
+
+
+def normalise(raw: str, region: str | None = None) -> str:
+    """The E.164 form (``+8613800000001``) of a written number; ``region`` (ISO 3166 alpha-2, e.g. ``CN``)
+    is the country of numbers written without '+' or an international prefix. Raises ValueError naming
+    the rule when the number cannot be normalised."""
+    plus, digits = _clean(raw)
+    e164 = _e164(plus, digits, region)
+    if e164 is None:
+        if region is None:
+            raise ValueError("must start with '+' and a country calling code (no default region is set for "
+                             "national numbers: DIALER_DEFAULT_REGION)")
+        raise ValueError(f"must be a possible phone number of region {region} or start with '+' and a "
+                         "country calling code")
+    return e164
+
+
+def key_and_e164(raw: str, region: str | None = None) -> tuple[str, str | None]:
+    """(:func:`number_key`, the E.164 form or None when the key is the plain digits of a national number)."""
+    plus, digits = _clean(raw)
+    e164 = _e164(plus, digits, region)
+    return (digits, None) if e164 is None else (e164[1:], e164)
+
+
+def number_key(raw: str, region: str | None = None) -> str:
+    """The do-not-call, per-number-cap and campaign job-id key of a number: its E.164 digits without the
+    '+' (``8613800000001``), or the plain digits of a national number that cannot be normalised (see the
+    module doc). Raises ValueError naming the rule (:data:`FORMAT_RULE`, or an international number that
+    is not a possible one)."""
+    plus, digits = _clean(raw)
+    e164 = _e164(plus, digits, region)
+    return digits if e164 is None else e164[1:]
+
+
+# --- Time zones --------------------------------------------------------------------------------------
+
+_TZ_DEPTH: dict[str, int] = {}  # calling code -> longest time-zone prefix that starts with it
+_TZ_MEMO: dict[str, tuple[str, ...]] = {}  # E.164 digits cut at that depth -> zones
+_TZ_DATA: dict[str, Any] | None = None
+
+
+def _tz_data() -> dict[str, Any]:
+    global _TZ_DATA
+    if _TZ_DATA is None:
+        from phonenumbers.tzdata import TIMEZONE_DATA
+
+        depth: dict[str, int] = {}
+        for prefix in TIMEZONE_DATA:
+            for n in (1, 2, 3):
+                cc = prefix[:n]
+                if len(prefix) >= n and _country(cc) is not None:
+                    depth[cc] = max(depth.get(cc, n), len(prefix))
+                    break
+        _TZ_DEPTH.update(depth)
+        _TZ_DATA = TIMEZONE_DATA
+    return _TZ_DATA
+
+
+def zones(e164: str) -> tuple[str, ...]:
+    """The IANA zones phonenumbers' time-zone data gives the number's prefix (its
+    ``time_zones_for_geographical_number``): one for most numbers, several for a country or area code
+    spanning zones (``+1 800``, ``+7``), none when the data has no entry. ``e164`` is :func:`normalise`'s
+    result (a '+' then digits; a key without the '+' is taken too)."""
+    digits = e164[1:] if e164[:1] == "+" else e164
+    data = _tz_data()
+    country = _calling_code(digits)
+    if country is None:
+        return ()
+    cut = digits[: _TZ_DEPTH.get(country.cc, len(country.cc))]
+    try:
+        return _TZ_MEMO[cut]
+    except KeyError:
+        pass
+    found: tuple[str, ...] = ()
+    for n in range(len(cut), 0, -1):
+        hit = data.get(cut[:n])
+        if hit is not None:
+            found = tuple(str(z) for z in hit if z != "Etc/Unknown")
+            break
+    _TZ_MEMO[cut] = found
+    return found
+
+
+_ZONE_OK: dict[str, bool] = {}
+
+
+def zone_for(e164: str, default: str | None = None) -> str | None:
+    """The number's IANA zone when its prefix maps to exactly one this host knows, else ``default``."""
+    found = zones(e164)
+    if len(found) == 1:
+        zone = found[0]
+        ok = _ZONE_OK.get(zone)
+        if ok is None:
+            ok = _ZONE_OK[zone] = valid_timezone(zone)
+        if ok:
+            return zone
+    return default
