@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.callback_url import own_callback, url_problem
 from worker.errors import SettingsError
+from worker.numbers import REGION_RULE, valid_region
 
 ENV_PREFIX = "DIALER_"
 TOKEN_PATH = "/apigovernance/api/oauth/tokenByAkSk"  # noqa: S105 - a URL path, not a secret
@@ -221,6 +222,12 @@ class Settings(BaseSettings):
         0.0, ge=0, description="Length of the per-number cap's sliding window, in days (may be fractional; "
         "required when the cap is on).",
     )
+    default_region: str | None = Field(
+        None, description="ISO 3166 alpha-2 region (e.g. `CN`) of numbers written without `+` or an international "
+        "prefix. With `CN`, `13800000001` and `008613800000001` are `+8613800000001` (E.164) for the do-not-call "
+        "list, the per-number cap, campaign job ids and `--timezone auto`. Unset: such numbers are keyed by their "
+        "digits, as before (see docs/campaigns.md, Numbers and time zones). The number dialled is never rewritten.",
+    )
 
     # --- HTTP service (`dialer serve`) and metrics ------------------------------------------------
     http_host: str = Field(
@@ -382,6 +389,15 @@ class Settings(BaseSettings):
         if self.redis_wait_replicas == "auto":
             return 1 if self.redis_sentinels else 0
         return self.redis_wait_replicas
+
+    @field_validator("default_region", mode="before")
+    @classmethod
+    def _region(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        if not isinstance(v, str) or not valid_region(v.strip().upper()):
+            raise ValueError(REGION_RULE)
+        return v.strip().upper()
 
     @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file", mode="before")
     @classmethod
