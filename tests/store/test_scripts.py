@@ -14,7 +14,7 @@ from worker.store.keys import Keys
 
 WORKER = Path(__file__).resolve().parents[2] / "worker"
 INCLUDED = {"store/clock.lua", "ledger/counts.lua", "ledger/keep_alive.lua", "ledger/gate.lua", "ledger/park.lua",
-            "limits/lease.lua", "ledger/events.lua", "webhooks/common.lua"}
+            "limits/lease.lua", "ledger/events.lua", "webhooks/common.lua", "campaigns/number_set.lua"}
 SCRIPTS = sorted(name for p in WORKER.rglob("*.lua") if (name := str(p.relative_to(WORKER))) not in INCLUDED)
 _FUNCTION = re.compile(r"^local function (\w+)\(", re.M)
 
@@ -56,7 +56,7 @@ def _known_keys() -> set[str]:
     out = {k.wake, k.seq, k.dead, k.token, k.token_lock, k.in_flight, k.campaigns, k.suppress, k.events}
     out |= {k.queue("X"), k.job("X"), k.serial("X"), k.rate("X"), k.number_calls("X")}  # type: ignore[arg-type]
     out |= {k.campaign("X"), k.campaign_counts("X"), k.campaign_jobs("X"), k.campaign_parked("X"),
-            k.campaign_sent("X"), k.campaign_window_slots("X")}
+            k.campaign_sent("X"), k.campaign_window_slots("X"), k.campaign_rows("X"), k.campaign_rows_taken("X")}
     out |= {k.webhook_queue("X"), k.webhook_due("X"), k.webhook_busy("X"), k.webhook_destinations, k.webhook_tries,
             k.webhook_dead, k.webhook_dead_ids, k.webhook_intake}
     return out

@@ -149,6 +149,21 @@ class Keys:
         """Next free send slot per (window opening, priority) for jobs deferred to an opening (hash)."""
         return f"{self.prefix}campaign:{name}:wz"
 
+    def campaign_rows(self, name: str) -> str:
+        """A campaign's rows not yet materialised as jobs, in launch order (list of chunk blobs, RPUSHed by the
+        launcher; format in ``worker/campaigns/rows.py``)."""
+        return f"{self.prefix}campaign:{name}:rows"
+
+    def campaign_rows_taken(self, name: str) -> str:
+        """Chunks a hopper has taken from ``campaign_rows`` and not yet finished (crash recovery; see
+        ``worker/campaigns/hopper.py``)."""
+        return f"{self.prefix}campaign:{name}:rows:taken"
+
+    def campaign_numbers(self, name: str, bucket: int | str) -> str:
+        """One bucket of a campaign's number set (small hash kept listpack-encoded: member -> short status;
+        members and buckets in ``worker/campaigns/rows.py``, ``campaigns/number_set.lua``)."""
+        return f"{self.prefix}campaign:{name}:n:{bucket}"
+
     # --- webhooks (worker/webhooks; the Lua there builds the same names from the prefix) ---------------
 
     def webhook_queue(self, job_id: str) -> str:
