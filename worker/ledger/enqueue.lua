@@ -9,7 +9,8 @@
 -- ARGV[3] the jobs, one record each, records separated by \30 (ASCII record separator); a record is its
 -- fields joined by \31 (unit separator): id, priority, called, campaign or "", not_before ms or "",
 -- deadline ms or "", IANA time zone or "", statusCallbackUrl or "" (field `scb`, never part of the body),
--- body (compact JSON). No field may hold \30 or \31 (JSON escapes control characters; the URL is
+-- number key or "" (field `nk`: a campaign job's E.164 key when it is not gate.lua's number_key(called),
+-- see worker/numbers.py), body (compact JSON). No field may hold \30 or \31 (JSON escapes control characters; the URL is
 -- checked for them). (One argument per batch: packing arguments is most of a producer's work.)
 -- Returns {flags, states...}: flags has one character per job, "1" stored (state "queued"), "0" a
 -- duplicate; then the existing state of each duplicate, in order. (A compact reply: converting and
@@ -124,8 +125,8 @@ local function wake()
 end
 
 local F = '([^\30\31]*)\31'
-local RECORD = F .. F .. F .. F .. F .. F .. F .. F .. '([^\30]*)'
-for id, prio, called, campaign, nb, dl, tz, scb, body in string.gmatch(ARGV[3], RECORD) do
+local RECORD = F .. F .. F .. F .. F .. F .. F .. F .. F .. '([^\30]*)'
+for id, prio, called, campaign, nb, dl, tz, scb, nk, body in string.gmatch(ARGV[3], RECORD) do
   local jobkey = P .. 'job:' .. id
   local state = redis.call('EXISTS', jobkey) == 1 and redis.call('HGET', jobkey, 'state')
   if state then
@@ -197,6 +198,9 @@ for id, prio, called, campaign, nb, dl, tz, scb, body in string.gmatch(ARGV[3], 
     end
     if scb ~= '' then
       f[#f + 1] = 'scb'; f[#f + 1] = scb
+    end
+    if nk ~= '' then
+      f[#f + 1] = 'nk'; f[#f + 1] = nk
     end
     local paused = c and c.paused
     if paused then

@@ -4,7 +4,9 @@
 
 -- The do-not-call and per-number-cap key of a number, or nil if it is not one: the same rule as
 -- worker.rules.normalize_number (tests/test_rules.py feeds both the same numbers): ASCII blanks, '-',
--- '.', '(' and ')' removed, then one leading '+', then 1-32 ASCII digits.
+-- '.', '(' and ')' removed, then one leading '+', then 1-32 ASCII digits. A job's stored key (`nk`,
+-- worker/numbers.py: E.164 digits, e.g. 8613800000001 for 13800000001 in region CN) wins over it; this
+-- is the key of jobs that need no other (most numbers) and of records written before `nk` existed.
 local function number_key(called)
   local n = (string.gsub(called, '[ \t\n\r\f\v%-%.%(%)]', ''))
   n = (string.gsub(n, '^%+', ''))
@@ -29,7 +31,8 @@ local function gate(P, job_id, tag, counted, called, now, cap_calls, cap_window,
     return 'ok'
   end
   -- A stored `called` was validated (digits, optional '+'); anything else cannot be on the list.
-  local num = number_key(called) or called
+  -- KEYS[1] is the job's ledger hash in every script that includes this one (claim.lua, sending.lua).
+  local num = redis.call('HGET', KEYS[1], 'nk') or number_key(called) or called
   if redis.call('SISMEMBER', P .. 'suppress', num) == 1 then
     return 'suppressed'
   end

@@ -39,9 +39,9 @@ from redis.commands.core import AsyncScript
 from worker.callback_url import for_job, max_job_id_chars, own_callback, url_problem
 from worker.errors import FieldError, InvalidRequest, NotReplicated
 from worker.models import CallRequest, field_errors
+from worker.numbers import number_key
 from worker.rules import (
     PRODUCER_ID_RULE,
-    normalize_number,
     valid_campaign_name,
     valid_job_id,
     valid_producer_id,
@@ -135,6 +135,20 @@ class _Options:
     encoded: tuple[bytes, bytes, bytes]  # a job's fields in enqueue.lua: campaign, not_before ms, deadline ms
     timezone: bytes = b""  # a job's IANA time zone field in enqueue.lua
     status_callback_url: bytes = b""  # its statusCallbackUrl field (`scb`) in enqueue.lua
+    region: str | None = None  # DIALER_DEFAULT_REGION, for a campaign job's number key
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """A campaign job's number key (:func:`~worker.numbers.number_key`), and what the record keeps of it."""
+
+    key: str
+    stored: bytes
+    """The record's ``nk``: the key when gate.lua's ``number_key(called)`` (digits without '+') would
+    differ from it (``13800000001`` in region CN), else empty: nothing stored for most numbers."""
+
+
+_NO_KEY = _Key("", b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +173,7 @@ def _check_options(
     derived: bool = False,
     status_callback_url: str | None = None,
     allow_private: bool = False,
+    region: str | None = None,
 ) -> tuple[_Options, list[FieldError]]:
     errors: list[FieldError] = []
     if status_callback_url is not None and (
@@ -197,7 +212,7 @@ def _check_options(
             dl = str(_to_ms(deadline))
     encoded = ((campaign or "").encode(), nb.encode(), dl.encode())
     scb = status_callback_url.encode() if isinstance(status_callback_url, str) and not errors else b""
-    return _Options(campaign or "", encoded, (timezone or "").encode(), scb), errors
+    return _Options(campaign or "", encoded, (timezone or "").encode(), scb, region), errors
 
 
 def _validate(request: Any) -> tuple[CallRequest | None, list[FieldError]]:
@@ -211,20 +226,32 @@ def _validate(request: Any) -> tuple[CallRequest | None, list[FieldError]]:
         return None, field_errors(exc)
 
 
+def _number_key(req: CallRequest, opts: _Options) -> tuple[_Key, list[FieldError]]:
+    """A campaign job's number key (E.164 digits, see :mod:`worker.numbers`): the do-not-call list, the
+    per-number cap and the derived job id see ``+8613800000001``, ``008613800000001`` and ``13800000001``
+    (region CN) as one person. Jobs without a campaign are not checked, so they need none. The number
+    dialled (``called``) is not rewritten."""
+    if not opts.campaign:
+        return _NO_KEY, []
+    try:
+        key = number_key(req.called, opts.region)
+    except ValueError as exc:
+        return _NO_KEY, [FieldError("called", str(exc))]
+    # `called` is validated: digits with an optional '+', so gate.lua's own key is this.
+    return _Key(key, b"" if key == req.called.removeprefix("+") else key.encode()), []
+
+
 def _job_id(
-    req: CallRequest, job_id: str | None, opts: _Options, new_id: Callable[[], str]
+    req: CallRequest, job_id: str | None, opts: _Options, new_id: Callable[[], str], key: _Key = _NO_KEY
 ) -> tuple[str, list[FieldError]]:
-    """The job id: the given one, else ``<campaign>:<number>`` (the number normalised by
-    :func:`~worker.rules.normalize_number`, as launch and the do-not-call list do), else a new random id.
-    A derived id is checked like any other (it becomes part of Redis keys and the ``Location`` URL)."""
+    """The job id: the given one, else ``<campaign>:<number key>`` (:func:`_number_key`, as launch and
+    the do-not-call list key numbers), else a new random id. A derived id is checked like any other (it
+    becomes part of Redis keys and the ``Location`` URL)."""
     if job_id is not None:
         return job_id, []
     if not opts.campaign:
         return new_id(), []
-    try:
-        derived = f"{opts.campaign}:{normalize_number(req.called)}"
-    except ValueError as exc:  # not for a validated `called`; kept so no unchecked id is ever stored
-        return "", [FieldError("called", str(exc))]
+    derived = f"{opts.campaign}:{key.key}"
     if not valid_job_id(derived):
         return "", [FieldError("called", f"gives the job id {derived!r}, which is not a valid job id")]
     return derived, []
@@ -271,6 +298,7 @@ class Producer:
         self._consts = (settings.key_prefix.encode(), str(self._ledger_ttl_ms).encode())
         self._prefix = settings.key_prefix
         self._allow_private = settings.webhook_allow_private
+        self._region = settings.default_region
         self._callback = _CallbackCheck(settings)
         self._enqueue: AsyncScript = scripts.register(redis, "ledger/enqueue.lua", settings)
         self._requeue: AsyncScript = scripts.register(redis, "ledger/requeue.lua", settings)
@@ -306,15 +334,19 @@ class Producer:
             raise InvalidRequest([FieldError("id", "give job_id or derived_id, not both")])
         derived = derived_id is not None
         opts, opt_errors = _check_options(derived_id if derived else job_id, campaign, not_before, deadline,
-                                          timezone, derived, status_callback_url, self._allow_private)
+                                          timezone, derived, status_callback_url, self._allow_private,
+                                          self._region)
         job_id = derived_id if derived else job_id
         errors += opt_errors
         if errors or req is None:
             raise InvalidRequest(errors)
-        job_id, id_errors = _job_id(req, job_id, opts, _one_id)
-        if id_errors or (id_errors := self._callback.errors(req.call_back_url, job_id)):
+        key, id_errors = _number_key(req, opts)
+        jid = ""
+        if not id_errors:
+            jid, id_errors = _job_id(req, job_id, opts, _one_id, key)
+        if id_errors or (id_errors := self._callback.errors(req.call_back_url, jid)):
             raise InvalidRequest(id_errors)
-        call = self._script_call(req, job_id, opts)
+        call = self._script_call(req, jid, opts, 0, key)
         if self._wait is None:
             flags, *states = await self._enqueue(keys=[], args=[*self._consts, call.packed])
         else:
@@ -343,7 +375,7 @@ class Producer:
         """
         base_opts, base_errors = _check_options(None, campaign, not_before, deadline,
                                                 status_callback_url=status_callback_url,
-                                                allow_private=self._allow_private)
+                                                allow_private=self._allow_private, region=self._region)
         if base_errors:
             raise InvalidRequest(base_errors)
         results: list[EnqueueResult | None] = []
@@ -413,6 +445,7 @@ class Producer:
                     status_callback_url=(item.status_callback_url if item.status_callback_url is not None
                                          else status_callback_url),
                     allow_private=self._allow_private,
+                    region=self._region,
                 )
                 errors += opt_errors
         else:
@@ -421,11 +454,14 @@ class Producer:
         if errors or req is None:
             results[index] = EnqueueResult(job_id, "rejected", None, tuple(errors), index)
             return None
-        jid, id_errors = _job_id(req, job_id, opts, new_id)
+        key, id_errors = _number_key(req, opts)
+        jid = ""
+        if not id_errors:
+            jid, id_errors = _job_id(req, job_id, opts, new_id, key)
         if id_errors or (id_errors := self._callback.errors(req.call_back_url, jid)):
             results[index] = EnqueueResult(job_id, "rejected", None, tuple(id_errors), index)
             return None
-        return self._script_call(req, jid, opts, index)
+        return self._script_call(req, jid, opts, index, key)
 
     async def _send(self, part: list[_Call], results: list[EnqueueResult | None], gate: asyncio.Semaphore) -> None:
         script = self._enqueue
@@ -500,7 +536,7 @@ class Producer:
             replies = await pipe.execute()
         return sum(1 for r in replies if isinstance(r, bytes | str) and text(r) == "requeued")
 
-    def _script_call(self, req: CallRequest, job_id: str, opts: _Options, index: int = 0) -> _Call:
+    def _script_call(self, req: CallRequest, job_id: str, opts: _Options, index: int = 0, key: _Key = _NO_KEY) -> _Call:
         called = req.called
         prio = req.priority
         # model_dump_json is compact and UTF-8 (no \u escapes): the same document as body(), smaller.
@@ -511,7 +547,7 @@ class Producer:
         campaign, nb, dl = opts.encoded
         packed = b"\x1f".join(
             (job_id.encode(), prio.encode(), called.encode(), campaign, nb, dl, opts.timezone,
-             opts.status_callback_url, body.encode())
+             opts.status_callback_url, key.stored, body.encode())
         )
         return _Call(index, job_id, packed)
 

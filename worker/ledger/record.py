@@ -45,7 +45,8 @@ __all__ = ["JobRecord", "reserved_field"]
 
 _RESERVED_FIELDS = frozenset(
     {"state", "prio", "called", "campaign", "body", "created", "updated", "attempts", "err", "serial", "sent",
-     "nb", "dl", "cm", "tz", "first", "pk", "outcome", "reason", "q", "rof", "rn", "rdl", "ev", "agr", "scb"}
+     "nb", "dl", "cm", "tz", "first", "pk", "outcome", "reason", "q", "rof", "rn", "rdl", "ev", "agr", "scb",
+     "nk"}
 )
 _BODY_PIECE = re.compile(r"b[0-9]+")
 """Names of the body's continuation fields (``b1``, ``b2``, ...), reserved as well."""
