@@ -65,7 +65,8 @@ class TcpProxy:
     async def stop(self) -> None:
         assert self.server is not None
         self.server.close()
-        self._abort_all()
+        self.cut("reset")  # every connection ends, held ones included
+        self._flowing.set()
         for t in list(self.tasks):
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -110,8 +111,8 @@ class TcpProxy:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
             self._writers |= {writer, up_writer}
             await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        except (ConnectionError, OSError):
-            pass
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass  # cancelled: stop(); the streams' callback would log a cancelled handler as an error
         finally:
             for w in (writer, up_writer):
                 if w is not None:
