@@ -137,7 +137,7 @@ async def test_append_stores_chunks_members_and_the_pending_count_and_a_rerun_ad
     assert await store.statuses("c", [rows[0].member, "999"]) == ["", None]
     # A re-run (the same rows, plus 500 new ones): only the new ones are added, once.
     again = await store.append("c", [*rows[:1000], *_rows(500, 2500), *rows[1000:]], buckets=999)
-    assert again.added == 500 and len(again.duplicates or []) == 2500
+    assert again.added == 500 and len(again.duplicates) == 2500
     assert await redis_client.hget(keys.campaign("c"), "buckets") == b"40"  # fixed by the first append  # type: ignore[misc]
     assert await redis_client.hget(keys.campaign_counts("c"), "pending") == b"3000"  # type: ignore[misc]
     stored = await _chunks(redis_client, keys, "c")
@@ -204,3 +204,15 @@ async def test_a_pending_number_costs_under_40_bytes_of_redis(
     assert await redis_client.object("encoding", keys.campaign_numbers("c", b)) == b"listpack"
     rows_bytes = int(await redis_client.memory_usage(keys.campaign_rows("c"), samples=0) or 0)
     assert rows_bytes / len(numbers) < 12, rows_bytes / len(numbers)
+
+
+async def test_numbers_on_the_do_not_call_list_are_skipped_and_named(
+    redis_client: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    await Campaigns(redis_client, settings).create("c", SPEC)
+    await redis_client.sadd(keys.suppress, "8613800000002", "13800000009")  # type: ignore[misc]
+    rows = [CompactRow("8613800000001"), CompactRow("8613800000002"), CompactRow("13800000009", job_id="own-id")]
+    res = await RowStore(redis_client, settings).append("c", rows, buckets=1)
+    assert (res.added, res.duplicates, res.suppressed) == (1, [], ["8613800000002", "=own-id"])
+    assert [r.key for r in await _chunks(redis_client, keys, "c")] == ["8613800000001"]
+    assert await RowStore(redis_client, settings).statuses("c", ["8613800000002", "=own-id"]) == [None, None]

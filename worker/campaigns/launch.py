@@ -43,28 +43,37 @@ derived from the campaign and the number.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import csv
 import gc
 import io
 import json
+import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from worker.callback_url import for_job, url_problem
+from worker.callback_url import for_job, max_job_id_chars, own_callback, url_problem
 from worker.campaigns.control import CampaignError, Campaigns, CampaignSpec, valid_name
+from worker.campaigns.fast_rows import FastCsv
 from worker.campaigns.outcomes import RedialPolicy, callback_url
+from worker.campaigns.rows import CompactRow, RowStore, buckets_for, compact, request_body
 from worker.campaigns.suppression import Suppression
 from worker.errors import FieldError
-from worker.ledger.producer import CallJob, Producer
+from worker.ledger.producer import (
+    CallJob,
+    Producer,
+    _CallbackCheck,  # the producer's callBackUrl rule, applied at launch too
+)
 from worker.models import CallRequest, PlayItem, field_errors
 from worker.rules import (
     PRODUCER_ID_RULE,
@@ -86,7 +95,6 @@ __all__ = [
 CSV_COLUMNS = ("called", "priority", "callerPresent", "templateParams", "voiceId", "templateId",
                "voiceFileName", "playTimes", "id", "timezone", "statusCallbackUrl")
 _SOURCES = ("voiceId", "templateId", "voiceFileName")
-_ENQUEUE_CHUNK = 10_000
 
 
 class LaunchError(CampaignError):
@@ -145,6 +153,11 @@ class LaunchReport:
     rows: int = 0
     valid: int = 0
     rejected: list[RowError] = field(default_factory=list)
+    """The first :data:`MAX_REJECTIONS` rejections (a launch keeps no more: memory stays constant)."""
+    rejected_row_count: int = 0
+    """Rows rejected in all (``rejected_rows``)."""
+    rejected_more: int = 0
+    """Rejections counted but not listed in ``rejected``."""
     duplicates_in_file: int = 0
     suppressed: int = 0
     enqueued: int = 0
@@ -158,7 +171,14 @@ class LaunchReport:
 
     @property
     def rejected_rows(self) -> int:
-        return len({e.line for e in self.rejected})
+        return self.rejected_row_count
+
+    def reject(self, line: int, errors: Sequence[FieldError]) -> None:
+        """Row ``line`` was refused for ``errors`` (one row, however many errors)."""
+        self.rejected_row_count += 1
+        room = MAX_REJECTIONS - len(self.rejected)
+        self.rejected += [RowError(line, e.field, e.rule) for e in errors[:room]]
+        self.rejected_more += max(len(errors) - room, 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -168,6 +188,7 @@ class LaunchReport:
             "valid": self.valid,
             "rejected_rows": self.rejected_rows,
             "rejected": [{"line": e.line, "field": e.field, "rule": e.rule} for e in self.rejected],
+            "rejected_not_listed": self.rejected_more,
             "duplicates_in_file": self.duplicates_in_file,
             "suppressed": self.suppressed,
             "enqueued": self.enqueued,
@@ -180,21 +201,8 @@ class LaunchReport:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
-    line: int
-    request: CallRequest
-    job_id: str
-    number: str
-    timezone: str | None
-    given_id: str | None
-    """The row's own ``id``; None: the producer derives ``job_id`` (``<campaign>:<number>``) itself."""
-    status_callback_url: str | None = None
-    """The row's own statusCallbackUrl (None: the campaign's is used, and nothing is stored per job)."""
-
-
 Progress = Callable[[int, int], None]
-"""Called with (rows enqueued so far, rows to enqueue)."""
+"""Called with (done, total): bytes of a file read, or rows of a list."""
 
 RowItem = tuple[int, dict[str, Any] | None, str | None, str | None, str | None, list[FieldError]]
 """(line, body, id, timezone, statusCallbackUrl, errors) of one data row."""
@@ -405,60 +413,152 @@ def json_rows(rows: Iterable[Any], spec: CampaignSpec) -> Iterator[RowItem]:
         yield _json_item(n, data, spec)
 
 
-def _text_rows(text: str, spec: CampaignSpec, jsonl: bool) -> Iterator[RowItem]:
-    if jsonl:
-        for n, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                data = json.loads(raw)
-            except (ValueError, RecursionError) as exc:
-                # ValueError also covers numbers too long to convert (over 4,300 digits).
-                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else (
-                    "nested too deeply" if isinstance(exc, RecursionError) else "a number is too long")
-                yield n, None, None, None, None, [FieldError("body", f"not valid JSON ({msg})")]
-                continue
-            yield _json_item(n, data, spec)
-        return
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+def _csv_values(header: Sequence[str], cells: list[str]) -> dict[str, str] | None:
+    """A CSV record as csv.DictReader gives it (missing cells empty), stripped; None with more cells than
+    the header."""
+    if len(cells) > len(header):
+        return None
+    return {h: (cells[i].strip() if i < len(cells) else "") for i, h in enumerate(header)}
+
+
+def _csv_item(line: int, header: Sequence[str], cells: list[str], spec: CampaignSpec) -> RowItem | None:
+    """One CSV record for the full path; None for a blank record (skipped, as it always was)."""
+    values = _csv_values(header, cells)
+    if values is None:
+        return line, None, None, None, None, [FieldError("row", "has more cells than the header")]
+    if not any(values.values()):
+        return None
+    body, errors = _csv_body(values, spec)
+    return (line, body, values.get("id") or None, values.get("timezone") or None,
+            values.get("statusCallbackUrl") or None, errors)
+
+
+def _csv_header(reader: Iterator[list[str]]) -> list[str]:
     try:
-        header = [h.strip() for h in (reader.fieldnames or [])]
+        header = [h.strip() for h in next(reader, [])]
     except csv.Error as exc:
         raise LaunchError([FieldError("FILE", f"is not valid CSV ({exc})")]) from None
-    reader.fieldnames = header
     if "called" not in header:
         raise LaunchError([FieldError("FILE", "CSV header must have a 'called' column")])
     unknown = [h for h in header if h not in CSV_COLUMNS]
     if unknown:
         raise LaunchError([FieldError("FILE", f"unknown CSV column(s) {', '.join(map(repr, unknown))}; "
                                               f"known: {', '.join(CSV_COLUMNS)}")])
-    row: dict[str | None, Any]
-    rows = iter(reader)
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise LaunchError([FieldError("FILE", f"line {reader.line_num}: is not valid CSV ({exc})")]) from None
-        line = reader.line_num
-        values = {k: (v or "").strip() if isinstance(v, str) else "" for k, v in row.items() if isinstance(k, str)}
-        if None in row:
-            yield line, None, None, None, None, [FieldError("row", "has more cells than the header")]
-            continue
-        if not any(values.values()):
-            continue
-        body, errors = _csv_body(values, spec)
-        yield (line, body, values.get("id") or None, values.get("timezone") or None,
-               values.get("statusCallbackUrl") or None, errors)
+    return header
 
 
-def _validate_rows(
-    items: Iterable[RowItem], csv_mode: bool, opts: LaunchOptions, report: LaunchReport, allow_private: bool = False
-) -> list[_Row]:
-    rows: list[_Row] = []
-    first_line: dict[str, int] = {}
-    for line, body, job_id, tz, scb, pre_errors in items:
+def _csv_records(lines: Iterable[str]) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header (checked: raises LaunchError) and (line, cells) of every record after it."""
+    reader = csv.reader(lines)
+    header = _csv_header(reader)
+
+    def records() -> Iterator[tuple[int, list[str]]]:
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise LaunchError([FieldError("FILE", f"line {reader.line_num}: is not valid CSV ({exc})")]) from None
+            yield reader.line_num, cells
+
+    return header, records()
+
+
+def _json_line(n: int, raw: str, spec: CampaignSpec) -> RowItem | None:
+    if not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        # ValueError also covers numbers too long to convert (over 4,300 digits).
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else (
+            "nested too deeply" if isinstance(exc, RecursionError) else "a number is too long")
+        return n, None, None, None, None, [FieldError("body", f"not valid JSON ({msg})")]
+    return _json_item(n, data, spec)
+
+
+def _text_rows(text: str, spec: CampaignSpec, jsonl: bool) -> Iterator[RowItem]:
+    """Every data row of a file's text, for the full path (the launcher streams instead: :class:`_Stream`)."""
+    if jsonl:
+        for n, raw in enumerate(text.splitlines(), start=1):
+            if (item := _json_line(n, raw, spec)) is not None:
+                yield item
+        return
+    header, records = _csv_records(io.StringIO(text, newline=""))
+    for line, cells in records:
+        if (item := _csv_item(line, header, cells, spec)) is not None:
+            yield item
+
+
+MAX_REJECTIONS = 1000
+"""Rejections a report lists (each with line, field and rule); every rejected row is counted."""
+_BATCH = 10_000
+"""Rows read, validated and stored at a time: the launcher holds one batch (and reads the next while it is
+stored), so its memory does not grow with the file."""
+LAYOUT: Literal["rows", "jobs"] = "jobs"
+"""How a launch stores its rows: "rows", compact chunks the hopper materialises (``worker/campaigns/rows.py``),
+or "jobs", a full ledger job per row at once (the layout before issue 18; kept until the hopper ships, and for
+bench P10's side-by-side)."""
+
+
+def _number_key(settings: Settings) -> Callable[[str], str]:
+    """A row's number key (its campaign member, do-not-call and job-id key), from its validated ``called``;
+    raises ValueError naming the rule. The one place the launcher keys numbers."""
+    return normalize_number
+
+
+def _called_key(settings: Settings) -> Callable[[str], str]:
+    """:func:`_number_key` for a ``called`` that already matches the seed's pattern (``+`` and digits): the fast
+    path's, without checking the format again (``tests/campaigns/test_fast_rows.py`` compares the two)."""
+    return _plain_key
+
+
+def _plain_key(called: str) -> str:
+    return called[1:] if called[:1] == "+" else called
+
+
+class _Checker:
+    """Validates one launch's rows into :class:`CompactRow` s and counts them into its report: CSV rows
+    through the fast path (:mod:`worker.campaigns.fast_rows`) when it accepts them, every other row through
+    the model, which names each refused field and rule."""
+
+    def __init__(self, settings: Settings, opts: LaunchOptions, spec: CampaignSpec, report: LaunchReport) -> None:
+        self._settings = settings
+        self._opts = opts
+        self._spec = spec
+        self._report = report
+        self._allow_private = settings.webhook_allow_private
+        self.key = _number_key(settings)
+        self._callback = _CallbackCheck(settings)
+        self._fast: FastCsv | None = None
+        self._csv_mode = False
+        self._header: list[str] = []
+
+    def start_csv(self, header: list[str]) -> None:
+        self._csv_mode = True
+        self._header = header
+        room = None
+        if self._spec.callback_url is not None and self._settings.public_url:
+            room = max_job_id_chars(self._settings.public_url, base64=self._settings.callback_url_base64)
+        self._fast = FastCsv(header, self._spec, name=self._opts.name, number_key=_called_key(self._settings),
+                             id_room=room,
+                             allow_private=self._allow_private)
+        if self._spec.callback_url is not None and self._spec.callback_url != own_callback(self._settings.public_url):
+            self._fast.enabled = False  # a callBackUrl not the dialer's own: the full path checks it per row
+
+    def csv(self, line: int, cells: list[str]) -> CompactRow | None:
+        """A CSV record: its row, or None (rejected, counted; or blank, skipped)."""
+        if self._fast is not None and (row := self._fast.row(cells)) is not None:
+            self._report.rows += 1
+            return row
+        item = _csv_item(line, self._header, cells, self._spec)
+        return None if item is None else self.item(item)
+
+    def item(self, item: RowItem) -> CompactRow | None:
+        """A row for the full path: its compact form, or None (rejected: the report names why)."""
+        line, body, job_id, tz, scb, pre_errors = item
+        report = self._report
         report.rows += 1
         errors = list(pre_errors)
         request = None
@@ -466,29 +566,121 @@ def _validate_rows(
             try:
                 request = CallRequest.model_validate(body)
             except ValidationError as exc:
-                errors += [FieldError(_csv_field(e.field) if csv_mode else e.field, e.rule) for e in field_errors(exc)]
+                errors += [FieldError(_csv_field(e.field) if self._csv_mode else e.field, e.rule)
+                           for e in field_errors(exc)]
         if job_id is not None and not valid_producer_id(job_id):
             errors.append(FieldError("id", PRODUCER_ID_RULE))
         if tz is not None and not valid_timezone(tz):
             errors.append(FieldError("timezone", "must be an IANA time zone such as Europe/Paris"))
-        if scb is not None and (problem := status_callback_problem(scb, allow_private=allow_private)) is not None:
+        if scb is not None and (problem := status_callback_problem(scb, allow_private=self._allow_private)) is not None:
             errors.append(FieldError("statusCallbackUrl", problem))
+        key = ""
+        if request is not None:
+            try:
+                key = self.key(request.called)
+            except ValueError as exc:
+                errors.append(FieldError("called", str(exc)))
         if errors or request is None:
-            report.rejected += [RowError(line, e.field, e.rule) for e in errors]
-            continue
-        number = normalize_number(request.called)
-        row_id = job_id or f"{opts.name}:{number}"
+            report.reject(line, errors)
+            return None
+        row_id = job_id or f"{self._opts.name}:{key}"
         if not valid_job_id(row_id):  # a derived id is checked like a given one
-            report.rejected.append(RowError(line, "called", f"gives the job id {row_id!r}, which is not valid"))
+            report.reject(line, [FieldError("called", f"gives the job id {row_id!r}, which is not valid")])
+            return None
+        if url_errors := self._callback.errors(request.call_back_url, row_id):
+            report.reject(line, url_errors)
+            return None
+        dump = request.model_dump(by_alias=True, exclude_none=True, exclude_unset=True)
+        return compact(dump, self._spec, key=key, job_id=job_id, timezone=tz, status_callback_url=scb)
+
+
+class _Stream:
+    """Where a launch's rows come from, read lazily: a file (progress in bytes), a text or parsed rows."""
+
+    def __init__(self, total: int, position: Callable[[], int],
+                 rows: Callable[[_Checker, CampaignSpec], Iterator[CompactRow | None]],
+                 close: Callable[[], None] = lambda: None) -> None:
+        self.total = total
+        self.position = position
+        self.rows = rows
+        self.close = close
+
+
+def _file_stream(path: Path, csv_mode: bool) -> _Stream:
+    try:
+        raw = path.open("rb")
+        size = os.fstat(raw.fileno()).st_size
+        _check_utf8(raw)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LaunchError([FieldError("FILE", f"cannot be read: {exc}")]) from None
+    # Universal newlines for JSONL (as splitlines did); CSV reads its own line ends (quoted ones included).
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="" if csv_mode else None)
+    return _Stream(size, raw.tell, lambda checker, spec: _lines_rows(text, csv_mode, checker, spec), text.close)
+
+
+def _check_utf8(raw: Any) -> None:
+    """Reads the whole file once as UTF-8 (1 MB at a time, ~1 s for 1 GB), so a file that is not UTF-8 is
+    refused before anything is stored; leaves the file at its start."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    while block := raw.read(1 << 20):
+        decoder.decode(block)
+    decoder.decode(b"", final=True)
+    raw.seek(0)
+
+
+def _lines_rows(lines: Iterable[str], csv_mode: bool, checker: _Checker,
+                spec: CampaignSpec) -> Iterator[CompactRow | None]:
+    if csv_mode:
+        header, records = _csv_records(lines)
+        checker.start_csv(header)
+        csv_row = checker.csv
+        for line, cells in records:
+            yield csv_row(line, cells)
+        return
+    item = checker.item
+    for n, raw in enumerate(lines, start=1):
+        if (parsed := _json_line(n, raw, spec)) is not None:
+            yield item(parsed)
+
+
+def _text_stream(text: str, csv_mode: bool) -> _Stream:
+    buffer = io.StringIO(text, newline="" if csv_mode else None)
+    return _Stream(len(text), buffer.tell, lambda checker, spec: _lines_rows(buffer, csv_mode, checker, spec))
+
+
+def _rows_stream(rows: Sequence[Any]) -> _Stream:
+    done = [0]
+
+    def read(checker: _Checker, spec: CampaignSpec) -> Iterator[CompactRow | None]:
+        for n, data in enumerate(rows, start=1):
+            done[0] = n
+            yield checker.item(_json_item(n, data, spec))
+
+    return _Stream(len(rows), lambda: done[0], read)
+
+
+def _batches(rows: Iterator[CompactRow | None], report: LaunchReport, size: int) -> Iterator[list[CompactRow]]:
+    """Valid rows ``size`` at a time (the last batch may be shorter); a repeat of a member within a batch is
+    counted as a duplicate in the file and skipped (farther repeats are found by the number set, or the
+    ledger, as already enqueued: the launcher keeps no memory of the whole file)."""
+    batch: list[CompactRow] = []
+    seen: set[str] = set()
+    for row in rows:
+        if row is None:
             continue
-        key = job_id or number
-        if key in first_line:
+        m = row.member
+        if m in seen:
             report.duplicates_in_file += 1
             continue
-        first_line[key] = line
-        rows.append(_Row(line, request, row_id, number, tz, job_id, scb))
-    report.valid = len(rows)
-    return rows
+        seen.add(m)
+        batch.append(row)
+        report.valid += 1
+        if len(batch) >= size:
+            yield batch
+            batch = []
+            seen = set()
+    if batch:
+        yield batch
 
 
 def _head(path: Path) -> str:
@@ -501,9 +693,8 @@ def _head(path: Path) -> str:
 
 @contextlib.contextmanager
 def _bulk() -> Iterator[None]:
-    """No cyclic garbage collection while a launch builds and sends its rows: with 100k rows alive, every
-    full collection walks them all, and that was half the validation time. Nothing here forms cycles;
-    the collector is restored (and run once) afterwards."""
+    """No cyclic garbage collection while a launch builds and sends its rows: with a batch of rows alive,
+    every full collection walks them all. Nothing here forms cycles; the collector is restored afterwards."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -520,15 +711,17 @@ async def launch_file(
     opts: LaunchOptions,
     *,
     progress: Progress | None = None,
+    layout: Literal["rows", "jobs"] | None = None,
 ) -> LaunchReport:
-    """Validate and (unless ``dry_run``, or ``strict`` with a rejected row) enqueue a campaign file.
+    """Validate and (unless ``dry_run``, or ``strict`` with a rejected row) store a campaign file, streaming:
+    memory stays the same whatever the file's size. ``progress(bytes read, file size)`` is called as it goes.
 
     Raises LaunchError for bad options or an unusable file, CampaignError if the campaign exists with
-    other settings or was cancelled; in both cases nothing was stored.
+    other settings or was cancelled; in both cases nothing was stored. ``layout``: see :data:`LAYOUT`.
     """
     csv_mode = not _is_jsonl(path, _head(path))
-    return await _launch_checked(redis, settings, opts, str(path), csv_mode,
-                                 lambda spec: read_rows(path, spec), progress)
+    return await _launch_checked(redis, settings, opts, str(path), lambda: _file_stream(path, csv_mode),
+                                 progress, layout)
 
 
 async def launch_text(
@@ -540,14 +733,16 @@ async def launch_text(
     jsonl: bool | None = None,
     source: str = "upload",
     progress: Progress | None = None,
+    layout: Literal["rows", "jobs"] | None = None,
 ) -> LaunchReport:
     """:func:`launch_file` for the text of a file (an upload). ``jsonl`` None: JSONL if the text starts
     with ``{``, else CSV. ``source`` is what the report calls the file."""
     text = text.removeprefix("\ufeff")
     if jsonl is None:
         jsonl = text.lstrip().startswith("{")
-    return await _launch_checked(redis, settings, opts, source, not jsonl,
-                                 lambda spec: _text_rows(text, spec, jsonl), progress)
+    csv_mode = not jsonl
+    return await _launch_checked(redis, settings, opts, source, lambda: _text_stream(text, csv_mode), progress,
+                                 layout)
 
 
 async def launch_rows(
@@ -558,10 +753,11 @@ async def launch_rows(
     *,
     source: str = "request",
     progress: Progress | None = None,
+    layout: Literal["rows", "jobs"] | None = None,
 ) -> LaunchReport:
     """:func:`launch_file` for rows already parsed from JSON (each a JSONL line's object); row ``n``
     of the report is ``rows[n - 1]``."""
-    return await _launch_checked(redis, settings, opts, source, False, lambda spec: json_rows(rows, spec), progress)
+    return await _launch_checked(redis, settings, opts, source, lambda: _rows_stream(rows), progress, layout)
 
 
 async def _launch_checked(
@@ -569,9 +765,9 @@ async def _launch_checked(
     settings: Settings,
     opts: LaunchOptions,
     source: str,
-    csv_mode: bool,
-    items: Callable[[CampaignSpec], Iterable[RowItem]],
+    open_stream: Callable[[], _Stream],
     progress: Progress | None,
+    layout: Literal["rows", "jobs"] | None,
 ) -> LaunchReport:
     started = time.monotonic()
     spec, errors = check_options(opts, callback=callback_url(settings), callback_base64=settings.callback_url_base64,
@@ -580,63 +776,165 @@ async def _launch_checked(
         raise LaunchError(errors)
     report = LaunchReport(campaign=opts.name, file=source, dry_run=opts.dry_run)
     with _bulk():
-        # Parsing and validating 100k rows takes ~1 s of CPU: in a thread, so `dialer serve` keeps answering.
-        rows = await asyncio.to_thread(_validate_rows, items(spec), csv_mode, opts, report,
-                                       settings.webhook_allow_private)
-        await _launch(redis, settings, rows, opts, spec, report, progress)
+        if opts.dry_run:
+            existing = await Campaigns(redis, settings).spec(opts.name)
+            if existing is not None and existing != spec:
+                raise CampaignError(f"campaign {opts.name!r} exists with other settings; a launch would be refused")
+            await _run(open_stream(), settings, opts, spec, report, _DrySink(redis, settings, report), progress)
+        else:
+            if opts.strict:
+                # Pass 1 reads and validates the whole file, storing nothing; pass 2 (only when no row was
+                # rejected) reads it again and stores it. Two passes keep a strict launch streaming.
+                await _run(open_stream(), settings, opts, spec, report, None, progress)
+                if report.rejected_rows:
+                    report.strict_refused = True
+                    report.nothing_valid = report.valid == 0
+                    report.seconds = time.monotonic() - started
+                    return report
+                report = LaunchReport(campaign=opts.name, file=source)
+            chosen = layout or LAYOUT
+            sink: _Sink = (_RowSink(redis, settings, opts, spec, report) if chosen == "rows"
+                           else _JobSink(redis, settings, opts, spec, report))
+            await _run(open_stream(), settings, opts, spec, report, sink, progress)
+        report.nothing_valid = report.valid == 0
     report.seconds = time.monotonic() - started
     return report
 
 
-async def _launch(
-    redis: Redis,
-    settings: Settings,
-    rows: list[_Row],
-    opts: LaunchOptions,
-    spec: CampaignSpec,
-    report: LaunchReport,
-    progress: Progress | None,
-) -> None:
-    campaigns = Campaigns(redis, settings)
-    if opts.dry_run or (opts.strict and report.rejected):
-        report.strict_refused = bool(opts.strict and report.rejected and not opts.dry_run)
-        report.nothing_valid = not rows
-        if opts.dry_run:
-            # Read-only look-ups, so the dry run says what a real one would skip.
-            existing = await campaigns.spec(opts.name)
-            if existing is not None and existing != spec:
-                raise CampaignError(f"campaign {opts.name!r} exists with other settings; a launch would be refused")
-            listed = await Suppression(redis, settings).which([r.number for r in rows])
-            report.suppressed = sum(1 for r in rows if r.number in listed)
-        return
-    listed = await Suppression(redis, settings).which([r.number for r in rows])
-    todo = [r for r in rows if r.number not in listed]
-    report.suppressed = len(rows) - len(todo)
-    if not rows:
-        # Nothing valid: create nothing, so the name stays free for the corrected file.
-        report.nothing_valid = True
-        return
-    report.campaign_created = await campaigns.create(opts.name, spec) == "created"
-    producer = Producer(redis, settings)
-    deadline = None if spec.deadline_ms is None else datetime.fromtimestamp(spec.deadline_ms / 1000, UTC)
-    done = 0
-    if progress:
-        progress(0, len(todo))
-    for start in range(0, len(todo), _ENQUEUE_CHUNK):
-        part = todo[start : start + _ENQUEUE_CHUNK]
-        results = await producer.enqueue_many(
-            [CallJob(request=r.request, job_id=r.given_id, timezone=r.timezone,
-                     status_callback_url=r.status_callback_url) for r in part],
-            campaign=opts.name,
-            deadline=deadline,
+async def _run(stream: _Stream, settings: Settings, opts: LaunchOptions, spec: CampaignSpec, report: LaunchReport,
+               sink: _Sink | None, progress: Progress | None) -> None:
+    """Reads, validates and stores batch after batch: batches are read and validated in a thread (so ``dialer
+    serve`` keeps answering) while a sender task stores the ones before them, in order, up to two ahead."""
+    queue: asyncio.Queue[tuple[list[CompactRow], int, int] | None] = asyncio.Queue(maxsize=2)
+
+    async def send() -> None:
+        while (item := await queue.get()) is not None:
+            batch, expected, position = item
+            if sink is not None:
+                await sink.put(batch, expected)
+            if progress:
+                progress(position, stream.total)
+
+    sender = asyncio.create_task(send())
+    try:
+        checker = _Checker(settings, opts, spec, report)
+        batches = _batches(stream.rows(checker, spec), report, _BATCH)
+        if progress:
+            progress(0, stream.total)
+        while True:
+            batch = await asyncio.to_thread(next, batches, None)
+            item = None if batch is None else (batch, _estimate(stream, report), stream.position())
+            put = asyncio.ensure_future(queue.put(item))
+            await asyncio.wait({put, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if not put.done():  # the sender failed: its error is raised below
+                put.cancel()
+                break
+            if item is None:
+                break
+        await sender
+        if progress:
+            progress(stream.total, stream.total)
+    finally:
+        if not sender.done():
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        stream.close()
+
+
+def _estimate(stream: _Stream, report: LaunchReport) -> int:
+    """Rows the whole input will have, from the share read so far (sizes the number set once)."""
+    done = stream.position()
+    if done <= 0 or stream.total <= 0:
+        return report.rows
+    return max(report.rows, math.ceil(report.rows * stream.total / done))
+
+
+class _Sink:
+    async def put(self, batch: list[CompactRow], expected_rows: int) -> None:
+        raise NotImplementedError
+
+
+class _DrySink(_Sink):
+    """A dry run: nothing stored; the do-not-call list is looked up so the report says what would be skipped."""
+
+    def __init__(self, redis: Redis, settings: Settings, report: LaunchReport) -> None:
+        self._suppression = Suppression(redis, settings)
+        self._report = report
+
+    async def put(self, batch: list[CompactRow], expected_rows: int) -> None:
+        listed = await self._suppression.which([r.key for r in batch])
+        self._report.suppressed += sum(1 for r in batch if r.key in listed)
+
+
+class _StoreSink(_Sink):
+    """Creates the campaign with its first valid batch (no valid row: no campaign), skips listed numbers."""
+
+    def __init__(self, redis: Redis, settings: Settings, opts: LaunchOptions, spec: CampaignSpec,
+                 report: LaunchReport) -> None:
+        self._campaigns = Campaigns(redis, settings)
+        self._suppression = Suppression(redis, settings)
+        self._opts = opts
+        self._spec = spec
+        self._report = report
+        self._created = False
+
+    async def put(self, batch: list[CompactRow], expected_rows: int) -> None:
+        if not self._created:
+            self._report.campaign_created = await self._campaigns.create(self._opts.name, self._spec) == "created"
+            self._created = True
+        await self.store(batch, expected_rows)
+
+    async def store(self, rows: list[CompactRow], expected_rows: int) -> None:
+        raise NotImplementedError
+
+
+class _RowSink(_StoreSink):
+    """Rows into compact chunks and the number set (:class:`~worker.campaigns.rows.RowStore`)."""
+
+    def __init__(self, redis: Redis, settings: Settings, opts: LaunchOptions, spec: CampaignSpec,
+                 report: LaunchReport) -> None:
+        super().__init__(redis, settings, opts, spec, report)
+        self._store = RowStore(redis, settings)
+        self._buckets = 0
+
+    async def store(self, rows: list[CompactRow], expected_rows: int) -> None:
+        if not self._buckets:
+            self._buckets = buckets_for(expected_rows)  # used only if this launch is the campaign's first
+        # The append script skips numbers on the do-not-call list itself (no round trip of its own).
+        res = await self._store.append(self._opts.name, rows, buckets=self._buckets)
+        self._report.enqueued += res.added
+        self._report.already_enqueued += len(res.duplicates)
+        self._report.suppressed += len(res.suppressed)
+
+
+class _JobSink(_StoreSink):
+    """A full ledger job per row at once (``Producer.enqueue_many``): the layout before issue 18."""
+
+    def __init__(self, redis: Redis, settings: Settings, opts: LaunchOptions, spec: CampaignSpec,
+                 report: LaunchReport) -> None:
+        super().__init__(redis, settings, opts, spec, report)
+        self._producer = Producer(redis, settings)
+        self._deadline = None if spec.deadline_ms is None else datetime.fromtimestamp(spec.deadline_ms / 1000, UTC)
+
+    async def store(self, rows: list[CompactRow], expected_rows: int) -> None:
+        listed = await self._suppression.which([r.key for r in rows])
+        todo = [r for r in rows if r.key not in listed] if listed else rows
+        self._report.suppressed += len(rows) - len(todo)
+        if not todo:
+            return
+        rows = todo
+        spec = self._spec
+        results = await self._producer.enqueue_many(
+            [CallJob(request=request_body(r, spec), job_id=r.job_id or None, timezone=r.timezone or None,
+                     status_callback_url=r.status_callback_url or None) for r in rows],
+            campaign=self._opts.name, deadline=self._deadline,
         )
+        report = self._report
         for r in results:
             if r.status == "accepted":
                 report.enqueued += 1
             elif r.status == "duplicate":
                 report.already_enqueued += 1
             else:  # pragma: no cover - rows were validated above
-                report.rejected += [RowError(part[r.index or 0].line, e.field, e.rule) for e in r.errors]
-        done += len(part)
-        if progress:
-            progress(done, len(todo))
+                report.reject(0, list(r.errors))

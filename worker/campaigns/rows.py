@@ -23,15 +23,16 @@ stays correct; its fullest buckets become hash tables (bigger). Values: ``''`` w
 the hopper and the ledger write the later ones.
 
 **Append** (``rows_append.lua``): one script per chunk puts its members in the set, the chunk on the list
-and its row count on the campaign counter ``pending``, atomically; if any member is already in the set
-nothing is written and those members are returned, and :meth:`RowStore.append` sends the chunk again
-without them. So a re-run of a launch (after a crash, at any point) appends exactly what is missing.
+and its row count on the campaign counter ``pending``, atomically; if any member is already in the set, or
+any number is on the do-not-call list, nothing is written and those are returned, and
+:meth:`RowStore.append` sends the chunk again without them. So a re-run of a launch (after a crash, at any
+point) appends exactly what is missing.
 
 **Chunk format** (version 1): the byte ``\\x01``, then zlib of a compact JSON array with one entry per row:
 the member-only row as a bare string (its key), else an array ``[key, called, priority, callerPresent,
 playTimes, templateParams, playList, callBackUrl, id, timezone, statusCallbackUrl]`` with trailing empty
-values left out. ``called`` is ``""`` for the key itself and ``"+"`` for ``+<key>``; ``""``, ``0`` or
-``null`` mean "the campaign's".
+values left out. ``called`` is ``""`` for the key itself, ``"+"`` for ``+<key>``, ``"-N"`` for its last N
+digits; ``""``, ``0`` or ``null`` mean "the campaign's".
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import json
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -55,7 +56,8 @@ from worker.store.decode import text
 from worker.store.keys import Keys
 
 __all__ = [
-    "CHUNK_ROWS", "AppendResult", "CompactRow", "RowStore", "bucket", "buckets_for", "compact", "decode_chunk",
+    "CHUNK_ROWS", "AppendResult", "CompactRow", "RowStore", "bucket", "buckets_for", "called_code", "compact",
+    "decode_chunk",
     "encode_chunk", "job_id", "member", "request_body",
 ]
 
@@ -78,7 +80,8 @@ class CompactRow:
     key: str
     """The number key (:func:`~worker.rules.normalize_number` of ``called``: digits, no '+')."""
     called: str = ""
-    """``called`` as it is dialled: ``""`` the key itself, ``"+"`` ``+<key>``, else the text."""
+    """``called`` as it is dialled: ``""`` the key itself, ``"+"`` ``+<key>``, ``"-N"`` the key's last N digits
+    (a national number keyed by its E.164 digits), else the text itself (never starts with '-')."""
     priority: str = ""
     caller_present: str = ""
     play_times: int = 0
@@ -95,9 +98,14 @@ class CompactRow:
     @property
     def dialled(self) -> str:
         """``called`` as the job's body has it."""
-        if not self.called:
+        c = self.called
+        if not c:
             return self.key
-        return "+" + self.key if self.called == "+" else self.called
+        if c == "+":
+            return "+" + self.key
+        if c[0] == "-":
+            return self.key[-int(c[1:]) :]
+        return c
 
     @property
     def member(self) -> str:
@@ -165,13 +173,25 @@ def request_body(row: CompactRow, spec: CampaignSpec) -> dict[str, Any]:
     return body
 
 
-def compact(body: dict[str, Any], spec: CampaignSpec, *, job_id: str | None = None, timezone: str | None = None,
-            status_callback_url: str | None = None) -> CompactRow:
+def called_code(called: str, key: str) -> str:
+    """How a row stores ``called`` next to its key (see :attr:`CompactRow.called`)."""
+    if called == key:
+        return ""
+    if called[:1] == "+" and called[1:] == key:
+        return "+"
+    if key.endswith(called) and called.isascii() and called.isdigit():
+        return f"-{len(called)}"
+    return called
+
+
+def compact(body: dict[str, Any], spec: CampaignSpec, *, key: str | None = None, job_id: str | None = None,
+            timezone: str | None = None, status_callback_url: str | None = None) -> CompactRow:
     """The compact form of a validated body (``CallRequest.model_dump(by_alias=True, exclude_none=True,
-    exclude_unset=True)``) of a row of this campaign; :func:`request_body` gives the body back. Raises
-    ValueError for a body the campaign's fields cannot express (a launch never makes one)."""
+    exclude_unset=True)``) of a row of this campaign; :func:`request_body` gives the body back. ``key``: the
+    number key (default: :func:`~worker.rules.normalize_number` of ``called``). Raises ValueError for a body
+    the campaign's fields cannot express (a launch never makes one)."""
     called = body["called"]
-    key = normalize_number(called)
+    key = key or normalize_number(called)
     d = spec.defaults
     default_item = _default_item(spec)
     params: tuple[str, ...] | None = None
@@ -187,7 +207,7 @@ def compact(body: dict[str, Any], spec: CampaignSpec, *, job_id: str | None = No
     campaign_priority = str(spec.priority) if spec.priority is not None else None
     row = CompactRow(
         key=key,
-        called="" if called == key else ("+" if called == "+" + key else called),
+        called=called_code(called, key),
         priority=p if (p := body.get("priority")) is not None and p != campaign_priority else "",
         caller_present=c if (c := body.get("callerPresent")) is not None and c != d.get("callerPresent") else "",
         play_times=t if (t := body.get("playTimes")) is not None and t != d.get("playTimes") else 0,
@@ -204,6 +224,9 @@ def compact(body: dict[str, Any], spec: CampaignSpec, *, job_id: str | None = No
 
 
 def _packed(row: CompactRow) -> str | list[Any]:
+    if not (row.priority or row.caller_present or row.play_times or row.params is not None or
+            row.play_list is not None or row.call_back_url or row.job_id or row.timezone or row.status_callback_url):
+        return [row.key, row.called] if row.called else row.key
     values: list[Any] = [row.key, row.called, row.priority, row.caller_present, row.play_times,
                          None if row.params is None else list(row.params),
                          None if row.play_list is None else list(row.play_list),
@@ -241,14 +264,11 @@ def decode_chunk(blob: bytes) -> list[CompactRow]:
 @dataclass
 class AppendResult:
     """``added`` rows went into chunks; ``duplicates`` are the members that were already in the set (a
-    re-run, or a repeat), in input order."""
+    re-run, or a repeat) and ``suppressed`` those whose number is on the do-not-call list, in input order."""
 
     added: int = 0
-    duplicates: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.duplicates is None:
-            self.duplicates = []
+    duplicates: list[str] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)
 
 
 class RowStore:
@@ -261,11 +281,11 @@ class RowStore:
 
     async def append(self, name: str, rows: Sequence[CompactRow], *, buckets: int) -> AppendResult:
         """Append rows in chunks of :data:`CHUNK_ROWS`, pipelined; rows whose member is already in the set,
-        or earlier in ``rows``, are skipped and returned as duplicates. ``buckets`` fixes the campaign's
+        or earlier in ``rows``, are skipped and returned as duplicates, and rows whose number is on the
+        do-not-call list as suppressed. ``buckets`` fixes the campaign's
         bucket count if its first append is this one. Raises UnknownCampaign / CampaignError
         (cancelled); chunks appended before that stay (each chunk is all or nothing)."""
         result = AppendResult()
-        assert result.duplicates is not None
         seen: set[str] = set()
         unique: list[CompactRow] = []
         for r in rows:
@@ -283,10 +303,13 @@ class RowStore:
                 verdict = text(reply[0])
                 if verdict == "ok":
                     result.added += int(reply[1])
-                elif verdict == "dup":
-                    found = {text(m) for m in reply[1:]}
-                    result.duplicates += [r.member for r in chunk if r.member in found]
-                    rest = [r for r in chunk if r.member not in found]
+                elif verdict == "skip":
+                    n_dups = int(reply[1])
+                    dups = {text(m) for m in reply[2 : 2 + n_dups]}
+                    listed = {text(m) for m in reply[2 + n_dups :]}
+                    result.duplicates += [r.member for r in chunk if r.member in dups]
+                    result.suppressed += [r.member for r in chunk if r.member in listed]
+                    rest = [r for r in chunk if r.member not in dups and r.member not in listed]
                     if rest:
                         again.append(rest)
                 elif verdict == "missing":
@@ -298,11 +321,13 @@ class RowStore:
 
     async def _send(self, name: str, chunks: list[list[CompactRow]], buckets: int) -> list[Any]:
         k = self._keys
-        keys = [k.campaign(name), k.campaign_counts(name), k.campaign_rows(name)]
+        keys = [k.campaign(name), k.campaign_counts(name), k.campaign_rows(name), k.suppress]
         async with self._redis.pipeline(transaction=False) as pipe:
             for chunk in chunks:
-                members = ",".join(r.member for r in chunk)
-                await self._append(keys=keys, args=[k.prefix, name, buckets, members, encode_chunk(chunk)],
+                members = [r.member for r in chunk]
+                numbers = [r.key for r in chunk]
+                await self._append(keys=keys, args=[k.prefix, name, buckets, ",".join(members), encode_chunk(chunk),
+                                                    "" if members == numbers else ",".join(numbers)],
                                    client=pipe)
             return list(await pipe.execute())
 
