@@ -65,20 +65,25 @@ class SentinelHA:
         self.workdir = workdir
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
-        self.nodes: list[RedisServer] = [RedisServer(self._dir("node0"))]
+        self.nodes: list[RedisServer] = [RedisServer(self._dir("node0"), *self._log("node0"))]
         primary = self.nodes[0].port
-        self.nodes += [RedisServer(self._dir(f"node{i}"), *self._replica_of(primary))
+        self.nodes += [RedisServer(self._dir(f"node{i}"), *self._log(f"node{i}"), *self._replica_of(primary))
                        for i in range(1, replicas + 1)]
         self.sentinels: list[RedisServer] = []
         for i in range(sentinels):
             directory = self._dir(f"sentinel{i}")
-            self.sentinels.append(RedisServer(directory, "--sentinel", config=directory / "sentinel.conf"))
+            self.sentinels.append(RedisServer(directory, "--sentinel", *self._log(f"sentinel{i}"),
+                                              config=directory / "sentinel.conf"))
         self.failovers: list[Failover] = []
 
     def _dir(self, name: str) -> Path:
         path = self.workdir / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _log(self, name: str) -> tuple[str, ...]:
+        """Each process logs to ``<workdir>/<name>.log`` (appended across restarts), for a failure's story."""
+        return ("--logfile", str(self.workdir / f"{name}.log"))
 
     @staticmethod
     def _replica_of(port: int) -> tuple[str, ...]:
@@ -167,15 +172,26 @@ class SentinelHA:
 
         return await wait_until(agreed, timeout, 0.1, lambda: "Sentinels agree: " + "; ".join(last))
 
-    async def primary(self) -> int:
-        """The primary's port, as the Sentinels name it now."""
-        sentinel = self._sentinel()
-        try:
-            _, port = await sentinel.discover_master(MASTER)
-            return int(port)
-        finally:
-            for s in sentinel.sentinels:
-                await s.aclose()
+    async def primary(self, timeout: float = 30) -> int:
+        """The primary's port once every Sentinel names the same one (right after a failover, one that has
+        not heard of it yet still names the old primary)."""
+        named: set[int] = set()
+
+        async def agreed() -> bool:
+            named.clear()
+            for s in self.sentinels:
+                r = aioredis.Redis(port=s.port, socket_timeout=1)
+                try:
+                    _, port = await r.sentinel_get_master_addr_by_name(MASTER)  # type: ignore[no-untyped-call]
+                    named.add(int(port))
+                except (RedisError, TypeError):
+                    return False
+                finally:
+                    await r.aclose()
+            return len(named) == 1
+
+        await wait_until(agreed, timeout, 0.05, lambda: f"the Sentinels name one primary (they name {named})")
+        return named.pop()
 
     async def kill_primary(self, timeout: float = 60) -> Failover:
         """SIGKILL the current primary; return once a write through the Sentinels is accepted by the new
@@ -199,9 +215,7 @@ class SentinelHA:
                     node = aioredis.Redis(port=int(port), socket_timeout=0.5, socket_connect_timeout=0.5)
                     try:
                         await node.set(_PROBE_KEY, str(killed_at))  # READONLY until the promotion is done
-                        failover = Failover(old, int(port), killed_at, switched, time.monotonic() - started)
-                        self.failovers.append(failover)
-                        return failover
+                        break
                     except RedisError:
                         pass
                     finally:
@@ -210,14 +224,20 @@ class SentinelHA:
         finally:
             for s in sentinel.sentinels:
                 await s.aclose()
+        failover = Failover(old, int(port), killed_at, switched, time.monotonic() - started)
+        # The next step (a restart, another kill) must find the same primary whichever Sentinel it asks.
+        assert await self.primary(timeout) == failover.new_port
+        self.failovers.append(failover)
+        return failover
 
     async def restart(self, port: int, timeout: float = 60) -> float:
         """Start the killed node on ``port`` again, as a replica of the current primary; returns the
         seconds until the Sentinels see it up and linked (replication included)."""
         started = time.monotonic()
         primary = await self.primary()
+        assert primary != port, f"the Sentinels still name the killed node {port} as the primary"
         node = self.node(port)
-        node.extra = self._replica_of(primary)
+        node.extra = (*self._log(f"node{self.nodes.index(node)}"), *self._replica_of(primary))
         node.start()
         await self.wait_healthy(primary, timeout)
         return time.monotonic() - started

@@ -116,10 +116,18 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
     async def go(redis: Redis, settings: Settings) -> Any:
         if not show_bar:
             return await launch_file(redis, settings, file, opts)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
-        with Progress("[bold]enqueue", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=True) as bar:
+        # The launch streams the file: progress is the bytes read (and stored, two batches behind).
+        with Progress("[bold]launch", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task("", total=None)
 
             def tick(done: int, total: int) -> None:
