@@ -116,6 +116,7 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
     async def go(redis: Redis, settings: Settings) -> Any:
         if not show_bar:
             return await launch_file(redis, settings, file, opts)
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -125,9 +126,10 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
             TransferSpeedColumn,
         )
 
-        # The launch streams the file: progress is the bytes read (and stored, two batches behind).
+        # The launch streams the file: progress is the bytes read (and stored, two batches behind), on stderr
+        # (stdout is the report's).
         with Progress("[bold]launch", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), transient=True) as bar:
+                      TimeRemainingColumn(), transient=True, console=Console(stderr=True)) as bar:
             task = bar.add_task("", total=None)
 
             def tick(done: int, total: int) -> None:
