@@ -31,6 +31,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -160,12 +161,14 @@ async def test_r6_sentinel_harness_keeps_every_acknowledged_write(ha: SentinelHA
     assert replicas == 2, "the restarted nodes did not rejoin as replicas"
 
 
-async def _trickle(producer: Producer, jobs: list[CallJob], per_s: float) -> dict[str, float]:
+async def _trickle(producer: Producer, jobs: list[CallJob], per_s: float) -> dict[str, Any]:
     """Enqueue ``jobs`` in batches at ``per_s``, as a client would: a batch that fails (Redis away) or is
     not acknowledged (too few replicas in time) is sent again with the same ids until acknowledged."""
     batch = max(1, round(per_s / 5))
-    figures: dict[str, float] = {"batches": 0, "not replicated, resent": 0, "failed, resent": 0,
-                                 "duplicates on resend": 0, "longest batch s": 0.0}
+    figures: dict[str, Any] = {"batches": 0, "not replicated, resent": 0, "failed, resent": 0,
+                               "duplicates on resend": 0, "longest batch s": 0.0}
+    errors: dict[str, int] = {}
+    figures["errors"] = errors
     for start in range(0, len(jobs), batch):
         part = jobs[start:start + batch]
         resent = False
@@ -175,8 +178,9 @@ async def _trickle(producer: Producer, jobs: list[CallJob], per_s: float) -> dic
                 results = await producer.enqueue_many(part, campaign="r6")
             except NotReplicated:
                 figures["not replicated, resent"] += 1
-            except RedisError:
+            except RedisError as exc:
                 figures["failed, resent"] += 1
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             else:
                 assert all(r.status in {"accepted", "duplicate"} for r in results), results[:3]
                 if resent:
