@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -43,7 +44,11 @@ from worker.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DIALER_SERVICES = ("worker", "api", "simulator", "webhooks")
+# The `ha` profile (issue 17): Redis with Sentinel failover, and the dialer services that use it.
+HA_DATA_NODES = ("redis-primary", "redis-replica-1", "redis-replica-2")
+HA_SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
+HA_DIALER_SERVICES = ("worker-ha", "api-ha", "webhooks-ha")
+DIALER_SERVICES = ("worker", "api", "simulator", "webhooks", *HA_DIALER_SERVICES)
 # Settings that are credentials: .env.example must leave them blank.
 CREDENTIALS = {"app_key", "app_secret", "api_keys", "dashboard_key", "callback_shared_key", "webhook_secret"}
 # Settings whose compose default differs from the program's (the containers reach each other by name).
@@ -160,7 +165,8 @@ def test_sandbox_profile_adds_the_simulator_and_the_workers_use_it_by_default() 
     services = _compose()["services"]
     assert _service("simulator")["profiles"] == ["sandbox"]
     assert _service("webhooks")["profiles"] == ["webhooks"]  # opt-in: it needs DIALER_WEBHOOK_SECRET
-    assert sorted(n for n, s in services.items() if s.get("profiles")) == ["simulator", "webhooks"]
+    opt_in = sorted(n for n, s in services.items() if s.get("profiles") and s["profiles"] != ["ha"])
+    assert opt_in == ["simulator", "webhooks"]
     sim_args = _service("simulator")["command"]
     sim_port = sim_args[sim_args.index("--port") + 1]
     for name in ("worker", "api"):
@@ -168,6 +174,114 @@ def test_sandbox_profile_adds_the_simulator_and_the_workers_use_it_by_default() 
         assert env["DIALER_API_BASE_URL"] == f"http://simulator:{sim_port}", name
         assert env["DIALER_REDIS_URL"].startswith("redis://redis:6379"), name
         assert _service(name)["depends_on"]["simulator"]["required"] is False, name
+
+
+def _shell_words(service: str) -> list[str]:
+    """The words of a ``sh -c`` service script (line continuations joined), as the shell splits them."""
+    command = _service(service)["command"]
+    assert command[:2] == ["sh", "-c"], f"{service}: expected a sh -c script"
+    return shlex.split(command[2].replace("\\\n", " "), comments=False)
+
+
+def _data_node_options(service: str) -> dict[str, str]:
+    """The redis-server options a data node of the ha profile runs with (after its config file)."""
+    words = _shell_words(service)
+    at = words.index("redis-server")
+    assert words[at - 2:at] == ["exec", "docker-entrypoint.sh"], "the image's entrypoint drops root"
+    assert words[at + 1] == "/data/redis.conf", "the role is kept in a config file Sentinel can rewrite"
+    opts = words[at + 2:]
+    return dict(zip(opts[::2], opts[1::2], strict=True))
+
+
+def _sentinel_conf(service: str) -> list[str]:
+    """The lines of the config file a Sentinel service writes at its first start."""
+    words = _shell_words(service)
+    at = words.index("printf")
+    assert words[at + 1] == "%s\\n"
+    end = words.index(">", at)
+    assert words[end + 1] == "/data/sentinel.conf"
+    return words[at + 2:end]
+
+
+def test_ha_profile_runs_a_primary_two_replicas_alike_and_durable() -> None:
+    single = dict(zip(_service("redis")["command"][1::2], _service("redis")["command"][2::2], strict=True))
+    volumes = set()
+    for name in HA_DATA_NODES:
+        node = _service(name)
+        assert node["profiles"] == ["ha"], name
+        assert node["image"] == _service("redis")["image"], name
+        assert node["restart"] == "unless-stopped", name
+        opts = _data_node_options(name)
+        # Any node may become the primary: every one runs with the same limits and persistence.
+        assert opts["--appendonly"] == "yes", name
+        assert opts["--appendfsync"] == "always", f"{name}: a restart before the failover would lose the last second"
+        for same in ("--maxmemory", "--maxmemory-policy", "--hash-max-listpack-value"):
+            assert opts[same] == single[same], f"{name} {same}"
+        assert opts["--maxmemory-policy"] == "noeviction"
+        assert opts["--dir"] == "/data"
+        # Announced by its service name: a re-created container has a new address.
+        assert opts["--replica-announce-ip"] == "${REDIS_NODE}" and node["environment"]["REDIS_NODE"] == name
+        [volume] = node["volumes"]
+        source, _, target = volume.partition(":")
+        assert target == "/data" and source in _compose()["volumes"], name
+        volumes.add(source)
+        assert "healthcheck" in node
+    assert len(volumes) == len(HA_DATA_NODES), "each data node has a volume of its own"
+    assert _service("redis-primary")["environment"]["REDIS_FIRST_ROLE"] == ""
+    for name in HA_DATA_NODES[1:]:
+        assert _service(name)["environment"]["REDIS_FIRST_ROLE"] == "replicaof redis-primary 6379"
+        assert _service(name)["depends_on"]["redis-primary"]["condition"] == "service_healthy"
+
+
+def test_ha_profile_runs_three_sentinels_with_a_quorum_of_two_on_host_names() -> None:
+    master = str(_default("redis_sentinel_master"))
+    volumes = set()
+    for name in HA_SENTINELS:
+        sentinel = _service(name)
+        assert sentinel["profiles"] == ["ha"], name
+        assert sentinel["image"] == _service("redis")["image"], name
+        words = _shell_words(name)
+        assert words[-4:] == ["docker-entrypoint.sh", "redis-server", "/data/sentinel.conf", "--sentinel"], name
+        conf = _sentinel_conf(name)
+        monitor = next(i for i, line in enumerate(conf) if line.startswith("sentinel monitor "))
+        assert conf[monitor].split() == ["sentinel", "monitor", master, "redis-primary", "6379", "2"], name
+        # Host names must be allowed before `monitor` names one.
+        assert conf.index("sentinel resolve-hostnames yes") < monitor
+        assert "sentinel announce-hostnames yes" in conf
+        assert "sentinel announce-ip ${SENTINEL_NAME}" in conf and sentinel["environment"]["SENTINEL_NAME"] == name
+        assert "port 26379" in conf
+        down_after = next(int(line.split()[-1]) for line in conf if "down-after-milliseconds" in line)
+        assert 1000 <= down_after <= 30_000, down_after
+        [volume] = sentinel["volumes"]
+        source, _, target = volume.partition(":")
+        assert target == "/data" and source in _compose()["volumes"], "its rewritten config must survive a restart"
+        volumes.add(source)
+        assert "ckquorum" in " ".join(_health_test(name)), name
+    assert len(volumes) == len(HA_SENTINELS)
+    quorum = 2
+    assert quorum > len(HA_SENTINELS) // 2, "a majority: two partitions can never both fail over"
+
+
+def test_ha_dialer_services_find_the_primary_through_all_three_sentinels_and_wait_for_a_replica() -> None:
+    for name in HA_DIALER_SERVICES:
+        plain = _service(name.removesuffix("-ha"))
+        service = _service(name)
+        assert service["profiles"] == ["ha"], name
+        for same in ("image", "command", "healthcheck", "stop_grace_period", "init", "env_file"):
+            assert service[same] == plain[same], f"{name} {same}"
+        env = service["environment"]
+        assert env["DIALER_REDIS_SENTINELS"].split(",") == [f"{s}:26379" for s in HA_SENTINELS], name
+        assert "DIALER_REDIS_WAIT_REPLICAS" not in env, "auto: one replica with Sentinel"
+        for sentinel in HA_SENTINELS:
+            assert service["depends_on"][sentinel]["condition"] == "service_healthy", name
+        assert "redis" not in service["depends_on"], f"{name} must not start the single redis"
+        assert {k: v for k, v in env.items() if k != "DIALER_REDIS_SENTINELS"} == plain["environment"], name
+    settings = Settings(_env_file=None, redis_url=_service("worker-ha")["environment"]["DIALER_REDIS_URL"],
+                        redis_sentinels=_service("worker-ha")["environment"]["DIALER_REDIS_SENTINELS"])
+    # One replica of two: a call still leaves while one data node is down.
+    assert settings.wait_replicas == 1 < len(HA_DATA_NODES) - 1
+    assert "ports" not in _service("worker-ha"), "--scale worker-ha=N"
+    assert _service("api-ha")["ports"] == _service("api")["ports"]
 
 
 def test_settings_come_from_an_optional_env_file_and_no_secret_is_in_the_files() -> None:
@@ -355,7 +469,8 @@ def _run_compose(*args: str, cwd: Path, env_extra: dict[str, str] | None = None)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("profile", [[], ["--profile", "sandbox"]], ids=["default", "sandbox"])
+@pytest.mark.parametrize("profile", [[], ["--profile", "sandbox"], ["--profile", "ha"]],
+                         ids=["default", "sandbox", "ha"])
 def test_docker_compose_config_passes(profile: list[str]) -> None:
     r = _run_compose("-f", "docker-compose.yml", *profile, "config", "--quiet", cwd=ROOT)
     assert r.returncode == 0, r.stderr  # stdout is not shown: with a local .env it would hold secrets
@@ -387,6 +502,14 @@ def test_compose_without_env_file_runs_the_sandbox_only_with_its_profile(tmp_pat
     assert _duration_s(worker["stop_grace_period"]) == _duration_s(_service("worker")["stop_grace_period"])
     assert "ports" not in worker and "container_name" not in worker
     assert "noeviction" in sandbox["services"]["redis"]["command"]
+    ha = _normalized(tmp_path, "--profile", "ha")
+    assert set(ha["services"]) == {"redis", "worker", "api", *HA_DATA_NODES, *HA_SENTINELS, *HA_DIALER_SERVICES}
+    for name in (*HA_DATA_NODES, *HA_SENTINELS):
+        script = ha["services"][name]["command"][2]
+        # compose keeps the script's own variables for the shell ($$ in the file) and fills in its own.
+        assert "${REDIS_MAXMEMORY" not in script and "${DIALER_REDIS_SENTINEL_MASTER" not in script, name
+        assert ("${REDIS_NODE}" in script) or ("${SENTINEL_NAME}" in script), name
+    assert ha["services"]["worker-ha"]["depends_on"].keys() >= set(HA_SENTINELS)
 
 
 @pytest.mark.slow
@@ -396,7 +519,8 @@ def test_compose_passes_env_file_settings_to_every_dialer_service(tmp_path: Path
     assert untouched == _normalized(tmp_path, "--profile", "sandbox"), "an untouched copy must change nothing"
     custom = example + "\nDIALER_RATE_LIMIT=25\nDIALER_API_BASE_URL=https://cec.example.invalid\n" \
                        "DIALER_STOP_GRACE_PERIOD=2m\n"
-    services = _normalized(tmp_path, "--profile", "sandbox", "--profile", "webhooks", env_file=custom)["services"]
+    services = _normalized(tmp_path, "--profile", "sandbox", "--profile", "webhooks", "--profile", "ha",
+                           env_file=custom)["services"]
     for name in DIALER_SERVICES:
         assert services[name]["environment"]["DIALER_RATE_LIMIT"] == "25", name
         assert services[name]["environment"]["DIALER_API_BASE_URL"] == "https://cec.example.invalid", name
@@ -762,3 +886,253 @@ async def test_calls_outlasting_the_drain_timeout_still_leave_within_the_grace_p
     states = await _states(load_settings(redis_url=stack.redis_url), job_ids)
     assert set(states.values()) == {State.UNKNOWN}, states  # cut off mid-request: never redialled blindly
     assert len((await stack.sim("GET", "/_sim/log"))["requests"]) == 2
+
+
+# --- the ha profile's Redis, run here with the compose commands -----------------------------------
+
+
+class HaRedis:
+    """The ha profile's data nodes and Sentinels as local processes, each with its compose script.
+
+    Rewritten, and nothing else: each service's /data volume becomes a directory of its own, its port
+    (6379 or 26379 in its container) a free port here, every service name ``localhost`` (a host name
+    still: Sentinel resolves and announces names as in compose), and the image's docker-entrypoint.sh
+    (which hands /data to the redis user and drops root) a stub that runs the command as it is."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.ports = {name: free_port() for name in (*HA_DATA_NODES, *HA_SENTINELS)}
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.bin = workdir / "bin"
+        self.bin.mkdir(exist_ok=True)
+        stub = self.bin / "docker-entrypoint.sh"
+        stub.write_text('#!/bin/sh\nexec "$@"\n')
+        stub.chmod(0o755)
+        self.master = str(_default("redis_sentinel_master"))
+
+    def data(self, service: str) -> Path:
+        path = self.workdir / f"{service}-data"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def local(self, service: str, text: str) -> str:
+        text = text.replace("--port 6379", f"--port {self.ports[service]} --bind 127.0.0.1")
+        text = text.replace("'port 26379'", f"'port {self.ports[service]}' 'bind 127.0.0.1'")
+        text = text.replace("-p 6379", f"-p {self.ports[service]}").replace("-p 26379", f"-p {self.ports[service]}")
+        for name in HA_DATA_NODES:
+            text = text.replace(f"{name} 6379", f"localhost {self.ports[name]}")
+        for name in (*HA_DATA_NODES, *HA_SENTINELS):
+            text = re.sub(rf"\b{re.escape(name)}\b", "localhost", text)
+        return text.replace("/data", str(self.data(service)))  # last: the path holds the service's name
+
+    def env(self, service: str) -> dict[str, str]:
+        env = {**_clean_env(), "PATH": str(self.bin) + os.pathsep + os.environ.get("PATH", "")}
+        return {**env, **{k: self.local(service, str(v)) for k, v in _service(service).get("environment", {}).items()}}
+
+    async def start(self, service: str) -> None:
+        argv = [self.local(service, a) for a in _service(service)["command"]]
+        with (self.workdir / f"{service}.log").open("ab") as log:
+            self.procs[service] = await asyncio.create_subprocess_exec(
+                *argv, env=self.env(service), cwd=self.data(service),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+
+    def log(self, service: str) -> str:
+        return (self.workdir / f"{service}.log").read_text(errors="replace")[-3000:]
+
+    async def health(self, service: str) -> int:
+        kind, shell = _health_test(service)
+        assert kind == "CMD-SHELL"
+        proc = await asyncio.create_subprocess_exec(
+            "sh", "-c", self.local(service, shell), env=self.env(service),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        return await asyncio.wait_for(proc.wait(), _duration_s(_service(service)["healthcheck"]["timeout"]))
+
+    async def healthy(self, *services: str, timeout: float = 30) -> None:
+        for service in services:
+            async def ok(service: str = service) -> bool:
+                proc = self.procs.get(service)
+                assert proc is None or proc.returncode is None, f"{service} exited:\n" + self.log(service)
+                return await self.health(service) == 0
+            await wait_until(ok, timeout, 0.2,
+                             lambda s=service: f"{s}'s compose health check never passed:\n" + self.log(s))
+
+    async def up(self) -> None:
+        """As `docker compose --profile ha up`: the primary, then (depends_on: healthy) the rest."""
+        if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+            pytest.skip("redis-server and redis-cli are needed to run the ha profile's services")
+        await self.start("redis-primary")
+        await self.healthy("redis-primary")
+        for name in (*HA_DATA_NODES[1:], *HA_SENTINELS):
+            await self.start(name)
+        await self.healthy(*HA_DATA_NODES, *HA_SENTINELS)
+        # A Sentinel learns the replicas from the primary's INFO, which it reads every 10 s; one it does not
+        # know yet is not reconfigured by a failover, so the tests wait for the full picture.
+        for sentinel in HA_SENTINELS:
+            async def knows_both_replicas(sentinel: str = sentinel) -> bool:
+                replicas = [_pairs(r) for r in await self.call(sentinel, "SENTINEL", "REPLICAS", self.master)]
+                return len(replicas) == 2 and all(r["flags"] == "slave" for r in replicas)
+            await wait_until(knows_both_replicas, 30, 0.2, lambda: self.log("sentinel-1"))
+
+    def client(self, service: str) -> aioredis.Redis:
+        return aioredis.Redis(host="127.0.0.1", port=self.ports[service], decode_responses=True)
+
+    async def call(self, service: str, *args: str) -> Any:
+        client = self.client(service)
+        try:
+            return await client.execute_command(*args)
+        finally:
+            await client.aclose()
+
+    async def master_port(self, sentinel: str) -> int:
+        host, port = await self.call(sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master)
+        assert host == "localhost", "announced by host name"
+        return int(port)
+
+    def node(self, port: int) -> str:
+        [name] = [n for n in HA_DATA_NODES if self.ports[n] == port]
+        return name
+
+    async def stop(self, service: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        proc = self.procs.pop(service)
+        if proc.returncode is None:
+            proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    async def close(self) -> None:
+        for service in list(self.procs):
+            await self.stop(service)
+
+
+def _pairs(reply: list[Any]) -> dict[str, str]:
+    """A Sentinel's flat [field, value, ...] reply as a dict."""
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+@pytest.fixture
+async def ha(tmp_path: Path) -> AsyncIterator[HaRedis]:
+    nodes = HaRedis(tmp_path)
+    try:
+        await nodes.up()
+        yield nodes
+    finally:
+        await nodes.close()
+
+
+@pytest.mark.slow
+async def test_ha_sentinels_see_the_primary_two_replicas_and_each_other_then_a_worker_dials_through_them(
+    ha: HaRedis, tmp_path: Path,
+) -> None:
+    for sentinel in HA_SENTINELS:
+        info = _pairs(await ha.call(sentinel, "SENTINEL", "MASTER", ha.master))
+        assert (info["ip"], int(info["port"])) == ("localhost", ha.ports["redis-primary"]), info
+        assert info["flags"] == "master", info
+        assert (info["num-slaves"], info["num-other-sentinels"], info["quorum"]) == ("2", "2", "2"), info
+        replicas = [_pairs(r) for r in await ha.call(sentinel, "SENTINEL", "REPLICAS", ha.master)]
+        assert sorted(int(r["port"]) for r in replicas) == sorted(ha.ports[n] for n in HA_DATA_NODES[1:])
+        assert {r["ip"] for r in replicas} == {"localhost"} and {r["flags"] for r in replicas} == {"slave"}
+        assert (await ha.call(sentinel, "SENTINEL", "CKQUORUM", ha.master)).startswith("OK 3 usable Sentinels")
+    for node in HA_DATA_NODES:
+        config = await ha.call(node, "CONFIG", "GET", "*")
+        config = _pairs(config) if isinstance(config, list) else config
+        durability = (config["appendonly"], config["appendfsync"], config["maxmemory-policy"])
+        assert durability == ("yes", "always", "noeviction"), node
+        assert int(config["maxmemory"]) == 1 << 30
+        assert (ha.data(node) / "redis.conf").exists()
+    assert (ha.data("redis-replica-1") / "redis.conf").read_text().split() == \
+        ["replicaof", "localhost", str(ha.ports["redis-primary"])]
+
+    # The worker-ha and CLI settings of the profile, the Sentinels' names mapped to their ports here.
+    st = Stack(tmp_path / "dialer")
+    st.workdir.mkdir()
+    st.ports.update({s: (26379, ha.ports[s]) for s in HA_SENTINELS})
+    try:
+        await st.start("simulator")
+        await wait_until(lambda: _healthy(st, "simulator"), 15, 0.2, lambda: st.log("simulator"))
+        worker = await st.start("worker-ha")
+
+        async def worker_healthy() -> bool:
+            assert worker.returncode is None, st.log("worker-ha")
+            return await st.health("worker-ha") == 0
+        await wait_until(worker_healthy, 30, 0.2, lambda: "worker-ha never became healthy:\n" + st.log("worker-ha"))
+        rc, out, err = await st.dialer("enqueue", "--called", "13800000002", "--voice-id", "100001", "--id", "ha-1",
+                                       service="worker-ha")
+        assert rc == 0, err
+        assert out.strip() == "ha-1\tnew (queued)"  # acknowledged after WAIT 1: on a replica too
+        settings = load_settings(redis_url=f"redis://127.0.0.1:{ha.ports['redis-replica-2']}/0")
+
+        async def sent_on_a_replica() -> bool:
+            return (await _states(settings, ["ha-1"]))["ha-1"] == State.SENT
+        await wait_until(sent_on_a_replica, 20, 0.2, lambda: "not sent:\n" + st.log("worker-ha"))
+        assert [r["called"] for r in await _created(st)] == ["13800000002"]
+        assert await _terminate(worker, 30) == 0
+    finally:
+        await st.close()
+
+
+async def _healthy(st: Stack, service: str) -> bool:
+    return await st.health(service) == 0
+
+
+@pytest.mark.slow
+async def test_ha_failover_promotes_a_replica_and_restarted_nodes_come_back_in_their_current_role(
+    ha: HaRedis,
+) -> None:
+    old = "redis-primary"
+    primary = ha.client(old)
+    try:
+        await primary.set("dialer:probe", "kept")
+        assert await primary.execute_command("WAIT", 2, 5000) == 2
+    finally:
+        await primary.aclose()
+    await ha.stop(old, signal.SIGKILL)
+
+    async def failed_over() -> bool:
+        return all([await ha.master_port(s) != ha.ports[old] for s in HA_SENTINELS])
+    t0 = time.monotonic()
+    await wait_until(failed_over, 60, 0.2, lambda: "no failover:\n" + ha.log("sentinel-1"))
+    new = ha.node(await ha.master_port("sentinel-1"))
+    other = next(n for n in HA_DATA_NODES[1:] if n != new)
+    print(f"failover after the primary's SIGKILL: {time.monotonic() - t0:.1f} s")
+    assert await ha.call(new, "GET", "dialer:probe") == "kept"
+    # Sentinel saved the new roles in the nodes' config files (CONFIG REWRITE).
+    assert "replicaof" not in (ha.data(new) / "redis.conf").read_text()
+
+    async def other_follows() -> bool:
+        return f"replicaof localhost {ha.ports[new]}" in (ha.data(other) / "redis.conf").read_text()
+    await wait_until(other_follows, 30, 0.2, lambda: (ha.data(other) / "redis.conf").read_text())
+
+    # The old primary restarts with its compose command: a primary by its file, demoted by Sentinel,
+    # which saves that too; it resyncs from the new primary.
+    await ha.start(old)
+
+    async def old_demoted() -> bool:
+        return f"replicaof localhost {ha.ports[new]}" in (ha.data(old) / "redis.conf").read_text()
+    await wait_until(old_demoted, 60, 0.2, lambda: "the old primary was not demoted:\n" + ha.log("sentinel-1"))
+    await ha.healthy(old)
+    assert await ha.call(old, "GET", "dialer:probe") == "kept"
+    # Restarted again, it comes back as a replica at once: never a second primary with its own data.
+    await ha.stop(old)
+    await ha.start(old)
+    await wait_until(lambda: _answers(ha, old), 10, 0.1, lambda: ha.log(old))
+    role = await ha.call(old, "ROLE")
+    assert role[0] == "slave" and int(role[2]) == ha.ports[new], role
+
+    # A Sentinel restarted with its compose command keeps its rewritten config: it names the new primary.
+    await ha.stop("sentinel-1")
+    await ha.start("sentinel-1")
+    await wait_until(lambda: _answers(ha, "sentinel-1"), 10, 0.1, lambda: ha.log("sentinel-1"))
+    assert await ha.master_port("sentinel-1") == ha.ports[new]
+    await ha.healthy(*HA_DATA_NODES, *HA_SENTINELS, timeout=60)
+
+
+async def _answers(ha: HaRedis, service: str) -> bool:
+    try:
+        return bool(await ha.call(service, "PING"))
+    except (aioredis.ConnectionError, OSError):
+        return False
