@@ -281,6 +281,16 @@ def test_ha_dialer_services_find_the_primary_through_all_three_sentinels_and_wai
     # One replica of two: a call still leaves while one data node is down.
     assert settings.wait_replicas == 1 < len(HA_DATA_NODES) - 1
     assert "ports" not in _service("worker-ha"), "--scale worker-ha=N"
+    # `docker compose --profile ha up -d worker-ha api-ha` starts the named services and what they depend
+    # on: that must be every data node and Sentinel, and not the single redis.
+    for name in HA_DIALER_SERVICES:
+        started, todo = set(), [name]
+        while todo:
+            service = todo.pop()
+            if service not in started:
+                started.add(service)
+                todo += [d for d, cond in _service(service).get("depends_on", {}).items() if cond.get("required", True)]
+        assert started == {name, *HA_DATA_NODES, *HA_SENTINELS}, name
     assert _service("api-ha")["ports"] == _service("api")["ports"]
 
 
