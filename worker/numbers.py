@@ -15,7 +15,8 @@ person for the do-not-call list, the per-number cap and a campaign's job ids. A 
 extension such as the seed's ``8899``), or any such number when no default region is set, keeps today's
 key: its digits (:func:`worker.rules.normalize_number`). A number written internationally ('+', or the
 default region's international prefix such as ``00``) that is not a possible number of its country is
-refused (ValueError naming the rule): the provider could not connect it either.
+refused as a campaign number (ValueError naming the rule): the provider could not connect it either; the
+do-not-call list takes it as its digits (``strict=False``).
 
 "Possible" is phonenumbers' length check (``is_possible_number_with_reason`` == IS_POSSIBLE), not its
 validity check: validity follows number-range metadata that lags behind new ranges, and a call refused
@@ -270,13 +271,20 @@ def key_and_e164(raw: str, region: str | None = None) -> tuple[str, str | None]:
     return (digits, None) if e164 is None else (e164[1:], e164)
 
 
-def number_key(raw: str, region: str | None = None) -> str:
+def number_key(raw: str, region: str | None = None, *, strict: bool = True) -> str:
     """The do-not-call, per-number-cap and campaign job-id key of a number: its E.164 digits without the
     '+' (``8613800000001``), or the plain digits of a national number that cannot be normalised (see the
-    module doc). Raises ValueError naming the rule (:data:`FORMAT_RULE`, or an international number that
-    is not a possible one)."""
+    module doc). Raises ValueError naming the rule (:data:`FORMAT_RULE`, or, with ``strict``, an
+    international number that is not a possible one). ``strict=False`` is for the do-not-call list: an
+    entry is never refused for what only a call would need (a spurious entry is only a call not made), so
+    such a number is listed as its digits, as before."""
     plus, digits = _clean(raw)
-    e164 = _e164(plus, digits, region)
+    try:
+        e164 = _e164(plus, digits, region)
+    except ValueError:
+        if strict:
+            raise
+        return digits
     return digits if e164 is None else e164[1:]
 
 

@@ -381,21 +381,23 @@ def _stdout_gone() -> None:
 
 @click.group("suppress")
 def suppress_group() -> None:
-    """The fleet-wide do-not-call list (numbers normalized: spaces, - . ( ) and a leading + dropped)."""
+    """The fleet-wide do-not-call list (numbers normalized to E.164 digits without '+', national ones in
+    DIALER_DEFAULT_REGION: +8613800000001, 008613800000001 and, with region CN, 13800000001 are one entry)."""
 
 
-def _numbers_or_fail(numbers: tuple[str, ...]) -> list[str]:
-    from worker.rules import normalize_number
+def _numbers_or_fail(numbers: tuple[str, ...], region: str | None) -> list[str]:
+    """The list's keys of NUMBERS; a UsageError (exit 2, nothing written) naming each invalid one."""
+    from worker.numbers import number_key
 
-    bad = []
+    bad, keys = [], []
     for n in numbers:
         try:
-            normalize_number(n)
+            keys.append(number_key(n, region, strict=False))
         except ValueError as exc:
             bad.append(f"{n!r}: {exc}")
     if bad:
         raise click.UsageError("; ".join(bad))
-    return list(numbers)
+    return keys
 
 
 @suppress_group.command("add")
@@ -404,8 +406,7 @@ def suppress_add(numbers: tuple[str, ...]) -> None:
     """Add NUMBERS to the do-not-call list."""
     from worker.campaigns.suppression import Suppression
 
-    valid = _numbers_or_fail(numbers)
-    n = _with_redis(lambda r, s: Suppression(r, s).add(valid))
+    n = _with_redis(lambda r, s: Suppression(r, s).add(_numbers_or_fail(numbers, s.default_region)))
     click.echo(f"added {n} number(s)")
 
 
@@ -415,8 +416,7 @@ def suppress_remove(numbers: tuple[str, ...]) -> None:
     """Remove NUMBERS from the do-not-call list."""
     from worker.campaigns.suppression import Suppression
 
-    valid = _numbers_or_fail(numbers)
-    n = _with_redis(lambda r, s: Suppression(r, s).remove(valid))
+    n = _with_redis(lambda r, s: Suppression(r, s).remove(_numbers_or_fail(numbers, s.default_region)))
     click.echo(f"removed {n} number(s)")
 
 
@@ -439,10 +439,16 @@ def suppress_import(file: Any) -> None:
     """Add every number in FILE (one per line, or a CSV with a called/number/phone column)."""
     from worker.campaigns.suppression import Suppression, read_numbers
 
-    numbers, bad = read_numbers(file)
-    for line, text, rule in bad[:_MAX_REJECTS_SHOWN]:
-        click.echo(f"skipped line {line}: {text!r}: {rule}", err=True)
-    n = _with_redis(lambda r, s: Suppression(r, s).add(numbers))
+    numbers: list[str] = []
+    bad: list[tuple[int, str, str]] = []
+
+    async def go(redis: Redis, settings: Settings) -> int:
+        numbers[:], bad[:] = read_numbers(file, settings.default_region)
+        for line, text, rule in bad[:_MAX_REJECTS_SHOWN]:
+            click.echo(f"skipped line {line}: {text!r}: {rule}", err=True)
+        return await Suppression(redis, settings).add(numbers)
+
+    n = _with_redis(go)
     click.echo(f"imported {len(numbers)} number(s), {n} new; {len(bad)} line(s) skipped")
     if bad:
         sys.exit(1)
