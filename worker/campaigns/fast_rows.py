@@ -122,10 +122,8 @@ class FastCsv:
             parts = p.split("|")
             if len(parts) > 10:
                 return None
-            ascii_ = p.isascii()
-            for part in parts:
-                if not part or (len(part) if ascii_ else len(part.encode())) > 32:
-                    return None
+            if "" in parts or max(map(len, parts) if p.isascii() else (len(x.encode()) for x in parts)) > 32:
+                return None
             params = tuple(parts)
         play_list = None
         own = [(k, v) for k, i in self._sources if (v := cells[i].strip())]

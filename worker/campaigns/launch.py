@@ -668,7 +668,7 @@ def _batches(rows: Iterator[CompactRow | None], report: LaunchReport, size: int)
     for row in rows:
         if row is None:
             continue
-        m = row.member
+        m = row.member if row.job_id else row.key
         if m in seen:
             report.duplicates_in_file += 1
             continue
