@@ -65,6 +65,7 @@ _SCRIPTS = Path(__file__).parent
 _CHUNK = 1000
 _RATE_WINDOW_S = 60
 _RESUME_IDLE_S = 0.05
+_DELETE_BUCKETS = 2000
 
 
 class CampaignError(DialerError):
@@ -173,6 +174,7 @@ class Campaigns:
         self._resume = _script(redis, "campaign_resume.lua", settings)
         self._cancel = _script(redis, "campaign_cancel.lua", settings)
         self._delete = _script(redis, "campaign_delete.lua", settings)
+        self._cancel_rows = _script(redis, "campaign_cancel_rows.lua", settings)
 
     async def create(self, name: str, spec: CampaignSpec) -> Literal["created", "exists"]:
         """Create the campaign, or confirm it exists with the same spec. Raises CampaignError if it
@@ -251,8 +253,38 @@ class Campaigns:
             start += read
             if read < _CHUNK:
                 break
+        await self._cancel_pending(name)
         count = await self._redis.hget(self._keys.campaign_counts(name), str(State.CANCELLED))  # type: ignore[misc]
         return int(count or 0)
+
+    async def _cancel_pending(self, name: str) -> int:
+        """Every row still in a chunk (on the rows list, or taken by a hopper, alive or dead) -> ``cancelled``,
+        one chunk per script; a hopper still at work on a taken one marks its rows the same way."""
+        from worker.campaigns import rows  # rows imports this module
+
+        k = self._keys
+        buckets = await self._redis.hget(k.campaign(name), "buckets")  # type: ignore[misc]
+        if buckets is None:
+            return 0
+        done = 0
+        while True:
+            head = await self._redis.lindex(k.campaign_rows(name), 0)  # type: ignore[misc]
+            if head is None:
+                break
+            head = head if isinstance(head, bytes) else head.encode("latin-1")
+            members = ",".join(r.member for r in rows.decode_chunk(head))
+            n = await self._cancel_rows(keys=[k.campaign_rows(name), k.campaign_counts(name)],
+                                        args=[k.prefix, name, int(buckets), "", head, members])
+            done += max(int(n), 0)
+        taken = await self._redis.hgetall(k.campaign_rows_taken(name))  # type: ignore[misc]
+        for token, value in taken.items():
+            raw = value if isinstance(value, bytes) else value.encode("latin-1")
+            blob = raw.split(b":", 1)[1]
+            members = ",".join(r.member for r in rows.decode_chunk(blob))
+            n = await self._cancel_rows(keys=[k.campaign_rows_taken(name), k.campaign_counts(name)],
+                                        args=[k.prefix, name, int(buckets), token, raw, members])
+            done += max(int(n), 0)
+        return done
 
     async def delete(self, name: str) -> None:
         """Delete a campaign that has no work left (no job queued, sending or parked), so its name is
@@ -261,19 +293,26 @@ class Campaigns:
         if not valid_name(name):
             raise UnknownCampaign(f"no campaign {name!r}")
         k = self._keys
-        verdict, queued, sending, parked = await self._delete(
-            keys=[k.campaign(name), k.campaign_counts(name), k.campaign_jobs(name), k.campaign_parked(name),
-                  k.campaign_sent(name), k.campaign_window_slots(name), k.rate(f"campaign:{name}"), k.campaigns],
-            args=[name],
-        )
-        verdict = text(verdict)
+        first = 0
+        while True:
+            verdict, *found = await self._delete(
+                keys=[k.campaign(name), k.campaign_counts(name), k.campaign_jobs(name), k.campaign_parked(name),
+                      k.campaign_sent(name), k.campaign_window_slots(name), k.rate(f"campaign:{name}"), k.campaigns,
+                      k.campaign_rows(name), k.campaign_rows_taken(name)],
+                args=[name, k.prefix, first, _DELETE_BUCKETS],
+            )
+            verdict = text(verdict)
+            if verdict != "more":
+                break
+            first = int(found[0])
         if verdict == "missing":
             raise UnknownCampaign(f"no campaign {name!r}")
         if verdict == "busy":
+            queued, sending, parked, pending = (int(x) for x in found)
             raise CampaignBusy(
-                f"campaign {name!r} still has work ({int(queued)} queued, {int(sending)} sending, {int(parked)} "
-                "parked): only a campaign with no queued, sending or parked job can be deleted; cancel it "
-                "first, or wait until its jobs are final"
+                f"campaign {name!r} still has work ({queued} queued, {sending} sending, {parked} parked, "
+                f"{pending} pending): only a campaign with no queued, sending, parked or pending job can be "
+                "deleted; cancel it first, or wait until its jobs are final"
             )
 
     async def status(self, name: str) -> dict[str, Any]:
@@ -292,7 +331,8 @@ class Campaigns:
         spec = CampaignSpec.from_canonical(meta.get("spec", ""))
         states = {s: max(int(counts.get(s, 0)), 0) for s in STATUS_STATES}
         outcomes = {o: max(int(counts.get(o, 0)), 0) for o in OUTCOMES}
-        remaining = states["queued"] + states["sending"]
+        pending = max(int(counts.get("pending", 0)), 0)
+        remaining = pending + states["queued"] + states["sending"]
         rate = _send_rate(as_dict(ring_raw), now_ms // 1000)
         status = meta.get("status", "active")
         eta = remaining / rate if rate > 0 and remaining and status == "active" else None
@@ -312,7 +352,8 @@ class Campaigns:
                 "redial": spec.redial,
                 "status_callback_url": spec.status_callback_url,
             },
-            "total": max(int(counts.get("total", 0)), 0),
+            "total": max(int(counts.get("total", 0)), 0) + pending,
+            "pending": pending,
             "states": states,
             "parked": int(parked),
             "outcomes": outcomes,

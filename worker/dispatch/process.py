@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker import metrics
+from worker.campaigns.hopper import Hopper
 from worker.dispatch import engine
 from worker.dispatch.dispatcher import Dispatcher
 from worker.dispatch.stats import SendStats
@@ -98,7 +99,9 @@ class DialerProcess:
         stats = SendStats(pool, settings)
         # The wake-up listener joins these once the workers exist.
         background = [asyncio.ensure_future(stats.run()), asyncio.ensure_future(Unknowns(pool, settings).run()),
-                      asyncio.ensure_future(EventStream(pool, settings).run_trim())]
+                      asyncio.ensure_future(EventStream(pool, settings).run_trim()),
+                      # Campaign rows become jobs a window ahead of the senders; finished ones are compacted.
+                      asyncio.ensure_future(Hopper(pool, settings).run())]
         try:
             async with ProviderClient.open(settings, pool) as client:
                 dispatcher = Dispatcher(settings, Ledger(pool, settings), limiter, in_flight, client,

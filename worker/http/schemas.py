@@ -262,8 +262,10 @@ class CampaignStatus(BaseModel):
     status: Literal["active", "paused", "cancelled"]
     created_at: str | None
     settings: CampaignSettingsView
-    total: int = Field(..., description="Jobs in the campaign, redials included.")
-    states: dict[str, int] = Field(..., description="Jobs per ledger state; they sum to total.")
+    total: int = Field(..., description="Numbers and jobs in the campaign, redials included: pending + the states.")
+    pending: int = Field(..., description="Rows launched and stored compactly, not yet made jobs (the hopper "
+                         "makes them jobs a window ahead of the senders).")
+    states: dict[str, int] = Field(..., description="Jobs per ledger state; with pending they sum to total.")
     parked: int = Field(..., description="Queued jobs held by a pause.")
     outcomes: dict[str, int] = Field(..., description="Result callbacks: answered, unanswered, failed_to_connect.")
     redials: int = Field(..., description="Redial jobs made (counted in total).")
@@ -271,7 +273,7 @@ class CampaignStatus(BaseModel):
         ..., description="What became of unknown outcomes: `resolved_by_event` (a release event proved the call; "
         "the job is sent now), `no_evidence` (no event within DIALER_UNKNOWN_GRACE_S; a later event still counts "
         "in resolved_by_event).")
-    remaining: int = Field(..., description="queued + sending.")
+    remaining: int = Field(..., description="pending + queued + sending.")
     send_rate_per_s: float
     eta_s: int | None
     as_of: str

@@ -34,8 +34,9 @@ local function count_move(P, campaign, old, new, ttl)
       redis.call('PERSIST', campaign_key(P, campaign, suffix))
     end
   elseif new ~= 'queued' and new ~= 'sending' then
-    local open = redis.call('HMGET', ck, 'queued', 'sending')
-    if (tonumber(open[1]) or 0) <= 0 and (tonumber(open[2]) or 0) <= 0 then
+    -- `pending`: rows stored in chunks, not yet jobs (worker/campaigns/hopper.py): still work to do.
+    local open = redis.call('HMGET', ck, 'queued', 'sending', 'pending')
+    if (tonumber(open[1]) or 0) <= 0 and (tonumber(open[2]) or 0) <= 0 and (tonumber(open[3]) or 0) <= 0 then
       for _, suffix in ipairs({'', ':counts', ':jobs', ':parked'}) do
         redis.call('PEXPIRE', campaign_key(P, campaign, suffix), ttl)
       end
