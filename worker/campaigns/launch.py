@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -75,9 +76,9 @@ from worker.ledger.producer import (
     _CallbackCheck,  # the producer's callBackUrl rule, applied at launch too
 )
 from worker.models import CallRequest, PlayItem, field_errors
+from worker.numbers import key_and_e164, number_key, zone_for
 from worker.rules import (
     PRODUCER_ID_RULE,
-    normalize_number,
     strip_number_formatting,
     valid_job_id,
     valid_producer_id,
@@ -95,6 +96,8 @@ __all__ = [
 CSV_COLUMNS = ("called", "priority", "callerPresent", "templateParams", "voiceId", "templateId",
                "voiceFileName", "playTimes", "id", "timezone", "statusCallbackUrl")
 _SOURCES = ("voiceId", "templateId", "voiceFileName")
+AUTO_TIMEZONE = "auto"
+"""``--timezone auto``: each number's calling window in its own zone (docs/campaigns.md, Numbers and time zones)."""
 
 
 class LaunchError(CampaignError):
@@ -121,6 +124,9 @@ class LaunchOptions:
     window: str | None = None
     days: str | None = None
     timezone: str | None = None
+    """The callees' IANA zone, or ``auto``: each number's own zone, from the number (:mod:`worker.numbers`)."""
+    default_timezone: str | None = None
+    """With ``timezone="auto"``: the zone of numbers that map to several zones or none (``--default-timezone``)."""
     deadline: str | None = None
     dry_run: bool = False
     strict: bool = False
@@ -168,6 +174,11 @@ class LaunchReport:
     """No row was valid: nothing was stored and the campaign was not created (its name stays free)."""
     campaign_created: bool = False
     seconds: float = 0.0
+    zones: dict[str, int] = field(default_factory=dict)
+    """Valid rows per time zone their calling window is applied in (the row's own ``timezone``, the one
+    ``--timezone auto`` derived from its number, else the campaign's); rows with no zone are not counted."""
+    zone_defaulted: int = 0
+    """``--timezone auto``: valid rows whose number maps to several zones or none, given ``--default-timezone``."""
 
     @property
     def rejected_rows(self) -> int:
@@ -198,6 +209,8 @@ class LaunchReport:
             "nothing_valid": self.nothing_valid,
             "campaign_created": self.campaign_created,
             "seconds": round(self.seconds, 3),
+            "zones": dict(sorted(self.zones.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "zone_defaulted": self.zone_defaulted,
         }
 
 
@@ -248,12 +261,23 @@ def check_options(
             parse_days(opts.days)
         except WindowError as exc:
             errors.append(FieldError("--days", str(exc)))
-    tz_ok = opts.timezone is None or valid_timezone(opts.timezone)
+    auto = opts.timezone == AUTO_TIMEZONE
+    tz_ok = opts.timezone is None or auto or valid_timezone(opts.timezone)
     if not tz_ok:
-        errors.append(FieldError("--timezone", "must be an IANA time zone such as Europe/Paris"))
+        errors.append(FieldError("--timezone", "must be an IANA time zone such as Europe/Paris, or auto (each "
+                                               "number's own zone)"))
     elif opts.timezone is None and (opts.window is not None or opts.days is not None):
-        errors.append(FieldError("--timezone", "is required with --window/--days (the callees' local time; "
-                                               "a row's timezone column overrides it)"))
+        errors.append(FieldError("--timezone", "is required with --window/--days (the callees' local time, or "
+                                               "auto; a row's timezone column overrides it)"))
+    if opts.default_timezone is not None:
+        if not auto:
+            errors.append(FieldError("--default-timezone", "is only for --timezone auto (the zone of numbers that "
+                                                           "map to several zones or none)"))
+        elif not valid_timezone(opts.default_timezone):
+            errors.append(FieldError("--default-timezone", "must be an IANA time zone such as Asia/Shanghai"))
+    # The campaign's own zone: the one given, or with auto the default (None: every row needs its own).
+    campaign_tz = (opts.default_timezone if opts.default_timezone is not None and valid_timezone(
+        opts.default_timezone) else None) if auto else (opts.timezone if tz_ok else None)
     deadline_ms = None
     if opts.deadline is not None:
         try:
@@ -262,10 +286,11 @@ def check_options(
             errors.append(FieldError("--deadline", "must be an ISO 8601 time, e.g. 2025-06-01T18:00:00+02:00"))
         else:
             if dl.utcoffset() is None:
-                if opts.timezone is not None and tz_ok:
-                    dl = dl.replace(tzinfo=ZoneInfo(opts.timezone))
+                if campaign_tz is not None:
+                    dl = dl.replace(tzinfo=ZoneInfo(campaign_tz))
                 else:
-                    errors.append(FieldError("--deadline", "needs a UTC offset (…+02:00 or …Z) or --timezone"))
+                    errors.append(FieldError("--deadline", "needs a UTC offset (…+02:00 or …Z), or --timezone "
+                                                           "(with auto: --default-timezone)"))
             if dl.utcoffset() is not None:
                 if dl <= now:
                     errors.append(FieldError("--deadline", "is in the past"))
@@ -287,7 +312,7 @@ def check_options(
                 errors.append(FieldError(name, e.rule))
     spec = CampaignSpec(
         priority=opts.priority, defaults=defaults, rate=opts.rate, window=opts.window, days=opts.days,
-        timezone=opts.timezone, deadline_ms=deadline_ms, callback_url=callback,
+        timezone=campaign_tz, deadline_ms=deadline_ms, callback_url=callback,
         redial=policy.as_spec() if policy is not None else None, status_callback_url=opts.status_callback_url,
     )
     return spec, errors
@@ -504,18 +529,40 @@ bench P10's side-by-side)."""
 
 def _number_key(settings: Settings) -> Callable[[str], str]:
     """A row's number key (its campaign member, do-not-call and job-id key), from its validated ``called``;
-    raises ValueError naming the rule. The one place the launcher keys numbers."""
-    return normalize_number
+    raises ValueError naming the rule. The one place the launcher keys numbers: E.164 digits
+    (:func:`worker.numbers.number_key`, DIALER_DEFAULT_REGION for numbers without '+'), as the producer and
+    the do-not-call list key them."""
+    return partial(number_key, region=settings.default_region)
 
 
 def _called_key(settings: Settings) -> Callable[[str], str]:
     """:func:`_number_key` for a ``called`` that already matches the seed's pattern (``+`` and digits): the fast
-    path's, without checking the format again (``tests/campaigns/test_fast_rows.py`` compares the two)."""
-    return _plain_key
+    path's (``tests/campaigns/test_fast_rows.py`` compares the two). number_key's own fast path takes such
+    a ``called`` without its formatting regex."""
+    return _number_key(settings)
 
 
-def _plain_key(called: str) -> str:
-    return called[1:] if called[:1] == "+" else called
+class _Zoner:
+    """``--timezone auto``: the number key function of one launch (both paths call it for every row they
+    accept), keeping the E.164 form it found, from which :meth:`zone` derives the row's zone."""
+
+    __slots__ = ("_default", "_region", "e164")
+
+    def __init__(self, region: str | None, default: str | None) -> None:
+        self._region = region
+        self._default = default
+        self.e164: str | None = None
+
+    def key(self, called: str) -> str:
+        key, self.e164 = key_and_e164(called, self._region)
+        return key
+
+    def zone(self) -> tuple[str | None, bool]:
+        """(the zone of the number last keyed, True when it is the default: several zones or none)."""
+        e164 = self.e164
+        if e164 is not None and (zone := zone_for(e164)) is not None:
+            return zone, False
+        return self._default, True
 
 
 class _Checker:
@@ -530,6 +577,11 @@ class _Checker:
         self._report = report
         self._allow_private = settings.webhook_allow_private
         self.key = _number_key(settings)
+        self._zoner: _Zoner | None = None
+        if opts.timezone == AUTO_TIMEZONE:
+            self._zoner = _Zoner(settings.default_region, spec.timezone)
+            self.key = self._zoner.key
+        self._windowed = spec.window is not None or spec.days is not None
         self._callback = _CallbackCheck(settings)
         self._fast: FastCsv | None = None
         self._csv_mode = False
@@ -541,7 +593,8 @@ class _Checker:
         room = None
         if self._spec.callback_url is not None and self._settings.public_url:
             room = max_job_id_chars(self._settings.public_url, base64=self._settings.callback_url_base64)
-        self._fast = FastCsv(header, self._spec, name=self._opts.name, number_key=_called_key(self._settings),
+        self._fast = FastCsv(header, self._spec, name=self._opts.name,
+                             number_key=self._zoner.key if self._zoner is not None else _called_key(self._settings),
                              id_room=room,
                              allow_private=self._allow_private)
         if self._spec.callback_url is not None and self._spec.callback_url != own_callback(self._settings.public_url):
@@ -551,9 +604,30 @@ class _Checker:
         """A CSV record: its row, or None (rejected, counted; or blank, skipped)."""
         if self._fast is not None and (row := self._fast.row(cells)) is not None:
             self._report.rows += 1
-            return row
+            return self._zoned(line, row)
         item = _csv_item(line, self._header, cells, self._spec)
         return None if item is None else self.item(item)
+
+    def _zoned(self, line: int, row: CompactRow) -> CompactRow | None:
+        """The row with the zone ``--timezone auto`` derives from its number (kept only when it is not the
+        campaign's), counted per zone in the report; None when it has no zone but the window needs one."""
+        report = self._report
+        if self._zoner is not None and not row.timezone:
+            zone, defaulted = self._zoner.zone()
+            if zone is None:
+                if self._windowed:
+                    report.reject(line, [FieldError("timezone", "the number maps to several time zones or none: "
+                                                                "give the row a timezone, or --default-timezone")])
+                    return None
+            else:
+                report.zone_defaulted += defaulted
+                if zone != self._spec.timezone:
+                    row.timezone = zone
+        zone = row.timezone or self._spec.timezone
+        if zone:
+            zones = report.zones
+            zones[zone] = zones.get(zone, 0) + 1
+        return row
 
     def item(self, item: RowItem) -> CompactRow | None:
         """A row for the full path: its compact form, or None (rejected: the report names why)."""
@@ -591,7 +665,8 @@ class _Checker:
             report.reject(line, url_errors)
             return None
         dump = request.model_dump(by_alias=True, exclude_none=True, exclude_unset=True)
-        return compact(dump, self._spec, key=key, job_id=job_id, timezone=tz, status_callback_url=scb)
+        return self._zoned(line, compact(dump, self._spec, key=key, job_id=job_id, timezone=tz,
+                                         status_callback_url=scb))
 
 
 class _Stream:
