@@ -74,7 +74,10 @@ def campaign_group() -> None:
 @click.option("--rate", type=float, default=None, help="Calls/s for this campaign (under the fleet limit).")
 @click.option("--window", help="Calling window, HH:MM-HH:MM in the callee's time zone (e.g. 09:00-20:00).")
 @click.option("--days", help="Weekdays the window opens: mon-fri, sat,sun, all ...")
-@click.option("--timezone", help="IANA time zone of the callees (a row's timezone column overrides it).")
+@click.option("--timezone", help="IANA time zone of the callees, or 'auto': each number's own zone, from the "
+              "number (a row's timezone column overrides either).")
+@click.option("--default-timezone", help="With --timezone auto: the zone of numbers that map to several zones "
+              "or none (without it, such rows are rejected when a window is set).")
 @click.option("--deadline", help="ISO 8601 time after which unsent calls expire.")
 @click.option("--redial", type=int, default=None,
               help="Redial unanswered calls (releaseReason 4, 6, 8, 9) up to N times; needs DIALER_PUBLIC_URL.")
@@ -89,7 +92,8 @@ def campaign_group() -> None:
 def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None, template_id: str | None,
                voice_file_name: str | None, params: tuple[str, ...], caller_present: str | None,
                play_times: int | None, rate: float | None, window: str | None, days: str | None,
-               timezone: str | None, deadline: str | None, redial: int | None, redial_after: str | None,
+               timezone: str | None, default_timezone: str | None, deadline: str | None, redial: int | None,
+               redial_after: str | None,
                status_callback_url: str | None, dry_run: bool, strict: bool, as_json: bool,
                progress: bool | None) -> None:
     """Validate FILE (CSV or JSONL), report rejected rows, enqueue the rest as campaign NAME.
@@ -108,7 +112,8 @@ def launch_cmd(file: Path, name: str, priority: int | None, voice_id: str | None
     opts = LaunchOptions(
         name=name, priority=priority, voice_id=voice_id, template_id=template_id, voice_file_name=voice_file_name,
         params=params, caller_present=caller_present, play_times=play_times, rate=rate, window=window, days=days,
-        timezone=timezone, deadline=deadline, dry_run=dry_run, strict=strict, redial=redial,
+        timezone=timezone, default_timezone=default_timezone, deadline=deadline, dry_run=dry_run, strict=strict,
+        redial=redial,
         redial_after=redial_after, status_callback_url=status_callback_url,
     )
     show_bar = progress if progress is not None else (sys.stderr.isatty() and not as_json)
@@ -161,10 +166,19 @@ def launch_exit_status(report: Any) -> int:
     return EXIT_SOME_REJECTED if report.rejected else 0
 
 
+_ZONES_SHOWN = 10
+
+
 def _launch_summary(report: Any) -> str:
     lines = [f"campaign {report.campaign}: {report.rows} rows, {report.valid} valid, "
              f"{report.rejected_rows} rejected, {report.duplicates_in_file} repeated numbers skipped, "
              f"{report.suppressed} on the do-not-call list"]
+    if report.zones:
+        top = sorted(report.zones.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{zone} {n}" for zone, n in top[:_ZONES_SHOWN])
+        more = f", {len(top) - _ZONES_SHOWN} more zones" if len(top) > _ZONES_SHOWN else ""
+        defaulted = f" ({report.zone_defaulted} by --default-timezone)" if report.zone_defaulted else ""
+        lines.append(f"time zones: {shown}{more}{defaulted}")
     if report.dry_run:
         lines.append("dry run: nothing stored")
     elif report.strict_refused:

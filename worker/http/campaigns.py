@@ -87,7 +87,8 @@ _RENAME = {
     "--name": "name", "--priority": "priority", "--voice-id": "voiceId", "--template-id": "templateId",
     "--voice-file-name": "voiceFileName", "--param": "templateParams", "--caller-present": "callerPresent",
     "--play-times": "playTimes", "--rate": "rate", "--window": "window", "--days": "days",
-    "--timezone": "timezone", "--deadline": "deadline", "--redial": "redial", "--redial-after": "redialAfter",
+    "--timezone": "timezone", "--default-timezone": "defaultTimezone", "--deadline": "deadline",
+    "--redial": "redial", "--redial-after": "redialAfter",
     "--status-callback-url": "statusCallbackUrl",
     "--voice-id/--template-id/--voice-file-name": "voiceId/templateId/voiceFileName", "FILE": "file",
 }
@@ -107,7 +108,8 @@ def _launch_options(o: CampaignOptions) -> LaunchOptions:
         name=o.name, priority=o.priority, voice_id=o.voice_id, template_id=o.template_id,
         voice_file_name=o.voice_file_name, params=tuple(o.template_params or ()), caller_present=o.caller_present,
         play_times=o.play_times, rate=o.rate, window=o.window, days=o.days, timezone=o.timezone,
-        deadline=o.deadline, dry_run=o.dry_run, strict=o.strict, redial=o.redial, redial_after=o.redial_after,
+        default_timezone=o.default_timezone, deadline=o.deadline, dry_run=o.dry_run, strict=o.strict,
+        redial=o.redial, redial_after=o.redial_after,
         status_callback_url=o.status_callback_url,
     )
 

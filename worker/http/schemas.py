@@ -191,7 +191,11 @@ class CampaignOptions(BaseModel):
     rate: float | None = Field(None, gt=0, lt=1e6, description="Calls/s for this campaign, under the fleet limit.")
     window: str | None = Field(None, description="Calling window, HH:MM-HH:MM in the callees' time zone.")
     days: str | None = Field(None, description="Weekdays the window opens: mon-fri, sat,sun, all ...")
-    timezone: str | None = Field(None, description="IANA time zone of the callees (required with window/days).")
+    timezone: str | None = Field(None, description="IANA time zone of the callees (required with window/days), "
+                                 "or `auto`: each number's own zone, derived from the number (docs/campaigns.md).")
+    default_timezone: str | None = Field(None, description="With timezone `auto`: the zone of numbers that map to "
+                                         "several zones or none (without it such a row is rejected when a window "
+                                         "is set).")
     deadline: str | None = Field(None, description="ISO 8601 time after which unsent calls expire.")
     redial: int | None = Field(None, ge=1, le=10, description="Redial unanswered calls (releaseReason 4, 6, 8, "
                                "9) up to this many times; needs DIALER_PUBLIC_URL.")
@@ -239,6 +243,10 @@ class LaunchReply(BaseModel):
                                 "(a launch answers 422 `no_valid_rows` then; a dry run reports it).")
     campaign_created: bool
     seconds: float
+    zones: dict[str, int] = Field(default_factory=dict, description="Valid rows per IANA zone their calling "
+                                  "window is applied in (a row's own, the one `auto` derived, else the campaign's).")
+    zone_defaulted: int = Field(0, description="With timezone `auto`: valid rows given defaultTimezone because "
+                                "their number maps to several zones or none.")
 
 
 class CampaignSettingsView(BaseModel):
