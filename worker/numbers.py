@@ -26,8 +26,8 @@ Cost: the launcher calls these per row (budget ~2 us). ``phonenumbers.parse`` co
 shapes take a fast path that repeats, with the library's own metadata and regular expressions, exactly
 what ``parse`` does for them (tests/test_numbers.py compares the two on many numbers): digits after '+'
 or the region's international prefix, or a national number that needs no national-prefix stripping. The
-rest goes to phonenumbers (LRU-cached). Time zones are phonenumbers' prefix table, memoised per country
-code and leading digits.
+rest goes to phonenumbers (LRU-cached). Time zones: a table per calling code for the many countries whose
+zones do not depend on the number, phonenumbers (cached) for the others (:func:`zones`).
 
 phonenumbers is imported on first use (~25 ms), so importing this module stays cheap.
 """
@@ -291,8 +291,13 @@ def number_key(raw: str, region: str | None = None, *, strict: bool = True) -> s
 # --- Time zones --------------------------------------------------------------------------------------
 
 _TZ_DEPTH: dict[str, int] = {}  # calling code -> longest time-zone prefix that starts with it
-_TZ_MEMO: dict[str, tuple[str, ...]] = {}  # E.164 digits cut at that depth -> zones
+_TZ_UNIFORM: dict[str, tuple[str, ...]] = {}  # calling code -> its zones, when every prefix of it has those
 _TZ_DATA: dict[str, Any] | None = None
+_ZONES_CACHE = 1 << 16
+
+
+def _known(found: Any) -> tuple[str, ...]:
+    return tuple(str(z) for z in found if z != "Etc/Unknown")
 
 
 def _tz_data() -> dict[str, Any]:
@@ -300,48 +305,62 @@ def _tz_data() -> dict[str, Any]:
     if _TZ_DATA is None:
         from phonenumbers.tzdata import TIMEZONE_DATA
 
-        depth: dict[str, int] = {}
-        for prefix in TIMEZONE_DATA:
+        per_cc: dict[str, set[tuple[str, ...]]] = {}
+        for prefix, found in TIMEZONE_DATA.items():
             for n in (1, 2, 3):
                 cc = prefix[:n]
                 if len(prefix) >= n and _country(cc) is not None:
-                    depth[cc] = max(depth.get(cc, n), len(prefix))
+                    per_cc.setdefault(cc, set()).add(_known(found))
                     break
-        _TZ_DEPTH.update(depth)
+        for cc, answers in per_cc.items():
+            if len(answers) == 1 and _known(TIMEZONE_DATA.get(cc, ())) in answers:
+                _TZ_UNIFORM[cc] = next(iter(answers))
         _TZ_DATA = TIMEZONE_DATA
     return _TZ_DATA
 
 
 def zones(e164: str) -> tuple[str, ...]:
-    """The IANA zones phonenumbers' time-zone data gives the number's prefix (its
-    ``time_zones_for_geographical_number``): one for most numbers, several for a country or area code
-    spanning zones (``+1 800``, ``+7``), none when the data has no entry. ``e164`` is :func:`normalise`'s
-    result (a '+' then digits; a key without the '+' is taken too)."""
+    """The IANA zones phonenumbers gives the number (its ``time_zones_for_number``): one for most
+    numbers; several for a number whose zone its data cannot tell (``+1 800`` toll-free, Russia's mobiles,
+    which are not geographical); none when the data has no entry or the number is not valid.
+
+    Fast: a calling code whose every prefix has the same zones (China, India, the UK, Germany, Japan ...:
+    most countries) answers from a table, without the number's type or validity. One exception to the
+    library follows from that: an invalid but possible number of such a country gets the country's zones
+    (phonenumbers: none), as this module checks possibility, not validity. Other calling codes (the NANP,
+    Russia, Brazil, Mexico, Australia ...) ask phonenumbers, a few us per number, LRU-cached.
+
+    ``e164`` is :func:`normalise`'s result (a '+' then digits; a key without the '+' is taken too)."""
     digits = e164[1:] if e164[:1] == "+" else e164
-    data = _tz_data()
+    _tz_data()
     country = _calling_code(digits)
     if country is None:
         return ()
-    cut = digits[: _TZ_DEPTH.get(country.cc, len(country.cc))]
-    try:
-        return _TZ_MEMO[cut]
-    except KeyError:
-        pass
-    found: tuple[str, ...] = ()
-    for n in range(len(cut), 0, -1):
-        hit = data.get(cut[:n])
-        if hit is not None:
-            found = tuple(str(z) for z in hit if z != "Etc/Unknown")
-            break
-    _TZ_MEMO[cut] = found
-    return found
+    uniform = _TZ_UNIFORM.get(country.cc)
+    if uniform is not None:
+        return uniform
+    return _library_zones(country.cc, digits[len(country.cc):])
+
+
+@lru_cache(maxsize=_ZONES_CACHE)
+def _library_zones(cc: str, nsn: str) -> tuple[str, ...]:
+    from phonenumbers import PhoneNumber
+    from phonenumbers.timezone import time_zones_for_number
+
+    num = PhoneNumber(country_code=int(cc), national_number=int(nsn or "0"))
+    if len(nsn) > 1 and nsn[0] == "0":  # E.164 keeps an Italian-style leading zero: so does the number
+        num.italian_leading_zero = True
+        zeros = len(nsn) - len(nsn.lstrip("0"))
+        if zeros > 1:
+            num.number_of_leading_zeros = min(zeros, len(nsn) - 1)
+    return _known(time_zones_for_number(num))
 
 
 _ZONE_OK: dict[str, bool] = {}
 
 
 def zone_for(e164: str, default: str | None = None) -> str | None:
-    """The number's IANA zone when its prefix maps to exactly one this host knows, else ``default``."""
+    """The number's IANA zone when it has exactly one this host knows, else ``default``."""
     found = zones(e164)
     if len(found) == 1:
         zone = found[0]
