@@ -368,8 +368,8 @@ async def test_status_shape_rate_and_eta(redis_client: aioredis.Redis, settings:
         assert await ledger.mark_sending(job)
         await ledger.mark_sent(job, f"SN-{job}")
     status = await Campaigns(redis_client, settings).status("camp")
-    assert list(status) == ["name", "status", "created_at", "settings", "total", "pending", "states", "parked", "outcomes",
-                            "redials", "unknown", "remaining", "send_rate_per_s", "eta_s", "as_of"]
+    assert list(status) == ["name", "status", "created_at", "settings", "total", "pending", "states", "parked",
+                            "outcomes", "redials", "unknown", "remaining", "send_rate_per_s", "eta_s", "as_of"]
     assert list(status["settings"]) == ["priority", "rate", "window", "days", "timezone", "deadline", "defaults",
                                         "callback_url", "redial", "status_callback_url"]
     assert status["redials"] == 0 and status["settings"]["redial"] is None

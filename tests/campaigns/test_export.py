@@ -168,8 +168,8 @@ def test_parse_states_names_the_option_and_the_allowed_values() -> None:
         parse_states(["sent,answered"], "state")
     assert err.value.option == "state"
     assert str(err.value) == ("state: unknown state 'answered'; allowed: queued, sending, sent, failed, dead, "
-                              "unknown, cancelled, expired, suppressed")
-    assert set(STATES) == {str(s) for s in State}
+                              "unknown, cancelled, expired, suppressed, pending")
+    assert set(STATES) == {str(s) for s in State} | {"pending"}  # pending: a compact row, not a job yet
 
 
 async def test_csv_is_rfc4180_with_awkward_errors(
@@ -345,7 +345,7 @@ async def test_cli_exports_filters_and_reports_errors_in_one_line(
     rc, out, err = await run_dialer("campaign", "export", "camp", "--state", "sent,ringing", env=env)
     assert (rc, out) == (2, "")
     assert err.splitlines()[-1] == ("Error: Invalid value for '--state': unknown state 'ringing'; allowed: queued, "
-                                    "sending, sent, failed, dead, unknown, cancelled, expired, suppressed")
+                                    "sending, sent, failed, dead, unknown, cancelled, expired, suppressed, pending")
 
     rc, out, err = await run_dialer("campaign", "export", "camp", "--format", "xml", env=env)
     assert rc == 2 and "'--format'" in err and "csv" in err and "jsonl" in err

@@ -106,7 +106,7 @@ async def test_404_and_422_name_what_is_wrong(client: TestClient[Any, Any], api_
         assert body["error"]["code"] == "validation_failed"
         return list(body["error"]["fields"])
 
-    allowed = "queued, sending, sent, failed, dead, unknown, cancelled, expired, suppressed"
+    allowed = "queued, sending, sent, failed, dead, unknown, cancelled, expired, suppressed, pending"
     assert await refused("format=xml") == [{"field": "format", "rule": "unknown format 'xml'; allowed: csv, jsonl"}]
     assert await refused("format=csv&format=jsonl") == [{"field": "format", "rule": "given more than once"}]
     assert await refused("state=sent,ringing") == [

@@ -10,14 +10,31 @@
 -- names it in `rdl`; the row's call fields are those of the last redial in `rdl` (its latest call), or
 -- the first job's when it has none (or that redial's record has expired). A first job whose record has
 -- expired is counted in "records missing" and has no row.
+-- KEYS[2] (optional) the campaign hash, ARGV[5] its name: a job whose number is in the campaign's number
+-- set (a row launched compactly) is skipped here: campaign_export_numbers.lua gives its row.
+-- @include campaigns/number_set.lua
 local P, first, filter = ARGV[1], tonumber(ARGV[2]), ARGV[4]
+local buckets = KEYS[2] and tonumber(redis.call('HGET', KEYS[2], 'buckets'))
+local function in_number_set(id)
+  if not buckets then return false end
+  local head = ARGV[5] .. ':'
+  local m
+  if string.sub(id, 1, #head) == head then
+    m = string.sub(id, #head + 1)
+  elseif #id <= 60 then
+    m = '=' .. id
+  else
+    return false
+  end
+  return redis.call('HEXISTS', number_set_key(P, ARGV[5], m, buckets), m) == 1
+end
 local ids = redis.call('LRANGE', KEYS[1], first, first + tonumber(ARGV[3]) - 1)
 local out = {}
 local n = 0
 local missing = 0
 for i = 1, #ids do
   local id = ids[i]
-  if not string.find(id, ':r', 1, true) then  -- only a redial's id holds ':r' (names and numbers cannot)
+  if not string.find(id, ':r', 1, true) and not in_number_set(id) then  -- only a redial's id holds ':r' (names and numbers cannot)
     local f = redis.call('HMGET', P .. 'job:' .. id,
       'called', 'state', 'attempts', 'sent', 'serial', 'outcome', 'reason', 'tk', 'err', 'ev', 'rdl')
     if not f[2] then

@@ -75,7 +75,8 @@ COLUMNS: tuple[str, ...] = (
 """The export's columns, in order (the CSV header; the JSONL keys)."""
 FORMATS: tuple[str, ...] = ("csv", "jsonl")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
-STATES: tuple[str, ...] = tuple(str(s) for s in State)
+STATES: tuple[str, ...] = (*(str(s) for s in State), "pending")
+"""Row states: the ledger's, and ``pending`` for a row launched compactly that is not a job yet."""
 CHUNK = 1000
 """Job ids read per script call: about 10 ms of Redis time, so the fleet's own commands interleave."""
 
@@ -92,6 +93,7 @@ _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _SEND_STEPS = 3
 """Loop turns a read ahead needs to put its request on the wire: one, or two with a socket timeout (redis-py
 then writes in a task of its own, through asyncio.wait_for); one more to spare. Fewer only cost speed."""
+_BUCKETS = 16  # number-set buckets per script: ~1,000 numbers (rows.MEMBERS_PER_BUCKET is 64)
 _STAMP_CACHE = 4096  # seconds formatted and kept, at most (sent_at values cluster in time)
 
 
@@ -142,6 +144,7 @@ class CampaignExport:
         self._redis = redis
         self._keys = Keys(settings.key_prefix)
         self._script = scripts.register(redis, "campaigns/campaign_export.lua")
+        self._numbers_script = scripts.register(redis, "campaigns/campaign_export_numbers.lua")
         self.name = name
         self.fmt = check_format(fmt)
         self._filter = "" if not states else "," + ",".join(sorted(states)) + ","
@@ -179,11 +182,24 @@ class CampaignExport:
 
     async def _read(self, conn: Redis, start: int) -> tuple[int, int, list[Any]]:
         read, missing, flat = await self._script(
-            keys=[self._keys.campaign_jobs(self.name)],
-            args=[self._keys.prefix, start, self._chunk, self._filter],
+            keys=[self._keys.campaign_jobs(self.name), self._keys.campaign(self.name)],
+            args=[self._keys.prefix, start, self._chunk, self._filter, self.name],
             client=conn,
         )
         return int(read), int(missing), flat
+
+    async def _numbers(self, conn: Redis) -> AsyncGenerator[list[str], None]:
+        """The rows of the campaign's number set (rows launched compactly: pending, live, compacted), a slice
+        of buckets per script (:data:`_BUCKETS`, about ``CHUNK`` numbers)."""
+        bucket = 0
+        while bucket >= 0:
+            nxt, missing, flat = await self._numbers_script(
+                keys=[self._keys.campaign(self.name)],
+                args=[self._keys.prefix, self.name, bucket, _BUCKETS, self._filter], client=conn)
+            bucket = int(nxt)
+            self.missing += int(missing)
+            if flat:
+                yield _text(flat)
 
     async def _slices(self) -> AsyncGenerator[list[str], None]:
         """Each slice's row values (``_WIDTH`` per row), reading the next slice while the caller formats
@@ -208,6 +224,8 @@ class CampaignExport:
                 self.missing += missing
                 if flat:
                     yield _text(flat)
+            async for values in self._numbers(conn):
+                yield values
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()

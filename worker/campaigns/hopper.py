@@ -48,6 +48,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from worker.campaigns import rows as compact
+from worker.campaigns.compaction import Compactor
 from worker.campaigns.control import CampaignSpec
 from worker.ledger.producer import CallJob, Producer, _RandomIds
 from worker.settings import Settings
@@ -236,7 +237,16 @@ class Hopper:
         return done
 
     async def run(self) -> None:
-        """Top campaigns up until cancelled; a Redis outage is logged once and waited out."""
+        """Top campaigns up, and compact their finished jobs (:mod:`.compaction`), until cancelled; a Redis
+        outage is logged once and waited out."""
+        compactor = asyncio.ensure_future(Compactor(self._redis, self._settings).run())
+        try:
+            await self._top_up_forever()
+        finally:
+            compactor.cancel()
+            await asyncio.gather(compactor, return_exceptions=True)
+
+    async def _top_up_forever(self) -> None:
         failing = False
         while True:
             try:

@@ -50,6 +50,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from worker.callback_url import CALLBACK_PATH, own_callback
+from worker.campaigns.compaction import Compactor
 from worker.campaigns.control import CampaignSpec
 from worker.errors import InvalidRequest
 from worker.ledger.producer import Producer
@@ -225,6 +226,7 @@ class Outcomes:
         self._keys = Keys(settings.key_prefix)
         self._ledger = Ledger(redis, settings)
         self._producer = Producer(redis, settings)
+        self._compactor = Compactor(redis, settings)
 
     async def record(self, event: ReleaseEvent, job_hint: str | None = None) -> Recorded | None:
         """Record ``event`` on the job that got its callSerialNo (and redial it if its campaign says so).
@@ -243,7 +245,7 @@ class Outcomes:
         target = job_id or job_hint
         record = None if target is None else await self._ledger.get(target)
         if record is None:
-            return None
+            return None if job_hint is None else await self._compacted(event, job_hint)
         if job_id is None and not _same_number(event.called, record.called):
             raise EvidenceMismatch("called", f"must be the number of job {record.job_id!r}, which the callback URL "
                                              "names")
@@ -274,6 +276,33 @@ class Outcomes:
                  f"; redial {redial}" if redial else "",
                  extra={"job_id": job_id, "campaign": record.campaign, "outcome": outcome})
         return Recorded(job_id, outcome, updated, redial)
+
+    async def _compacted(self, event: ReleaseEvent, job_id: str) -> Recorded | None:
+        """A callback for a campaign call whose job was compacted before it came (:mod:`.compaction`): its
+        outcome goes into the number's compact value, counted once; no redial (the row's values are gone)."""
+        campaign = job_id.split(":", 1)[0] if ":" in job_id else None
+        if campaign is None:
+            return None
+        reason = event.release_reason or ""
+        outcome = outcome_of(reason)
+        verdict, call = await self._compactor.record_outcome(
+            campaign, job_id, event.call_serial_no, outcome, reason, ascii_int(event.talk_duration))
+        if call is None:
+            return None
+        record = JobRecord(job_id=job_id, state=State.SENT, priority=0, called=event.called or "", campaign=campaign,
+                           body={}, attempts=call.attempts, last_error=None, call_serial_no=call.serial,
+                           created_ms=0, updated_ms=0, sent_ms=call.sent_ms, not_before_ms=None, deadline_ms=None,
+                           outcome=call.outcome, release_reason=call.release_reason,
+                           talk_duration_s=call.talk_duration_s)
+        if verdict == "recorded":
+            log.info("job %s: %s (releaseReason %s), recorded on its compacted call", job_id, outcome, _show(reason),
+                     extra={"job_id": job_id, "campaign": campaign, "outcome": outcome})
+            return Recorded(job_id, outcome, record)
+        if verdict == "stands" and call.outcome == outcome:
+            return Recorded(job_id, outcome, record)
+        if verdict == "stands":
+            return self._ignored(record, outcome, reason)
+        return Recorded(job_id, call.outcome or outcome, record, ignored=True)  # superseded by a later call
 
     @staticmethod
     def _ignored(record: JobRecord, outcome: str, reason: str, redial: str | None = None) -> Recorded:
