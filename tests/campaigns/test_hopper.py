@@ -184,3 +184,28 @@ async def test_a_hopper_still_at_work_when_the_campaign_is_cancelled_enqueues_no
     counts = await _counts(redis_client, keys)
     assert counts["cancelled"] == counts["total"] == CHUNK_ROWS and counts["pending"] == 0
     assert await _jobs(redis_client, keys) == []
+
+
+async def test_a_compact_campaign_is_dialled_through_a_real_worker_once_each_and_compacted(
+    sim: object, sim_settings: Settings, redis_client: aioredis.Redis, keys: Keys
+) -> None:
+    from tests.helpers import Sim, created, running, wait_until
+    from worker.campaigns.compaction import Compactor
+
+    assert isinstance(sim, Sim)
+    settings = sim_settings.model_copy(update={"rate_limit": 200.0})
+    await _launch(redis_client, settings, 300, CampaignSpec(defaults={"templateId": "tpl-1"}, rate=100.0))
+    campaigns = Campaigns(redis_client, settings)
+
+    async def done() -> bool:
+        return int((await campaigns.status(NAME))["remaining"]) == 0
+
+    async with running(settings):
+        await wait_until(done, timeout=30)
+    numbers = [r["called"] for r in created(await sim.requests())]
+    assert len(numbers) == len(set(numbers)) == 300
+    status = await campaigns.status(NAME)
+    assert status["states"]["sent"] == status["total"] == 300 and status["pending"] == 0
+    swept = await Compactor(redis_client, settings, quiet_s=0, callback_wait_s=0).sweep(NAME)
+    assert swept.compacted == 300 and await redis_client.llen(keys.campaign_jobs(NAME)) == 0  # type: ignore[misc]
+    assert (await campaigns.status(NAME))["states"]["sent"] == 300
