@@ -98,6 +98,18 @@ def test_fast_path_gives_what_phonenumbers_gives() -> None:
     assert len(CASES) > 30_000
 
 
+def test_without_the_libraries_internals_parse_itself_gives_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a phonenumbers release move the internals the medium path uses, parse itself takes over."""
+    monkeypatch.setattr(numbers, "_P", False)
+    numbers._slow.cache_clear()
+    sample = CASES[::9]
+    assert [ours(t, r) for t, r in sample] == [reference(t, r) for t, r in sample]
+    assert numbers._slow.cache_info().misses > 100
+    with pytest.raises(ValueError, match="no country calling code"):
+        number_key("+999 123 456")
+    assert number_key("8899", "CN") == "8899"
+
+
 def test_fast_path_takes_the_common_shapes_without_phonenumbers() -> None:
     numbers._slow.cache_clear()
     rnd = random.Random(7)

@@ -85,6 +85,7 @@ class _Country:
     full: frozenset[int]  # national number lengths that are IS_POSSIBLE (local-only lengths excluded)
     region: str  # the main region, for messages
     lengths: tuple[int, ...]
+    meta: Any  # its PhoneMetadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,8 @@ class _Region:
     idd: Pattern[str] | None  # international_prefix ("00" for CN)
     npfp: Pattern[str] | None  # the region's own national prefix for parsing
     full: frozenset[int]  # IS_POSSIBLE lengths of the calling code's main region (what is_possible uses)
+    meta: Any  # the region's PhoneMetadata
+    country: _Country
 
 
 _COUNTRIES: dict[str, _Country | None] = {}
@@ -123,7 +126,7 @@ def _country(cc: str) -> _Country | None:
             possible = tuple(general.possible_length or ()) if general is not None else ()
             local = set(general.possible_length_local_only or ()) if general is not None else set()
             found = _Country(cc, _compile(meta.national_prefix_for_parsing),
-                             frozenset(n for n in possible if n not in local), region, possible)
+                             frozenset(n for n in possible if n not in local), region, possible, meta)
     _COUNTRIES[cc] = found
     return found
 
@@ -150,8 +153,9 @@ def _region(region: str) -> _Region:
     meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
     assert meta is not None  # a supported region has metadata
     country = _country(str(meta.country_code))
+    assert country is not None  # a region's own calling code is known
     info = _Region(str(meta.country_code), _compile(meta.international_prefix),
-                   _compile(meta.national_prefix_for_parsing), country.full if country is not None else frozenset())
+                   _compile(meta.national_prefix_for_parsing), country.full, meta, country)
     _REGIONS[region] = info
     return info
 
@@ -206,18 +210,107 @@ def _e164(plus: bool, digits: str, region: str | None) -> str | None:
     """E.164 of a cleaned number; None for a national number that cannot be normalised (no region, or not
     a possible number of it); ValueError for an international one that is not possible."""
     if plus:
-        return _international_fast(digits) or _slow("+" + digits, None, True)
+        return _international_fast(digits) or _international(digits, "+" + digits, None)
     if region is None:
         return None
     info = _region(region)
     rest = _idd_rest(info, digits)
     if rest is not None:
-        return _international_fast(rest) or _slow(digits, region, True)
+        return _international_fast(rest) or _international(rest, digits, region)
     n = len(digits)
     if (digits.startswith(info.cc) or n < _MIN_NSN or n > _MAX_NSN or digits[0] == "0" or n not in info.full
             or (info.npfp is not None and info.npfp.match(digits))):
-        return _slow(digits, region, False)
+        return _national(digits, info, region)
     return "+" + info.cc + digits
+
+
+# --- The medium path: what parse does for a string of digits, step by step, with the library's own
+# functions (a few regular expressions instead of parse's ~15 us). Held to parse by tests/test_numbers.py;
+# should a later phonenumbers rename these internals, the slow path (parse itself) takes over.
+
+_P: Any = None
+
+
+def _internals() -> Any:
+    global _P
+    if _P is None:
+        try:
+            from phonenumbers import phonenumberutil as u
+
+            _P = (u._maybe_strip_national_prefix_carrier_code, u._match_national_number, u._test_number_length,
+                  u.ValidationResult)
+            _P[3].IS_POSSIBLE  # noqa: B018 - fail here, not per number, if the names moved
+        except (ImportError, AttributeError):
+            _P = False
+    return _P
+
+
+def _tail(cc: str, nn: str, meta: Any, country: _Country) -> str | None:
+    """parse from its national-prefix stripping on, then is_possible: the E.164 or None."""
+    strip, _match, test_length, vr = _P
+    if len(nn) < _MIN_NSN:
+        return None
+    _, stripped, _ = strip(nn, meta)
+    if test_length(stripped, meta) not in (vr.TOO_SHORT, vr.IS_POSSIBLE_LOCAL_ONLY, vr.INVALID_LENGTH):
+        nn = stripped
+    if len(nn) > _MAX_NSN:
+        return None
+    # The national significant number E.164 shows is nn itself (Italian leading zeros included).
+    return "+" + cc + nn if test_length(nn, country.meta) == vr.IS_POSSIBLE else None
+
+
+def _international(digits: str, text: str, region: str | None) -> str:
+    """A number given with its calling code ('+' or the region's international prefix): E.164, or
+    ValueError naming the rule."""
+    if not _internals():
+        result = _slow(text, region, True)
+        assert result is not None  # international: refused by raising
+        return result
+    country = _calling_code(digits) if len(digits) > 2 else None
+    if country is None:
+        raise ValueError(_NO_CC)
+    nn = digits[len(country.cc):]
+    e164 = _tail(country.cc, nn, country.meta, country)
+    if e164 is None:
+        raise ValueError(_length_rule(country, len(_strip_nsn(nn, country))))
+    return e164
+
+
+def _strip_nsn(nn: str, country: _Country) -> str:
+    """The national number after parse's prefix stripping (for the message)."""
+    strip, _match, test_length, vr = _P
+    _, stripped, _ = strip(nn, country.meta)
+    bad = (vr.TOO_SHORT, vr.IS_POSSIBLE_LOCAL_ONLY, vr.INVALID_LENGTH)
+    return stripped if test_length(stripped, country.meta) not in bad else nn
+
+
+def _national(digits: str, info: _Region, region: str) -> str | None:
+    """A number without its calling code, in ``region``: E.164, or None."""
+    if not _internals():
+        return _slow(digits, region, False)
+    strip, match, test_length, vr = _P
+    if len(digits) < _MIN_NSN:
+        return None
+    meta = info.meta
+    if digits.startswith(info.cc):
+        # parse: a number that starts with the region's calling code is read as carrying it when only
+        # that reading matches the region's numbers, or the whole is too long.
+        _, rest, _ = strip(digits[len(info.cc):], meta)
+        general = meta.general_desc
+        if (not match(digits, general, False) and match(rest, general, False)) or \
+                test_length(digits, meta) == vr.TOO_LONG:
+            return _tail(info.cc, rest, info.country.meta, info.country)
+    return _tail(info.cc, digits, meta, info.country)
+
+
+_NO_CC = ("must be a possible phone number: no country calling code follows its '+' or international prefix "
+          "(E.164 is +<country code><number>)")
+
+
+def _length_rule(country: _Country, n: int) -> str:
+    lengths = ", ".join(str(k) for k in sorted(country.full)) or "none"
+    return (f"must be a possible phone number: +{country.cc} ({country.region}) numbers have {lengths} digits "
+            f"after the country code, this one has {n}")
 
 
 @lru_cache(maxsize=_SLOW_CACHE)
@@ -233,8 +326,7 @@ def _slow(text: str, region: str | None, international: bool) -> str | None:
         if not international:
             return None
         if exc.error_type in (NumberParseException.INVALID_COUNTRY_CODE, NumberParseException.TOO_SHORT_AFTER_IDD):
-            raise ValueError("must be a possible phone number: no country calling code follows its '+' or "
-                             "international prefix (E.164 is +<country code><number>)") from None
+            raise ValueError(_NO_CC) from None
         raise ValueError(f"must be a possible phone number ({exc._msg})") from None
     if phonenumbers.is_possible_number_with_reason(num) == ValidationResult.IS_POSSIBLE:
         return str(phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164))
@@ -244,9 +336,7 @@ def _slow(text: str, region: str | None, international: bool) -> str | None:
     nsn = phonenumbers.national_significant_number(num)
     if country is None:  # pragma: no cover - parse only gives known calling codes
         raise ValueError("must be a possible phone number: unknown country calling code")
-    lengths = ", ".join(str(n) for n in sorted(country.full)) or "none"
-    raise ValueError(f"must be a possible phone number: +{country.cc} ({country.region}) numbers have "
-                     f"{lengths} digits after the country code, this one has {len(nsn)}")
+    raise ValueError(_length_rule(country, len(nsn)))
 
 
 def normalise(raw: str, region: str | None = None) -> str:
