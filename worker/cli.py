@@ -65,7 +65,8 @@ _LAZY_COMMANDS: dict[str, _Lazy] = {
     "serve": _Lazy("worker.http.commands", "serve",
                    "Run the HTTP service: enqueue API (/v1), /metrics, /healthz, /readyz and the dashboard (/)."),
     "suppress": _Lazy("worker.campaigns.commands", "suppress_group",
-                      "The fleet-wide do-not-call list (numbers normalized: spaces, - . ( ) and a leading + dropped)."),
+                      "The fleet-wide do-not-call list (numbers normalized to E.164: +86..., 0086... and national "
+                      "forms are one)."),
     "webhooks": _Lazy("worker.webhooks.commands", "webhooks_group",
                       "Deliver each job's events to its statusCallbackUrl, signed; status and dead letters."),
 }

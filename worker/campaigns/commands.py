@@ -395,8 +395,10 @@ def _stdout_gone() -> None:
 
 @click.group("suppress")
 def suppress_group() -> None:
-    """The fleet-wide do-not-call list (numbers normalized to E.164 digits without '+', national ones in
-    DIALER_DEFAULT_REGION: +8613800000001, 008613800000001 and, with region CN, 13800000001 are one entry)."""
+    """The fleet-wide do-not-call list (numbers normalized to E.164: +86..., 0086... and national forms are one).
+
+    Keys are E.164 digits without '+'; numbers without '+' are read in DIALER_DEFAULT_REGION: with CN,
+    +8613800000001, 008613800000001 and 13800000001 are one entry (docs/campaigns.md)."""
 
 
 def _numbers_or_fail(numbers: tuple[str, ...], region: str | None) -> list[str]:
