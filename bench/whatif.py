@@ -147,9 +147,10 @@ def _pipe_stats() -> None:
     sizes: Counter[int] = Counter()
     send = AutoPipeline._send
 
-    async def counted(self: AutoPipeline, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def counted(self: AutoPipeline, commands: list[tuple[Any, ...]],
+                      wait: tuple[int, int] | None = None) -> tuple[list[Any], int]:
         sizes[len(commands)] += 1
-        return await send(self, commands)
+        return await send(self, commands, wait)
 
     def report() -> None:
         batches, commands = sum(sizes.values()), sum(n * c for n, c in sizes.items())

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -77,6 +78,7 @@ _BUDGET_GRACE_S = 0.5
 # A job whose `sending` mark did not reach the replicas in time tries again after this long (the
 # replicas catching up, or a failover finishing).
 _UNREPLICATED_WAIT_MS = 1000
+_UNREPLICATED_LOG_S = 30.0
 END_BEFORE_JOB_TIMEOUT_S = 2.0
 """:meth:`Dispatcher.run_job` ends every run this long before the engine's job timeout, whatever the run
 waits for, and puts the job back on its queue; the waits of :meth:`Dispatcher.dial` end earlier."""
@@ -165,6 +167,7 @@ class Dispatcher:
         """Rate permits not used because the request would have left too late after its slot."""
         self.unreplicated = 0
         """Requests not sent because their `sending` mark was not on enough replicas in time."""
+        self.unreplicated_logged = -math.inf
 
     async def run_job(self, job_id: str, order: float = 0.0, malformed: str | None = None) -> str:
         """One run of a job as the queue engine starts it: :meth:`dial` within the run's time budget,
@@ -641,6 +644,11 @@ class _Gate:
             # Not on enough replicas in time: a failover now could lose the mark and let another worker
             # call the number again. The job waits (the attempt not counted) for the replicas to catch up.
             d.unreplicated += 1
+            now = time.monotonic()
+            if now - d.unreplicated_logged >= _UNREPLICATED_LOG_S:
+                d.unreplicated_logged = now
+                log.warning("Redis replicas did not acknowledge a sending mark within %d ms (%d call(s) held back so "
+                            "far): calls wait for the replicas", d.settings.redis_wait_timeout_ms, d.unreplicated)
             return Refusal("unsent", f"the sending mark was not acknowledged by {d.settings.wait_replicas} Redis "
                            f"replica(s) within {d.settings.redis_wait_timeout_ms} ms: not sent",
                            wait_ms=_UNREPLICATED_WAIT_MS)

@@ -37,6 +37,7 @@ from worker.runtime import freeze_start_up_objects
 from worker.settings import Settings
 from worker.store import client
 from worker.store.keys import Keys
+from worker.store.replication import replication_warning
 
 __all__ = ["DialerProcess", "check_health", "parse_queues", "run_process"]
 
@@ -94,6 +95,8 @@ class DialerProcess:
             await asyncio.gather(opening, return_exceptions=True)
             return
         pool = opening.result()
+        if (warning := await replication_warning(pool, settings)) is not None:
+            log.warning("%s", warning)
         limiter = RateLimiter(pool, settings)
         in_flight = InFlight(pool, settings)
         stats = SendStats(pool, settings)
