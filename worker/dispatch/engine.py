@@ -317,6 +317,14 @@ class QueueWorker(Worker):
             # Shutdown or drain: run again (at the in-progress key's expiry at the latest), as arq does.
             outcome = ""
             self.jobs_retried += 1
+        except TimeoutError:
+            # The run outlived the job timeout: it was stuck on Redis (a network cut, a failover) past its
+            # own budget. Dropping it, as arq would, left its record `queued` or `sending` with no queue
+            # entry to finish it (fault R6's cut): it goes back to its queue, and its next run reads the
+            # ledger (a `sending` left behind becomes `unknown`, never a second call).
+            log.warning("job %s: run stopped at the job timeout (%.0f s); back on its queue", job_id, timeout_s)
+            outcome = ""
+            self.jobs_retried += 1
         except Exception as exc:
             # Dropped, as arq drops a failed job: this is a bug or a record nobody can write (R4).
             log.exception("job %s failed, %s: %s", job_id, type(exc).__name__, exc)
