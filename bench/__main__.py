@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import _baseline, campaign_storage, export, hopper, latency, rate, storage, throughput
+from bench import _baseline, campaign_storage, export, hopper, latency, rate, replication, storage, throughput
 from bench._harness import REPO
 from bench._report import Config, Result, print_result, revision, write_markdown
 
@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, Bench] = {
     "P9": export.p9,
     "P10": campaign_storage.p10,
     "P11": hopper.p11,
+    "P12": replication.p12,
 }
 
 
